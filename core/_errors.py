@@ -1,0 +1,33 @@
+"""Exceptions that carry a one-line message meant for the person at the terminal."""
+
+from __future__ import annotations
+
+__all__ = ["BastionError", "ConfigError", "FormatError", "PluginError", "TrustError"]
+
+
+class BastionError(Exception):
+    """A problem the user can fix.
+
+    The message is a single line that names the file or value at fault and says
+    what to do. The CLI prints it without a traceback and exits non-zero.
+    """
+
+    exit_code = 1
+
+
+class ConfigError(BastionError):
+    """A bad command-line value, environment variable or configuration file."""
+
+    exit_code = 2
+
+
+class FormatError(BastionError):
+    """A file Bastion reads (key, signature, manifest) is malformed."""
+
+
+class TrustError(BastionError):
+    """A signing or trust-store operation was refused."""
+
+
+class PluginError(BastionError):
+    """A plugin failed to load or registered something invalid."""

@@ -1,0 +1,53 @@
+"""structlog, rendering JSON lines into a rotating file per environment."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+__all__ = ["configure_logging", "get_logger"]
+
+LOGGER_NAME = "bastion"
+MAX_BYTES = 10 * 1024 * 1024
+BACKUPS = 5
+
+
+def configure_logging(logs_dir: Path | None) -> Path | None:
+    """Send Bastion's events to ``logs_dir/bastion.jsonl`` (rotated), or nowhere."""
+    std = logging.getLogger(LOGGER_NAME)
+    for handler in list(std.handlers):
+        std.removeHandler(handler)
+        handler.close()
+    std.propagate = False
+    std.setLevel(logging.INFO)
+    target = None
+    if logs_dir is not None:
+        logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target = logs_dir / "bastion.jsonl"
+        handler = logging.handlers.RotatingFileHandler(
+            target, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        std.addHandler(handler)
+    else:
+        std.addHandler(logging.NullHandler())
+    structlog.configure(
+        processors=[
+            structlog.stdlib.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(sort_keys=True, default=str),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    return target
+
+
+def get_logger(**bind: Any) -> Any:
+    return structlog.get_logger(LOGGER_NAME).bind(**bind)

@@ -1,0 +1,51 @@
+"""Where things live: a workspace (``--home``) and its per-environment data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import attrs
+
+from ._environment import Environment
+
+__all__ = ["Workspace"]
+
+
+@attrs.frozen
+class Workspace:
+    """A folder holding ``strategies/`` and ``signatures/``.
+
+    Per-environment state (the highest whitelist version seen, logs, and later
+    the database) lives under ``.bastion/<environment>/`` inside it, so
+    development, paper and live never share a file.
+    """
+
+    home: Path = attrs.field(converter=lambda p: Path(p).expanduser().resolve())
+    environment: Environment = Environment.DEVELOPMENT
+
+    @property
+    def strategies(self) -> Path:
+        return self.home / "strategies"
+
+    @property
+    def signatures(self) -> Path:
+        return self.home / "signatures"
+
+    @property
+    def data_dir(self) -> Path:
+        override = os.environ.get("BASTION_DATA_DIR")
+        base = Path(override).expanduser().resolve() if override else self.home / ".bastion"
+        return base / self.environment.value
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "bastion.toml"
+
+    def ensure_data_dir(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self.data_dir

@@ -1,0 +1,259 @@
+"""The ``bastion`` command.  Kernel commands live here; the rest come from plugins.
+
+Every command takes ``--home DIR`` (the workspace; default the current
+directory), ``--env`` and ``--allow-unsigned`` through :func:`workspace_options`,
+which third-party commands can use too.  A :class:`~bastion.BastionError` is
+printed as one line on stderr with a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import hookspecs
+from ._environment import Environment, allow_unsigned_requested, detect_environment
+from ._errors import BastionError, ConfigError
+from ._kernel import Kernel
+from ._loader import Gate
+from ._logging import configure_logging
+from ._version import __version__
+from ._workspace import Workspace
+
+__all__ = ["App", "console", "err_console", "main", "pass_app", "workspace_options"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@attrs.define
+class App:
+    """What a command works with: the kernel, the workspace and the policy flags."""
+
+    kernel: Kernel
+    home: Path = Path(".")
+    env_flag: str | None = None
+    allow_unsigned_flag: bool = False
+    _workspace: Workspace | None = None
+
+    @property
+    def workspace(self) -> Workspace:
+        if self._workspace is None:
+            home = self.home.expanduser()
+            if not home.is_dir():
+                raise ConfigError(f"--home {self.home}: no such directory")
+            environment = detect_environment(self.env_flag, home / "bastion.toml")
+            self._workspace = Workspace(home, environment)
+            configure_logging(self._workspace.logs_dir)
+        return self._workspace
+
+    @property
+    def environment(self) -> Environment:
+        return self.workspace.environment
+
+    def gate(self, *, strict: bool = False) -> Gate:
+        """A verification gate with this environment's policy.
+
+        ``strict`` ignores allow-unsigned (``bastion verify`` always is).
+        """
+        allow = allow_unsigned_requested(self.allow_unsigned_flag) and not strict
+        if allow and self.environment is not Environment.DEVELOPMENT:
+            raise ConfigError(
+                f"unsigned strategies are allowed only in development, not {self.environment}; "
+                "remove --allow-unsigned / BASTION_ALLOW_UNSIGNED"
+            )
+        if allow:
+            err_console.print(
+                "[bold red]WARNING: unsigned strategies are allowed (development only). "
+                "Unverified code will run; this is recorded.[/]"
+            )
+        return Gate(
+            self.workspace,
+            allow_unsigned=allow,
+            refuse_example_key=self.environment is Environment.LIVE,
+        )
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def workspace_options(func: F) -> F:
+    """Add ``--home``, ``--env`` and ``--allow-unsigned`` to a command."""
+
+    @click.option(
+        "--home",
+        type=click.Path(path_type=Path),
+        default=None,
+        envvar="BASTION_HOME",
+        help="Workspace holding strategies/ and signatures/ [default: .]",
+    )
+    @click.option(
+        "--env",
+        "env_flag",
+        type=click.Choice([e.value for e in Environment]),
+        default=None,
+        help="Environment (else BASTION_ENV, else bastion.toml, else development).",
+    )
+    @click.option(
+        "--allow-unsigned",
+        is_flag=True,
+        default=False,
+        help="Development only: load strategies that carry no signature (loudly).",
+    )
+    @click.pass_context
+    @functools.wraps(func)
+    def wrapper(ctx: click.Context, home: Path | None, env_flag: str | None,
+                allow_unsigned: bool, *args: Any, **kwargs: Any) -> Any:
+        app = ctx.find_object(App)
+        assert app is not None
+        if home is not None:
+            app.home = home
+        if env_flag is not None:
+            app.env_flag = env_flag
+        app.allow_unsigned_flag = app.allow_unsigned_flag or allow_unsigned
+        return ctx.invoke(func, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class BastionGroup(click.Group):
+    """Turns a BastionError into a one-line message and exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BastionError as exc:
+            raise _UserError(str(exc), exc.exit_code) from None
+
+
+class _UserError(click.ClickException):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+    def show(self, file: Any = None) -> None:
+        err_console.print(f"bastion: error: {self.message}", markup=False)
+
+
+def _print_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def build_cli(kernel: Kernel) -> click.Group:
+    @click.group(
+        cls=BastionGroup,
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    )
+    @click.version_option(__version__, prog_name="bastion")
+    @click.pass_context
+    def cli(ctx: click.Context) -> None:
+        """Bastion: run only signed, whitelisted strategy code."""
+        ctx.obj = App(kernel=kernel)
+
+    @cli.command("plugins")
+    @workspace_options
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @click.option("--strategies/--no-strategies", default=True,
+                  help="Also admit and list the verified strategy files.")
+    @pass_app
+    def plugins_command(app: App, as_json: bool, strategies: bool) -> None:
+        """List every plugin, where it came from and the hooks it implements."""
+        if strategies:
+            admit_all(app)
+        rows = [p.as_dict() for p in app.kernel.plugins()]
+        if as_json:
+            _print_json(rows)
+            return
+        table = Table(title="Bastion plugins")
+        for column in ("name", "origin", "source", "hooks"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(row["name"], row["origin"], row["source"], ", ".join(row["hooks"]))
+        console.print(table)
+
+    @cli.command("hooks")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def hooks_command(as_json: bool) -> None:
+        """List every hook (kernel and strategy) with its contract."""
+        rows = hook_reference()
+        if as_json:
+            _print_json(rows)
+            return
+        table = Table(title="Bastion hooks")
+        for column in ("project", "hook", "arguments", "summary"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(row["project"], row["name"], ", ".join(row["arguments"]), row["summary"])
+        console.print(table)
+
+    kernel.add_commands(cli)
+    return cli
+
+
+def hook_reference() -> list[dict[str, Any]]:
+    """Each hook in :mod:`bastion.hookspecs` with its project, arguments and docstring."""
+    import inspect
+
+    rows = []
+    for name, func in inspect.getmembers(hookspecs, inspect.isfunction):
+        for project in ("bastion", "bastion.strategy"):
+            opts = getattr(func, f"{project}_spec", None)
+            if opts is None:
+                continue
+            doc = inspect.getdoc(func) or ""
+            rows.append(
+                {
+                    "project": project,
+                    "name": name,
+                    "arguments": list(inspect.signature(func).parameters),
+                    "firstresult": bool(opts.get("firstresult")),
+                    "summary": doc.splitlines()[0] if doc else "",
+                    "doc": doc,
+                    "line": inspect.getsourcelines(func)[1],
+                }
+            )
+    return sorted(rows, key=lambda r: (r["project"] != "bastion", r["line"]))
+
+
+def admit_all(app: App, names: Sequence[str] = (), *, strict: bool = False) -> list[Any]:
+    """Admit the named strategies (or every candidate) and tell the observers.
+
+    Returns a list with one :class:`Strategy` or :class:`Refusal` per file.
+    """
+    gate = app.gate(strict=strict)
+    paths = [gate.resolve(n) for n in names] if names else gate.candidates()
+    outcomes = []
+    for path in paths:
+        outcome = gate.admit(path)
+        if hasattr(outcome, "info"):
+            app.kernel.strategy_loaded(outcome)  # type: ignore[arg-type]
+        else:
+            app.kernel.strategy_refused(outcome)  # type: ignore[arg-type]
+        outcomes.append(outcome)
+    return outcomes
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``bastion`` script."""
+    try:
+        kernel = Kernel()
+    except BastionError as exc:
+        err_console.print(f"bastion: error: {exc}", markup=False)
+        sys.exit(exc.exit_code)
+    cli = build_cli(kernel)
+    kernel.startup()
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="bastion")
+    finally:
+        kernel.shutdown()
