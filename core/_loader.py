@@ -461,11 +461,11 @@ def _load(info: StrategyInfo, source: bytes) -> Strategy | Refusal:
 
 
 def _interface_reason(message: str, spec_names: set[str]) -> str:
-    first = message.strip().splitlines()[0]
+    """pluggy's validation message, folded into one line that says what to do."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     known = ", ".join(sorted(spec_names))
-    if "unknown hook" in first:
-        hook = first.split("'")[1] if "'" in first else "?"
+    if lines and lines[0].startswith("unknown hook"):
+        hook = lines[0].split("'")[1] if "'" in lines[0] else "?"
         return f"unknown hook {hook!r}; strategy hooks are: {known}"
-    if "hook arguments" in message or "argument" in message:
-        return first.replace("\n", " ") + " (see 'bastion hooks' for each hook's arguments)"
-    return first
+    detail = "; ".join(lines[1:]) or lines[0] if lines else message
+    return f"{detail} (see 'bastion hooks' for each hook's arguments)"
