@@ -32,7 +32,9 @@ class Environment(enum.StrEnum):
             return cls(value.strip().lower())
         except ValueError:
             names = ", ".join(e.value for e in cls)
-            raise ConfigError(f"{source}: unknown environment {value!r}; use one of {names}") from None
+            raise ConfigError(
+                f"{source}: unknown environment {value!r}; use one of {names}"
+            ) from None
 
 
 def read_config(path: Path) -> dict[str, object]:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["BastionError", "ConfigError", "FormatError", "PluginError", "TrustError"]
+__all__ = [
+    "BastionError",
+    "ConfigError",
+    "FormatError",
+    "PluginError",
+    "TrustError",
+    "one_line",
+]
 
 
 class BastionError(Exception):
@@ -31,3 +38,8 @@ class TrustError(BastionError):
 
 class PluginError(BastionError):
     """A plugin failed to load or registered something invalid."""
+
+
+def one_line(message: str) -> str:
+    """Fold a multi-line message (pluggy's validation errors) into one line."""
+    return "; ".join(line.strip() for line in message.strip().splitlines() if line.strip())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -17,7 +17,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from ._errors import PluginError
+from ._errors import PluginError, one_line
 from ._loader import Refusal, Strategy, StrategyInfo
 
 __all__ = ["BUILTIN_PLUGINS", "ENTRY_POINT_GROUP", "Kernel", "PluginInfo"]
@@ -63,8 +63,11 @@ class Kernel:
         for module_name in BUILTIN_PLUGINS:
             if module_name in disabled:
                 continue
-            self._register(importlib.import_module(module_name), module_name,
-                           ("built-in", module_name, __version__))
+            self._register(
+                importlib.import_module(module_name),
+                module_name,
+                ("built-in", module_name, __version__),
+            )
         if entry_points:
             self._load_entry_points(disabled)
         try:
@@ -106,7 +109,7 @@ class Kernel:
     def _describe(self, exc: pluggy.PluginValidationError, name: str | None = None) -> str:
         name = name or self.pm.get_name(exc.plugin) or "?"
         origin = self._origins.get(name, ("?", "?", None))
-        detail = str(exc).strip().splitlines()[0]
+        detail = one_line(str(exc))
         return (
             f"plugin {name!r} ({origin[0]}: {origin[1]}) is invalid: {detail}; "
             "check its hook names and arguments against 'bastion hooks'"
@@ -139,24 +142,29 @@ class Kernel:
 
     # -- typed facade over pm.hook ---------------------------------------------------------
 
-    def _registry(self, results: Iterable[Mapping[str, Callable[..., Any]] | None],
-                  what: str) -> dict[str, Callable[..., Any]]:
+    def _registry(self, hook_name: str, what: str) -> dict[str, Callable[..., Any]]:
+        """Merge the ``{name: factory}`` mappings of every plugin implementing ``hook_name``."""
         merged: dict[str, Callable[..., Any]] = {}
-        for mapping in results:
-            for key, factory in (mapping or {}).items():
+        owner: dict[str, str] = {}
+        for impl in getattr(self.hook, hook_name).get_hookimpls():  # registration order
+            offered: Mapping[str, Callable[..., Any]] | None = impl.function()
+            for key, factory in (offered or {}).items():
                 if key in merged:
-                    raise PluginError(f"two plugins offer a {what} named {key!r}; disable one")
-                merged[key] = factory
+                    raise PluginError(
+                        f"plugins {owner[key]!r} and {impl.plugin_name!r} both offer a {what} "
+                        f"named {key!r}; disable one with {DISABLE_VAR}"
+                    )
+                merged[key], owner[key] = factory, impl.plugin_name
         return merged
 
     def brokers(self) -> dict[str, Callable[..., Any]]:
-        return self._registry(self.hook.register_brokers(), "broker")
+        return self._registry("register_brokers", "broker")
 
     def sources(self) -> dict[str, Callable[..., Any]]:
-        return self._registry(self.hook.register_sources(), "source")
+        return self._registry("register_sources", "source")
 
     def storages(self) -> dict[str, Callable[..., Any]]:
-        return self._registry(self.hook.register_storages(), "storage")
+        return self._registry("register_storages", "storage")
 
     def add_commands(self, cli: Any) -> None:
         self.hook.register_commands(cli=cli)

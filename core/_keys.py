@@ -34,7 +34,7 @@ __all__ = [
 EXAMPLE_KEY_IDS = frozenset({"BEE19B3C7A6706B7"})
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-PASSPHRASE_ENV = "BASTION_KEY_PASSPHRASE"
+PASSPHRASE_ENV = "BASTION_KEY_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 
 
 def is_example_key(key_id: str) -> bool:
@@ -120,7 +120,9 @@ def load_signing_key(path: Path, passphrase: bytes | None = None) -> SigningKey:
     try:
         st = path.lstat()
     except FileNotFoundError:
-        raise TrustError(f"{path}: no such key file; create one with 'bastion keys new NAME'") from None
+        raise TrustError(
+            f"{path}: no such key file; create one with 'bastion keys new NAME'"
+        ) from None
     if not stat.S_ISREG(st.st_mode):
         raise TrustError(f"{path}: not a regular file (symlinks are refused for private keys)")
     data = path.read_bytes()
@@ -129,7 +131,9 @@ def load_signing_key(path: Path, passphrase: bytes | None = None) -> SigningKey:
     if passphrase is None and b"ENCRYPTED PRIVATE KEY" in data:
         env = os.environ.get(PASSPHRASE_ENV)
         if env is None:
-            raise TrustError(f"{path}: the key is encrypted; set {PASSPHRASE_ENV} to its passphrase")
+            raise TrustError(
+                f"{path}: the key is encrypted; set {PASSPHRASE_ENV} to its passphrase"
+            )
         passphrase = env.encode()
     try:
         private = serialization.load_pem_private_key(data, password=passphrase)

@@ -27,12 +27,11 @@ import pluggy
 
 from . import hookspecs
 from . import strategy as strategy_api
-from ._errors import FormatError
+from ._errors import FormatError, one_line
 from ._minisign import Signature, SignatureCheckFailed, verify
 from ._trust import (
     STRATEGY_NAME_RE,
     KeyProblem,
-    TrustedKey,
     TrustStore,
     Whitelist,
     WhitelistProblem,
@@ -125,9 +124,7 @@ class Strategy:
         return self.info.name
 
     def implemented_hooks(self) -> list[str]:
-        return sorted(
-            caller.name for caller in self.hooks.get_hookcallers(self.module) or []
-        )
+        return sorted(caller.name for caller in self.hooks.get_hookcallers(self.module) or [])
 
 
 # --------------------------------------------------------------------------
@@ -139,17 +136,49 @@ class Strategy:
 # subprocesses, installed packages) is refused at import time.
 ALLOWED_IMPORTS = frozenset(
     {
-        "__future__", "abc", "array", "bisect", "cmath", "collections", "collections.abc",
-        "copy", "dataclasses", "datetime", "decimal", "enum", "fractions", "functools",
-        "heapq", "itertools", "math", "numbers", "operator", "random", "re", "statistics",
-        "string", "typing", "bastion", "bastion.strategy", "bastion.models",
+        "__future__",
+        "abc",
+        "array",
+        "bisect",
+        "cmath",
+        "collections",
+        "collections.abc",
+        "copy",
+        "dataclasses",
+        "datetime",
+        "decimal",
+        "enum",
+        "fractions",
+        "functools",
+        "heapq",
+        "itertools",
+        "math",
+        "numbers",
+        "operator",
+        "random",
+        "re",
+        "statistics",
+        "string",
+        "typing",
+        "bastion",
+        "bastion.strategy",
+        "bastion.models",
     }
 )
 
 # Built-ins that reach files, the terminal or the compiler are not a strategy's business.
 _REMOVED_BUILTINS = (
-    "open", "exec", "eval", "compile", "input", "breakpoint", "help", "exit", "quit",
-    "__loader__", "__spec__",
+    "open",
+    "exec",
+    "eval",
+    "compile",
+    "input",
+    "breakpoint",
+    "help",
+    "exit",
+    "quit",
+    "__loader__",
+    "__spec__",
 )
 
 
@@ -284,7 +313,9 @@ class Gate:
 
         folder = self.workspace.strategies
         if Path(os.path.abspath(path.parent)).resolve() != folder.resolve():
-            return refuse(Status.OUTSIDE, f"strategies are loaded only from {folder}; move it there")
+            return refuse(
+                Status.OUTSIDE, f"strategies are loaded only from {folder}; move it there"
+            )
         if not STRATEGY_NAME_RE.match(name):
             return refuse(
                 Status.BAD_NAME,
@@ -323,7 +354,8 @@ class Gate:
             return refuse(
                 Status.HASH_MISMATCH,
                 f"SHA-256 is {digest[:12]}..., whitelist version {whitelist.version} approves "
-                f"{approved[:12]}...; the file changed after it was approved: re-sign or restore it",
+                f"{approved[:12]}...; the file changed after it was approved: "
+                "re-sign or restore it",
             )
         try:
             sig = Signature.parse(sig_bytes, str(sig_path))
@@ -363,8 +395,14 @@ class Gate:
 
     def _unsigned(self, path: Path, digest: str) -> StrategyInfo:
         return StrategyInfo(
-            name=path.name, path=path, sha256=digest, signer=None, signer_name=None,
-            signed_at=None, whitelist_version=None, unsigned=True,
+            name=path.name,
+            path=path,
+            sha256=digest,
+            signer=None,
+            signer_name=None,
+            signed_at=None,
+            whitelist_version=None,
+            unsigned=True,
         )
 
     def _read_once(self, path: Path) -> bytes | Refusal:
@@ -435,7 +473,8 @@ def _load(info: StrategyInfo, source: bytes) -> Strategy | Refusal:
     manager = pluggy.PluginManager(strategy_api.PROJECT)
     manager.add_hookspecs(hookspecs)
     spec_names = {
-        name for name in dir(hookspecs)
+        name
+        for name in dir(hookspecs)
         if hasattr(getattr(hookspecs, name), f"{strategy_api.PROJECT}_spec")
     }
     for attr in spec_names:
@@ -461,11 +500,8 @@ def _load(info: StrategyInfo, source: bytes) -> Strategy | Refusal:
 
 
 def _interface_reason(message: str, spec_names: set[str]) -> str:
-    """pluggy's validation message, folded into one line that says what to do."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    known = ", ".join(sorted(spec_names))
-    if lines and lines[0].startswith("unknown hook"):
-        hook = lines[0].split("'")[1] if "'" in lines[0] else "?"
-        return f"unknown hook {hook!r}; strategy hooks are: {known}"
-    detail = "; ".join(lines[1:]) or lines[0] if lines else message
-    return f"{detail} (see 'bastion hooks' for each hook's arguments)"
+    """pluggy's validation message as one line that says what to do."""
+    if message.startswith("unknown hook"):
+        hook = message.split("'")[1] if "'" in message else "?"
+        return f"unknown hook {hook!r}; strategy hooks are: {', '.join(sorted(spec_names))}"
+    return f"{one_line(message)} (see 'bastion hooks' for each hook's arguments)"

@@ -18,6 +18,8 @@ BACKUPS = 5
 
 def configure_logging(logs_dir: Path | None) -> Path | None:
     """Send Bastion's events to ``logs_dir/bastion.jsonl`` (rotated), or nowhere."""
+    global _configured
+    _configured = True
     std = logging.getLogger(LOGGER_NAME)
     for handler in list(std.handlers):
         std.removeHandler(handler)
@@ -49,5 +51,12 @@ def configure_logging(logs_dir: Path | None) -> Path | None:
     return target
 
 
+_configured = False
+
+
 def get_logger(**bind: Any) -> Any:
+    """Bastion's logger.  Until a workspace configures a file, events go nowhere
+    (never to stdout, where they would corrupt ``--json`` output)."""
+    if not _configured:
+        configure_logging(None)
     return structlog.get_logger(LOGGER_NAME).bind(**bind)

@@ -168,7 +168,7 @@ class Signature:
         return (
             f"{UNTRUSTED_PREFIX}{self.untrusted_comment}\n{blob}\n"
             f"{TRUSTED_PREFIX}{self.trusted_comment}\n{glob}\n"
-        ).encode("utf-8")
+        ).encode()
 
     @classmethod
     def parse(cls, data: bytes, source: str) -> Signature:

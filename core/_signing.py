@@ -86,7 +86,9 @@ def sign_strategies(
         try:
             compile(data, str(path), "exec", dont_inherit=True)  # syntax only; nothing runs
         except SyntaxError as exc:
-            raise TrustError(f"{path}: line {exc.lineno}: {exc.msg}; fix it before signing") from None
+            raise TrustError(
+                f"{path}: line {exc.lineno}: {exc.msg}; fix it before signing"
+            ) from None
         except ValueError as exc:
             raise TrustError(f"{path}: {exc}; fix it before signing") from None
         digest = sha256_hex(data)
@@ -118,8 +120,13 @@ def sign_strategies(
     version = max(read_manifest_version(workspace.signatures), highest) + 1
     entries.update(dict(signed))
     write_whitelist(
-        workspace.signatures, entries, key,
-        version=version, now=now, valid_for=valid_for, extra_files=staged,
+        workspace.signatures,
+        entries,
+        key,
+        version=version,
+        now=now,
+        valid_for=valid_for,
+        extra_files=staged,
     )
     return SignResult(
         signed=tuple(signed),

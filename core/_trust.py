@@ -239,9 +239,15 @@ class TrustStore:
         if kid in self.revoked:
             raise TrustError(f"key {kid} is already revoked")
         if kid not in self.keys:
-            raise TrustError(f"key {kid} is not in {self.keys_dir}; 'bastion trust list' shows them")
-        entry = {"revoked": format_time(now), "reason": reason, "name": self.keys[kid].name,
-                 "public_key": self.keys[kid].public.base64()}
+            raise TrustError(
+                f"key {kid} is not in {self.keys_dir}; 'bastion trust list' shows them"
+            )
+        entry = {
+            "revoked": format_time(now),
+            "reason": reason,
+            "name": self.keys[kid].name,
+            "public_key": self.keys[kid].public.base64(),
+        }
         revoked = {**{k: dict(v) for k, v in self.revoked.items()}, kid: entry}
         # The revocation is recorded first; only then does the key file go.
         atomic_write(self.revoked_file, _dump_json({"revoked": revoked}))
@@ -320,12 +326,18 @@ def _parse_manifest(data: bytes, source: str) -> dict[str, Any]:
         doc["issued"] = parse_time(doc["issued"])
         doc["expires"] = parse_time(doc["expires"])
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{source}: 'issued' and 'expires' must be times like 2026-01-31T00:00:00Z") from None
+        raise ValueError(
+            f"{source}: 'issued' and 'expires' must be times like 2026-01-31T00:00:00Z"
+        ) from None
     entries = doc.get("strategies")
     if not isinstance(entries, dict):
         raise ValueError(f"{source}: 'strategies' must map file names to SHA-256 digests")
     for name, digest in entries.items():
-        if not STRATEGY_NAME_RE.match(name) or not isinstance(digest, str) or not SHA256_RE.match(digest):
+        if (
+            not STRATEGY_NAME_RE.match(name)
+            or not isinstance(digest, str)
+            or not SHA256_RE.match(digest)
+        ):
             raise ValueError(f"{source}: entry {name!r} is not 'name.py': '<64 hex digits>'")
     return doc
 
@@ -345,7 +357,9 @@ def load_whitelist(
     try:
         sig = Signature.parse(sig_path.read_bytes(), str(sig_path))
     except FileNotFoundError:
-        return WhitelistProblem("whitelist-invalid", f"{sig_path} is missing; the whitelist is unsigned")
+        return WhitelistProblem(
+            "whitelist-invalid", f"{sig_path} is missing; the whitelist is unsigned"
+        )
     except FormatError as exc:
         return WhitelistProblem("whitelist-invalid", str(exc))
     key = trust.lookup(sig.key_id)
@@ -399,8 +413,8 @@ def write_whitelist(
     extra_files: list[tuple[Path, bytes]] | None = None,
 ) -> None:
     """Write the manifest and its signature (and ``extra_files``) all or nothing."""
-    expires = now + valid_for
-    doc = {
+    expires = parse_time(format_time(now + valid_for))  # whole seconds, as written
+    doc: dict[str, object] = {
         "format": WHITELIST_FORMAT,
         "version": version,
         "issued": format_time(now),
@@ -411,12 +425,15 @@ def write_whitelist(
     sig = sign(
         key.private,
         data,
-        trusted_comment=_whitelist_trusted_comment(version, sha256_hex(data), parse_time(doc["expires"])),
+        trusted_comment=_whitelist_trusted_comment(version, sha256_hex(data), expires),
         untrusted_comment=f"bastion whitelist version {version}, signed by key {key.id}",
     )
     atomic_write_many(
-        [*(extra_files or []), (directory / WHITELIST_FILE, data),
-         (directory / (WHITELIST_FILE + ".minisig"), sig.encode())]
+        [
+            *(extra_files or []),
+            (directory / WHITELIST_FILE, data),
+            (directory / (WHITELIST_FILE + ".minisig"), sig.encode()),
+        ]
     )
 
 

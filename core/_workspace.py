@@ -12,6 +12,10 @@ from ._environment import Environment
 __all__ = ["Workspace"]
 
 
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    return Path(path).expanduser().resolve()
+
+
 @attrs.frozen
 class Workspace:
     """A folder holding ``strategies/`` and ``signatures/``.
@@ -21,7 +25,7 @@ class Workspace:
     development, paper and live never share a file.
     """
 
-    home: Path = attrs.field(converter=lambda p: Path(p).expanduser().resolve())
+    home: Path = attrs.field(converter=_absolute)
     environment: Environment = Environment.DEVELOPMENT
 
     @property

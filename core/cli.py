@@ -24,7 +24,7 @@ from . import hookspecs
 from ._environment import Environment, allow_unsigned_requested, detect_environment
 from ._errors import BastionError, ConfigError
 from ._kernel import Kernel
-from ._loader import Gate
+from ._loader import Gate, Refusal, Strategy
 from ._logging import configure_logging
 from ._version import __version__
 from ._workspace import Workspace
@@ -113,8 +113,14 @@ def workspace_options(func: F) -> F:
     )
     @click.pass_context
     @functools.wraps(func)
-    def wrapper(ctx: click.Context, home: Path | None, env_flag: str | None,
-                allow_unsigned: bool, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(
+        ctx: click.Context,
+        home: Path | None,
+        env_flag: str | None,
+        allow_unsigned: bool,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
         app = ctx.find_object(App)
         assert app is not None
         if home is not None:
@@ -140,7 +146,7 @@ class BastionGroup(click.Group):
 class _UserError(click.ClickException):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
-        self.exit_code = code
+        self.exit_code = code  # type: ignore[misc]  # click declares it a class variable
 
     def show(self, file: Any = None) -> None:
         err_console.print(f"bastion: error: {self.message}", markup=False)
@@ -164,8 +170,11 @@ def build_cli(kernel: Kernel) -> click.Group:
     @cli.command("plugins")
     @workspace_options
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-    @click.option("--strategies/--no-strategies", default=True,
-                  help="Also admit and list the verified strategy files.")
+    @click.option(
+        "--strategies/--no-strategies",
+        default=True,
+        help="Also admit and list the verified strategy files.",
+    )
     @pass_app
     def plugins_command(app: App, as_json: bool, strategies: bool) -> None:
         """List every plugin, where it came from and the hooks it implements."""
@@ -184,11 +193,15 @@ def build_cli(kernel: Kernel) -> click.Group:
 
     @cli.command("hooks")
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-    def hooks_command(as_json: bool) -> None:
+    @click.option("--markdown", is_flag=True, help="The reference page docs/reference/hooks.md.")
+    def hooks_command(as_json: bool, markdown: bool) -> None:
         """List every hook (kernel and strategy) with its contract."""
         rows = hook_reference()
         if as_json:
             _print_json(rows)
+            return
+        if markdown:
+            click.echo(hook_markdown(rows), nl=False)
             return
         table = Table(title="Bastion hooks")
         for column in ("project", "hook", "arguments", "summary"):
@@ -226,20 +239,59 @@ def hook_reference() -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["project"] != "bastion", r["line"]))
 
 
-def admit_all(app: App, names: Sequence[str] = (), *, strict: bool = False) -> list[Any]:
+_PROJECT_INTRO = {
+    "bastion": (
+        "Kernel hooks (project `bastion`)",
+        "Implemented by built-in plugins and by packages in the `bastion` entry-point group, "
+        "with `@bastion.hookimpl`.",
+    ),
+    "bastion.strategy": (
+        "Strategy hooks (project `bastion.strategy`)",
+        "Implemented by strategy files with `@strategy.hook` (`from bastion import strategy`). "
+        "Names and arguments are validated when the file is admitted; a misspelt hook is "
+        "refused as `bad-interface`.",
+    ),
+}
+
+
+def hook_markdown(rows: list[dict[str, Any]]) -> str:
+    """Render the hook reference page from the hookspec docstrings."""
+    out = [
+        "# Hook reference",
+        "",
+        "Generated from `bastion/hookspecs.py` (core/hookspecs.py) by "
+        "`bastion hooks --markdown > docs/reference/hooks.md`. Do not edit by hand: "
+        "a test fails when this page and the docstrings disagree.",
+        "",
+        "A hook implementation may accept any subset of the arguments, by name.",
+        "",
+    ]
+    for project, (title, intro) in _PROJECT_INTRO.items():
+        out += [f"## {title}", "", intro, ""]
+        for row in (r for r in rows if r["project"] == project):
+            out += [f"### `{row['name']}({', '.join(row['arguments'])})`", ""]
+            if row["firstresult"]:
+                out += ["*firstresult*: the first non-`None` result ends the call.", ""]
+            out += [row["doc"], ""]
+    return "\n".join(out)
+
+
+def admit_all(
+    app: App, names: Sequence[str] = (), *, strict: bool = False
+) -> list[Strategy | Refusal]:
     """Admit the named strategies (or every candidate) and tell the observers.
 
     Returns a list with one :class:`Strategy` or :class:`Refusal` per file.
     """
     gate = app.gate(strict=strict)
     paths = [gate.resolve(n) for n in names] if names else gate.candidates()
-    outcomes = []
+    outcomes: list[Strategy | Refusal] = []
     for path in paths:
         outcome = gate.admit(path)
-        if hasattr(outcome, "info"):
-            app.kernel.strategy_loaded(outcome)  # type: ignore[arg-type]
+        if isinstance(outcome, Refusal):
+            app.kernel.strategy_refused(outcome)
         else:
-            app.kernel.strategy_refused(outcome)  # type: ignore[arg-type]
+            app.kernel.strategy_loaded(outcome)
         outcomes.append(outcome)
     return outcomes
 

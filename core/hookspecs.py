@@ -217,7 +217,8 @@ def on_fill(ctx: Any, fill: Any) -> None:
 def on_reject(ctx: Any, intent: Any, reason: str) -> None:
     """An order intent of this strategy was refused by a limit, a risk check or the broker.
 
-    Return value ignored.
+    Called once per refused intent, before the next event reaches the
+    strategy.  Return value ignored.
 
     :param ctx: the strategy's context.
     :param intent: the refused ``bastion.models.OrderIntent``.

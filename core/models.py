@@ -117,4 +117,6 @@ class Fill:
 
     def __attrs_post_init__(self) -> None:
         if self.quantity <= 0 or self.price <= 0 or self.commission < 0:
-            raise ValueError("a fill needs positive quantity and price and a non-negative commission")
+            raise ValueError(
+                "a fill needs positive quantity and price and a non-negative commission"
+            )

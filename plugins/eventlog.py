@@ -26,7 +26,10 @@ def strategy_loaded(strategy: Any) -> None:
 @hookimpl
 def strategy_refused(refusal: Any) -> None:
     get_logger().warning(
-        "strategy_refused", file=str(refusal.path), status=str(refusal.status), reason=refusal.reason
+        "strategy_refused",
+        file=str(refusal.path),
+        status=str(refusal.status),
+        reason=refusal.reason,
     )
 
 

@@ -46,9 +46,14 @@ def keys_group() -> None:
 
 @keys_group.command("new")
 @click.argument("name")
-@click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
-              help=f"Where to write NAME.key and NAME.pub [default: ${KEYS_DIR_VAR} or "
-                   "~/.config/bastion/keys].")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"Where to write NAME.key and NAME.pub [default: ${KEYS_DIR_VAR} or "
+    "~/.config/bastion/keys].",
+)
 @click.option("--passphrase", is_flag=True, help="Encrypt the private key; prompts twice.")
 def keys_new(name: str, directory: Path | None, passphrase: bool) -> None:
     """Create an Ed25519 key pair NAME.key / NAME.pub."""
@@ -102,12 +107,23 @@ def trust_list(app: App, as_json: bool) -> None:
     """List trusted and revoked keys."""
     store = TrustStore.load(app.workspace.signatures)
     rows = [
-        {"key_id": k.id, "name": k.name, "status": "trusted", "example": k.example,
-         "file": str(k.path)}
+        {
+            "key_id": k.id,
+            "name": k.name,
+            "status": "trusted",
+            "example": k.example,
+            "file": str(k.path),
+        }
         for k in store.keys.values()
     ] + [
-        {"key_id": kid, "name": info.get("name", ""), "status": "revoked",
-         "example": False, "file": str(store.revoked_file), "reason": info.get("reason", "")}
+        {
+            "key_id": kid,
+            "name": info.get("name", ""),
+            "status": "revoked",
+            "example": False,
+            "file": str(store.revoked_file),
+            "reason": info.get("reason", ""),
+        }
         for kid, info in store.revoked.items()
     ]
     if as_json:
@@ -118,7 +134,7 @@ def trust_list(app: App, as_json: bool) -> None:
         table.add_column(column)
     for row in rows:
         note = "EXAMPLE KEY: backtest/paper only" if row["example"] else row.get("reason", "")
-        table.add_row(row["key_id"], row["name"], row["status"], note)
+        table.add_row(str(row["key_id"]), str(row["name"]), str(row["status"]), str(note))
     console.print(table)
 
 
@@ -128,20 +144,36 @@ def trust_list(app: App, as_json: bool) -> None:
 @click.command("sign")
 @workspace_options
 @click.argument("files", nargs=-1, required=True)
-@click.option("--key", "key_spec", required=True,
-              help="Private key: a path to NAME.key or a key name in the keys folder.")
-@click.option("--valid-days", type=click.IntRange(min=1, max=3650), default=90, show_default=True,
-              help="How long the re-signed whitelist stays valid.")
-@click.option("--replace-whitelist", is_flag=True,
-              help="Start a new whitelist if the current one does not verify.")
+@click.option(
+    "--key",
+    "key_spec",
+    required=True,
+    help="Private key: a path to NAME.key or a key name in the keys folder.",
+)
+@click.option(
+    "--valid-days",
+    type=click.IntRange(min=1, max=3650),
+    default=90,
+    show_default=True,
+    help="How long the re-signed whitelist stays valid.",
+)
+@click.option(
+    "--replace-whitelist",
+    is_flag=True,
+    help="Start a new whitelist if the current one does not verify.",
+)
 @pass_app
-def sign_command(app: App, files: tuple[str, ...], key_spec: str, valid_days: int,
-                 replace_whitelist: bool) -> None:
+def sign_command(
+    app: App, files: tuple[str, ...], key_spec: str, valid_days: int, replace_whitelist: bool
+) -> None:
     """Sign strategy FILES, approve their SHA-256 in the whitelist and re-sign it."""
     key = load_signing_key(resolve_key_path(key_spec, default_keys_dir()))
     result = sign_strategies(
-        app.workspace, key, files,
-        valid_for=timedelta(days=valid_days), replace_whitelist=replace_whitelist,
+        app.workspace,
+        key,
+        files,
+        valid_for=timedelta(days=valid_days),
+        replace_whitelist=replace_whitelist,
     )
     for name, digest in result.signed:
         console.print(f"signed {name}  sha256:{digest}", markup=False)
@@ -153,7 +185,8 @@ def sign_command(app: App, files: tuple[str, ...], key_spec: str, valid_days: in
     if not result.key_trusted:
         err_console.print(
             f"note: key {key.id} is not trusted in {app.workspace.signatures}/keys; nothing it "
-            f"signed will load until an operator runs 'bastion trust add {key.path.with_suffix('.pub')}'",
+            "signed will load until an operator runs "
+            f"'bastion trust add {key.path.with_suffix('.pub')}'",
             markup=False,
         )
 
@@ -163,12 +196,20 @@ def sign_command(app: App, files: tuple[str, ...], key_spec: str, valid_days: in
 
 def _row(outcome: Strategy | Refusal) -> dict[str, Any]:
     if isinstance(outcome, Refusal):
-        return {"file": outcome.name, "path": str(outcome.path), "status": str(outcome.status),
-                "reason": outcome.reason}
+        return {
+            "file": outcome.name,
+            "path": str(outcome.path),
+            "status": str(outcome.status),
+            "reason": outcome.reason,
+        }
     info = outcome.info
     return {
-        "file": info.name, "path": str(info.path), "status": str(info.status),
-        "sha256": info.sha256, "signer": info.signer, "signer_name": info.signer_name,
+        "file": info.name,
+        "path": str(info.path),
+        "status": str(info.status),
+        "sha256": info.sha256,
+        "signer": info.signer,
+        "signer_name": info.signer_name,
         "signed_at": format_time(info.signed_at) if info.signed_at else None,
         "whitelist_version": info.whitelist_version,
         "hooks": outcome.implemented_hooks(),
@@ -236,5 +277,3 @@ def strategies_command(app: App, as_json: bool) -> None:
 def register_commands(cli: Any) -> None:
     for command in (keys_group, trust_group, sign_command, verify_command, strategies_command):
         cli.add_command(command)
-
-

@@ -32,7 +32,9 @@ def on_bar(ctx, bar):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+def _isolated_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """No test sees the developer's Bastion settings, keys or home directory."""
     for name in list(os.environ):
         if name.startswith("BASTION_"):
@@ -75,8 +77,13 @@ class WS:
         path.write_bytes(source.encode() if isinstance(source, str) else source)
         return path
 
-    def sign(self, *names: str, key: SigningKey | None = None, valid_for: timedelta = timedelta(days=30),
-             now: datetime | None = None) -> None:
+    def sign(
+        self,
+        *names: str,
+        key: SigningKey | None = None,
+        valid_for: timedelta = timedelta(days=30),
+        now: datetime | None = None,
+    ) -> None:
         sign_strategies(self.workspace, key or self.key(), names, valid_for=valid_for, now=now)
 
     def gate(self, **kwargs: object) -> Gate:

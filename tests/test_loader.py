@@ -94,7 +94,9 @@ def test_bad_signature(signed_ws: WS) -> None:
 def test_tampered_trusted_comment(signed_ws: WS) -> None:
     """Changing the trusted comment breaks the global signature."""
     sig = signed_ws.signatures / "good.py.minisig"
-    text = sig.read_text().replace("bastion-strategy file:good.py", "bastion-strategy file:good.py ")
+    text = sig.read_text().replace(
+        "bastion-strategy file:good.py", "bastion-strategy file:good.py "
+    )
     sig.write_text(text)
     r = refusal(signed_ws.admit("good.py"))
     assert r.status is Status.BAD_SIGNATURE
@@ -126,10 +128,14 @@ def test_unknown_key_signature_by_untrusted_key(signed_ws: WS) -> None:
     data = (ws.strategies / "good.py").read_bytes()
     from bastion._trust import sha256_hex, strategy_trusted_comment
 
-    forged = sign(mallory.private, data,
-                  trusted_comment=strategy_trusted_comment("good.py", sha256_hex(data),
-                                                           datetime.now(UTC), mallory.id),
-                  untrusted_comment="x")
+    forged = sign(
+        mallory.private,
+        data,
+        trusted_comment=strategy_trusted_comment(
+            "good.py", sha256_hex(data), datetime.now(UTC), mallory.id
+        ),
+        untrusted_comment="x",
+    )
     (ws.signatures / "good.py.minisig").write_bytes(forged.encode())
     r = refusal(ws.admit("good.py"))
     assert r.status is Status.UNKNOWN_KEY
@@ -232,7 +238,9 @@ def test_legacy_signature_refused(signed_ws: WS) -> None:
     sig = Signature.parse((ws.signatures / "good.py.minisig").read_bytes(), "sig")
     legacy_sig = key.private.sign(data)
     legacy = Signature(
-        algorithm=ALG_LEGACY, key_id=sig.key_id, signature=legacy_sig,
+        algorithm=ALG_LEGACY,
+        key_id=sig.key_id,
+        signature=legacy_sig,
         trusted_comment=sig.trusted_comment,
         global_signature=key.private.sign(legacy_sig + sig.trusted_comment.encode()),
         untrusted_comment="legacy",
@@ -306,14 +314,22 @@ def test_syntax_error(ws: WS) -> None:
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
-        ("from bastion import strategy\n@strategy.hook\ndef on_bars(ctx, bar):\n    pass\n",
-         "unknown hook 'on_bars'"),
-        ("from bastion import strategy\n@strategy.hook\ndef on_bar(ctx, bar, extra):\n    pass\n",
-         "extra"),
+        (
+            "from bastion import strategy\n@strategy.hook\ndef on_bars(ctx, bar):\n    pass\n",
+            "unknown hook 'on_bars'",
+        ),
+        (
+            "from bastion import strategy\n@strategy.hook\n"
+            "def on_bar(ctx, bar, extra):\n    pass\n",
+            "extra",
+        ),
         ("def on_bar(ctx, bar):\n    pass\n", "decorate it with @strategy.hook"),
         ("x = 1\n", "implements no strategy hook"),
-        ("from bastion import strategy\nPARAMS = {'a': object()}\n@strategy.hook\n"
-         "def on_bar(ctx, bar):\n    pass\n", "PARAMS"),
+        (
+            "from bastion import strategy\nPARAMS = {'a': object()}\n@strategy.hook\n"
+            "def on_bar(ctx, bar):\n    pass\n",
+            "PARAMS",
+        ),
     ],
     ids=["misspelt-hook", "wrong-arguments", "undecorated", "no-hooks", "bad-params"],
 )
@@ -365,8 +381,15 @@ def test_strategy_cannot_import_sibling(ws: WS, monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.parametrize(
     "statement",
-    ["import os", "import socket", "from subprocess import run", "import strategies.helper",
-     "from . import helper", "import importlib", "__import__('os')"],
+    [
+        "import os",
+        "import socket",
+        "from subprocess import run",
+        "import strategies.helper",
+        "from . import helper",
+        "import importlib",
+        "__import__('os')",
+    ],
 )
 def test_strategy_import_guard(ws: WS, statement: str) -> None:
     """Only bastion's strategy API and pure-computation stdlib modules can be imported."""
@@ -388,8 +411,11 @@ def test_allowed_imports_work(ws: WS) -> None:
 
 def test_strategy_sees_a_restricted_bastion(ws: WS) -> None:
     """``import bastion`` gives a strategy only the strategy API, not the kernel."""
-    ws.write("peek.py", "import bastion\nassert not hasattr(bastion, 'Kernel')\n"
-             "assert not hasattr(bastion, 'Gate')\n" + GOOD_STRATEGY)
+    ws.write(
+        "peek.py",
+        "import bastion\nassert not hasattr(bastion, 'Kernel')\n"
+        "assert not hasattr(bastion, 'Gate')\n" + GOOD_STRATEGY,
+    )
     ws.sign("peek.py")
     assert ws.status("peek.py") is Status.LOADED_OK
 
@@ -413,7 +439,9 @@ def test_no_pycache_written(signed_ws: WS) -> None:
     assert not list(signed_ws.home.rglob("*.pyc"))
 
 
-def test_compiles_exactly_the_verified_bytes(signed_ws: WS, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiles_exactly_the_verified_bytes(
+    signed_ws: WS, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The file is read once; a swap after verification cannot change what runs."""
     ws = signed_ws
     gate = ws.gate()
@@ -461,7 +489,9 @@ def test_unsigned_allowed_only_when_asked(ws: WS) -> None:
 # ---------------------------------------------------------------- property
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_any_single_byte_change_is_refused(signed_ws: WS, data: st.DataObject) -> None:
     """Changing any one byte of a signed file, to any other value, is refused."""

@@ -79,8 +79,10 @@ def test_signature_by_other_key_is_refused() -> None:
         (lambda b: b"", "truncated"),
         (lambda b: b.replace(b"\ntrusted comment: ", b"\ntrusted: "), "no trusted comment"),
         (lambda b: b.replace(b"untrusted comment: ", b"comment: ", 1), "no untrusted comment"),
-        (lambda b: b.split(b"\n")[0] + b"\n!!!notbase64!!!\n" + b"\n".join(b.split(b"\n")[2:]),
-         "not valid base64"),
+        (
+            lambda b: b.split(b"\n")[0] + b"\n!!!notbase64!!!\n" + b"\n".join(b.split(b"\n")[2:]),
+            "not valid base64",
+        ),
         (lambda b: b"\xff\xfe" + b, "not UTF-8"),
     ],
     ids=["truncated", "empty", "no-trusted", "no-untrusted", "garbled", "binary"],
@@ -132,12 +134,28 @@ def test_real_minisign_verifies_bastion_output(signed_ws: WS) -> None:
         (ws.strategies / "good.py", ws.signatures / "good.py.minisig"),
         (ws.signatures / "whitelist.json", ws.signatures / "whitelist.json.minisig"),
     ]:
-        done = subprocess.run([MINISIGN, "-V", "-p", str(pub), "-m", str(target), "-x", str(sig)],
-                              capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [MINISIGN, "-V", "-p", str(pub), "-m", str(target), "-x", str(sig)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         assert "bastion-" in done.stdout  # the trusted comment is shown
     (ws.strategies / "good.py").write_text("changed\n")
-    done = subprocess.run([MINISIGN, "-V", "-p", str(pub), "-m", str(ws.strategies / "good.py"),
-                           "-x", str(ws.signatures / "good.py.minisig")],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [
+            MINISIGN,
+            "-V",
+            "-p",
+            str(pub),
+            "-m",
+            str(ws.strategies / "good.py"),
+            "-x",
+            str(ws.signatures / "good.py.minisig"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode != 0

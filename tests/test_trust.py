@@ -63,7 +63,7 @@ def test_misnamed_trusted_key_file(ws: WS) -> None:
 
 def test_corrupt_revocation_list(ws: WS) -> None:
     (ws.signatures / "revoked.json").write_text("{not json")
-    with pytest.raises(FormatError, match="revoked.json"):
+    with pytest.raises(FormatError, match=r"revoked\.json"):
         TrustStore.load(ws.signatures)
 
 
@@ -93,7 +93,9 @@ def test_malformed_manifest_is_invalid_not_a_crash(signed_ws: WS) -> None:
     from bastion._trust import write_whitelist
 
     key = ws.key()
-    write_whitelist(ws.signatures, {}, key, version=5, now=datetime.now(UTC), valid_for=timedelta(1))
+    write_whitelist(
+        ws.signatures, {}, key, version=5, now=datetime.now(UTC), valid_for=timedelta(1)
+    )
     (ws.signatures / "whitelist.json").write_text("[]")
     loaded = load_whitelist(ws.signatures, TrustStore.load(ws.signatures), datetime.now(UTC))
     assert not isinstance(loaded, Whitelist) and loaded.status == "whitelist-invalid"
@@ -116,26 +118,40 @@ def test_expired_whitelist_entries_carry_over_on_resign(ws: WS) -> None:
         ("bastion-strategy file:a.py sha256:{x} signed:2026-01-01T00:00:00Z key:{k}", "vouches"),
         ("bastion-strategy file:a.py sha256:{d} signed:2999-01-01T00:00:00Z key:{k}", "future"),
         ("bastion-strategy file:a.py sha256:{d} signed:yesterday key:{k}", "not a valid time"),
-        ("bastion-strategy file:a.py sha256:{d} signed:2026-01-01T00:00:00Z key:0000000000000000",
-         "names key"),
+        (
+            "bastion-strategy file:a.py sha256:{d} signed:2026-01-01T00:00:00Z "
+            "key:0000000000000000",
+            "names key",
+        ),
         ("bastion-strategy file:a.py sha256:{d} key:{k}", "expected"),
-        ("bastion-strategy file:a.py sha256:{d} signed:2026-01-01T00:00:00Z key:{k} extra:1",
-         "expected"),
+        (
+            "bastion-strategy file:a.py sha256:{d} signed:2026-01-01T00:00:00Z key:{k} extra:1",
+            "expected",
+        ),
         ("something else", "not a bastion-strategy"),
     ],
 )
 def test_every_trusted_comment_field_is_checked(comment: str, reason: str) -> None:
     d, x, k = "a" * 64, "b" * 64, "ABCDEF0123456789"
     with pytest.raises(ValueError, match=reason):
-        check_trusted_comment(comment.format(d=d, x=x, k=k), name="a.py", digest=d, key_id=k,
-                              now=datetime(2026, 6, 1, tzinfo=UTC))
+        check_trusted_comment(
+            comment.format(d=d, x=x, k=k),
+            name="a.py",
+            digest=d,
+            key_id=k,
+            now=datetime(2026, 6, 1, tzinfo=UTC),
+        )
 
 
 def test_trusted_comment_round_trip() -> None:
     now = datetime(2026, 6, 1, tzinfo=UTC)
     text = strategy_trusted_comment("a.py", "a" * 64, now, "ABCDEF0123456789")
-    assert check_trusted_comment(text, name="a.py", digest="a" * 64, key_id="ABCDEF0123456789",
-                                 now=now) == now
+    assert (
+        check_trusted_comment(
+            text, name="a.py", digest="a" * 64, key_id="ABCDEF0123456789", now=now
+        )
+        == now
+    )
 
 
 def test_sign_refuses_revoked_key_and_bad_files(ws: WS) -> None:

@@ -1,0 +1,5 @@
+"""``python -m bastion`` is the ``bastion`` command."""
+
+from .cli import main
+
+main()

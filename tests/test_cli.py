@@ -1,0 +1,289 @@
+"""The bastion command: exit codes, one-line errors for bad input, --json, --home."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from .conftest import CLI, GOOD_STRATEGY, REPO, WS
+
+
+def one_error_line(stderr: str, *needles: str) -> None:
+    """A user mistake is one line on stderr that names what is wrong, never a traceback."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr
+    assert len(lines) == 1, stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------ keys / trust / sign
+
+
+def test_full_signing_flow(cli: CLI, ws: WS) -> None:
+    """keys new -> trust add -> sign -> verify, entirely through the CLI."""
+    home, keys = ws.home, ws.keys_dir
+    r = cli("keys", "new", "carol", "--dir", keys)
+    assert r.exit_code == 0, r.output
+    assert "PRIVATE KEY" not in r.output and "BEGIN" not in r.output
+    assert stat.S_IMODE((keys / "carol.key").stat().st_mode) == 0o600
+    assert cli("trust", "add", keys / "carol.pub", "--home", home).exit_code == 0
+    ws.write("mine.py")
+    r = cli("sign", "mine.py", "--key", keys / "carol.key", "--home", home)
+    assert r.exit_code == 0, r.output
+    assert "whitelist version 1" in r.output
+    r = cli("verify", "--home", home)
+    assert r.exit_code == 0, r.output
+    assert "mine.py: ok" in r.output
+
+
+def test_key_by_name_from_keys_dir(cli: CLI, ws: WS, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BASTION_KEYS_DIR", str(ws.keys_dir))
+    assert cli("keys", "new", "dave").exit_code == 0
+    cli("trust", "add", ws.keys_dir / "dave.pub", "--home", ws.home)
+    ws.write("mine.py")
+    assert cli("sign", "mine.py", "--key", "dave", "--home", ws.home).exit_code == 0
+
+
+def test_signing_with_untrusted_key_warns(cli: CLI, ws: WS) -> None:
+    cli("keys", "new", "erin", "--dir", ws.keys_dir)
+    ws.write("mine.py")
+    r = cli("sign", "mine.py", "--key", ws.keys_dir / "erin.key", "--home", ws.home)
+    assert r.exit_code == 0
+    assert "not trusted" in r.stderr
+
+
+def test_trust_list_and_revoke(cli: CLI, signed_ws: WS) -> None:
+    ws = signed_ws
+    kid = ws.key().id
+    r = cli("trust", "list", "--json", "--home", ws.home)
+    assert [row["key_id"] for row in json.loads(r.stdout)] == [kid]
+    r = cli("trust", "revoke", kid.lower(), "--reason", "leaked", "--home", ws.home)
+    assert r.exit_code == 0, r.output
+    rows = json.loads(cli("trust", "list", "--json", "--home", ws.home).stdout)
+    assert rows[0]["status"] == "revoked" and rows[0]["reason"] == "leaked"
+    r = cli("verify", "--home", ws.home)
+    assert r.exit_code == 1 and "revoked" in r.stderr
+
+
+# ------------------------------------------------------------------ verify / strategies
+
+
+def test_verify_exit_codes_and_one_line_per_refusal(cli: CLI, signed_ws: WS) -> None:
+    """verify exits 0 only if every file passes; each refused file gets one line."""
+    ws = signed_ws
+    ws.write("unsigned.py")
+    ws.write("good.py", GOOD_STRATEGY + "# tampered\n")
+    r = cli("verify", "--home", ws.home)
+    assert r.exit_code == 1
+    lines = r.stderr.splitlines()
+    assert any("good.py: hash-mismatch:" in line for line in lines)
+    assert any("unsigned.py: unsigned:" in line for line in lines)
+    assert lines[-1] == "2 of 2 strategy files refused"
+    r = cli("verify", "good", "--home", ws.home)
+    assert r.exit_code == 1
+
+
+def test_verify_named_file(cli: CLI, signed_ws: WS) -> None:
+    signed_ws.write("unsigned.py")
+    assert cli("verify", "good.py", "--home", signed_ws.home).exit_code == 0
+    assert cli("verify", "unsigned", "--home", signed_ws.home).exit_code == 1
+    r = cli("verify", "missing.py", "--home", signed_ws.home)
+    assert r.exit_code == 1 and "missing.py: unreadable: no such file" in r.stderr
+
+
+def test_verify_empty_folder_fails(cli: CLI, ws: WS) -> None:
+    r = cli("verify", "--home", ws.home)
+    assert r.exit_code == 1 and "no strategy files" in r.stderr
+
+
+def test_strategies_json_lists_every_status(cli: CLI, signed_ws: WS) -> None:
+    ws = signed_ws
+    ws.write("unsigned.py")
+    ws.write("bad-name.py")
+    r = cli("strategies", "--json", "--home", ws.home)
+    assert r.exit_code == 0
+    rows = {row["file"]: row for row in json.loads(r.stdout)}
+    assert rows["good.py"]["status"] == "loaded-ok"
+    assert rows["good.py"]["hooks"] == ["on_bar"]
+    assert rows["unsigned.py"]["status"] == "unsigned"
+    assert rows["bad-name.py"]["status"] == "bad-name"
+
+
+def test_strategies_table(cli: CLI, signed_ws: WS) -> None:
+    r = cli("strategies", "--home", signed_ws.home)
+    assert r.exit_code == 0 and "loaded-ok" in r.stdout
+
+
+# ------------------------------------------------------------------ unsigned policy
+
+
+def test_allow_unsigned_in_development_is_loud(cli: CLI, ws: WS) -> None:
+    ws.write("plain.py")
+    r = cli("strategies", "--json", "--allow-unsigned", "--home", ws.home)
+    assert r.exit_code == 0
+    assert json.loads(r.stdout)[0]["status"] == "loaded-unsigned"
+    assert "WARNING" in r.stderr
+    log = (ws.home / ".bastion" / "development" / "logs" / "bastion.jsonl").read_text()
+    assert "unsigned_strategy_loaded" in log
+
+
+@pytest.mark.parametrize("env", ["paper", "live"])
+def test_allow_unsigned_refused_outside_development(cli: CLI, ws: WS, env: str) -> None:
+    ws.write("plain.py")
+    r = cli("strategies", "--allow-unsigned", "--env", env, "--home", ws.home)
+    assert r.exit_code == 2
+    one_error_line(r.stderr, "only in development", env)
+
+
+def test_allow_unsigned_env_var(cli: CLI, ws: WS, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws.write("plain.py")
+    monkeypatch.setenv("BASTION_ALLOW_UNSIGNED", "1")
+    r = cli("strategies", "--json", "--home", ws.home)
+    assert json.loads(r.stdout)[0]["status"] == "loaded-unsigned"
+    assert cli("verify", "--home", ws.home).exit_code == 1  # verify is always strict
+
+
+def test_environments_keep_separate_state(cli: CLI, signed_ws: WS) -> None:
+    ws = signed_ws
+    cli("strategies", "--home", ws.home)
+    cli("strategies", "--env", "paper", "--home", ws.home)
+    assert (ws.home / ".bastion" / "development" / "whitelist-state.json").exists()
+    assert (ws.home / ".bastion" / "paper" / "whitelist-state.json").exists()
+
+
+# ------------------------------------------------------------------ bad input never crashes
+
+
+def test_malformed_manifest(cli: CLI, signed_ws: WS) -> None:
+    (signed_ws.signatures / "whitelist.json").write_text("{ this is not json")
+    r = cli("verify", "--home", signed_ws.home)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "whitelist-invalid" in r.stderr
+
+
+def test_corrupt_key_file_on_sign(cli: CLI, ws: WS) -> None:
+    ws.keys_dir.mkdir()
+    bad = ws.keys_dir / "bad.key"
+    bad.write_text("-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
+    bad.chmod(0o600)
+    ws.write("a.py")
+    r = cli("sign", "a.py", "--key", bad, "--home", ws.home)
+    assert r.exit_code == 1
+    one_error_line(r.stderr, str(bad))
+
+
+def test_corrupt_trusted_public_key(cli: CLI, signed_ws: WS) -> None:
+    pub = next((signed_ws.signatures / "keys").glob("*.pub"))
+    pub.write_text("garbage\n")
+    r = cli("verify", "--home", signed_ws.home)
+    assert r.exit_code == 1
+    one_error_line(r.stderr, str(pub))
+
+
+def test_trust_add_garbage(cli: CLI, ws: WS, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pub"
+    junk.write_bytes(b"\x00\x01")
+    r = cli("trust", "add", junk, "--home", ws.home)
+    assert r.exit_code == 1
+    one_error_line(r.stderr, str(junk))
+    r = cli("trust", "add", tmp_path / "missing.pub", "--home", ws.home)
+    one_error_line(r.stderr, "missing.pub")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "empty"])
+def test_damaged_signature_file(cli: CLI, signed_ws: WS, damage: str) -> None:
+    sig = signed_ws.signatures / "good.py.minisig"
+    data = sig.read_bytes()
+    sig.write_bytes(
+        {"truncate": data[:40], "garble": data.replace(b"R", b"*"), "empty": b""}[damage]
+    )
+    r = cli("verify", "--home", signed_ws.home)
+    assert r.exit_code == 1
+    assert "good.py: bad-signature:" in r.stderr and "good.py.minisig" in r.stderr
+
+
+def test_syntax_error_strategy(cli: CLI, ws: WS) -> None:
+    ws.write("broken.py", "def on_bar(:\n")
+    r = cli("sign", "broken.py", "--key", ws.keys_dir / "alice.key", "--home", ws.home)
+    ws.key()  # create it after, the first call must fail on the missing key
+    assert r.exit_code == 1
+    one_error_line(r.stderr)
+    r = cli("sign", "broken.py", "--key", ws.keys_dir / "alice.key", "--home", ws.home)
+    assert r.exit_code == 1
+    one_error_line(r.stderr, "broken.py", "line 1")
+    r = cli("strategies", "--json", "--allow-unsigned", "--home", ws.home)
+    assert json.loads(r.stdout)[0]["status"] == "syntax-error"
+
+
+def test_missing_home(cli: CLI, tmp_path: Path) -> None:
+    r = cli("verify", "--home", tmp_path / "nope")
+    assert r.exit_code == 2
+    one_error_line(r.stderr, "--home", "no such directory")
+
+
+def test_bad_env_value(cli: CLI, ws: WS, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BASTION_ENV", "production")
+    r = cli("strategies", "--home", ws.home)
+    assert r.exit_code == 2
+    one_error_line(r.stderr, "BASTION_ENV", "production")
+
+
+def test_sign_outside_strategies(cli: CLI, ws: WS, tmp_path: Path) -> None:
+    ws.key()
+    outside = tmp_path / "x.py"
+    outside.write_text(GOOD_STRATEGY)
+    r = cli("sign", outside, "--key", ws.keys_dir / "alice.key", "--home", ws.home)
+    assert r.exit_code == 1
+    one_error_line(r.stderr, "only files directly in")
+
+
+# ------------------------------------------------------------------ plugins / hooks
+
+
+def test_plugins_json(cli: CLI, signed_ws: WS) -> None:
+    r = cli("plugins", "--json", "--home", signed_ws.home)
+    assert r.exit_code == 0
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["bastion.plugins.signing"]["origin"] == "built-in"
+    assert rows["strategy:good.py"]["origin"] == "strategy file"
+    assert rows["strategy:good.py"]["hooks"] == ["on_bar"]
+
+
+def test_plugins_table(cli: CLI, signed_ws: WS) -> None:
+    r = cli("plugins", "--home", signed_ws.home)
+    assert r.exit_code == 0 and "built-in" in r.stdout
+
+
+def test_hooks_json(cli: CLI) -> None:
+    rows = json.loads(cli("hooks", "--json").stdout)
+    names = {(r["project"], r["name"]) for r in rows}
+    assert ("bastion", "check_order") in names and ("bastion.strategy", "on_bar") in names
+
+
+# ------------------------------------------------------------------ the bundled examples
+
+
+def test_bundled_examples_verify(cli: CLI, tmp_path: Path) -> None:
+    """The examples shipped in the repository are signed, whitelisted and load."""
+    home = tmp_path / "clone"
+    shutil.copytree(REPO / "strategies", home / "strategies")
+    shutil.copytree(REPO / "signatures", home / "signatures")
+    r = cli("verify", "--home", home)
+    assert r.exit_code == 0, r.output
+    rows = json.loads(cli("strategies", "--json", "--home", home).stdout)
+    assert len(rows) >= 2 and all(row["status"] == "loaded-ok" for row in rows)
+
+
+def test_bundled_examples_refused_in_live(cli: CLI, tmp_path: Path) -> None:
+    """Live trading refuses whatever the example key signed."""
+    home = tmp_path / "clone"
+    shutil.copytree(REPO / "strategies", home / "strategies")
+    shutil.copytree(REPO / "signatures", home / "signatures")
+    r = cli("verify", "--env", "live", "--home", home)
+    assert r.exit_code == 1
+    assert r.stderr.count("example-key-refused") >= 2
