@@ -218,11 +218,16 @@ def _guarded_import(name: str, view: types.ModuleType) -> Callable[..., Any]:
                 return view
             real_import(module, None, None, (), 0)
             return sys.modules[module] if fromlist else view
-        for item in fromlist or ():
-            full = f"{module}.{item}"
-            if full not in ALLOWED_IMPORTS and hasattr(sys.modules.get(full), "__file__"):
-                raise ForbiddenImport(f"{name}: 'from {module} import {item}' is not allowed")
-        return real_import(module, globals, locals, fromlist or (), 0)
+        imported = real_import(module, globals, locals, fromlist or (), 0)
+        if fromlist:
+            target = sys.modules[module]
+            for item in fromlist:
+                value = getattr(target, item, None)
+                if item.startswith("_") or (
+                    isinstance(value, types.ModuleType) and value.__name__ not in ALLOWED_IMPORTS
+                ):
+                    raise ForbiddenImport(f"{name}: 'from {module} import {item}' is not allowed")
+        return imported
 
     return guarded
 
@@ -343,6 +348,12 @@ class Gate:
         whitelist = self.whitelist
         if isinstance(whitelist, WhitelistProblem):
             return refuse(Status(whitelist.status), whitelist.reason)
+        if self.refuse_example_key and whitelist.signer.example:
+            return refuse(
+                Status.EXAMPLE_KEY,
+                f"the whitelist is signed by the example key {whitelist.signer.id}, which is "
+                "never valid for live trading; re-sign it with your own key",
+            )
         approved = whitelist.strategies.get(name)
         if approved is None:
             return refuse(

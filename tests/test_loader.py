@@ -357,7 +357,24 @@ def test_example_key_refused_for_live(signed_ws: WS, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(keys, "EXAMPLE_KEY_IDS", frozenset({signed_ws.key().id}))
     assert signed_ws.status("good.py") is Status.LOADED_OK
-    assert signed_ws.status("good.py", refuse_example_key=True) is Status.EXAMPLE_KEY
+    r = refusal(signed_ws.admit("good.py", refuse_example_key=True))
+    assert r.status is Status.EXAMPLE_KEY and "whitelist is signed by the example key" in r.reason
+
+
+def test_example_key_signature_under_own_whitelist_refused_for_live(
+    signed_ws: WS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's own whitelist does not make an example-key signature valid live."""
+    import bastion._keys as keys
+
+    ws = signed_ws
+    example, operator = ws.key(), ws.key("operator")
+    monkeypatch.setattr(keys, "EXAMPLE_KEY_IDS", frozenset({example.id}))
+    ws.write("other.py")
+    ws.sign("other.py", key=operator)  # whitelist now signed by the operator; good.py by example
+    r = refusal(ws.admit("good.py", refuse_example_key=True))
+    assert r.status is Status.EXAMPLE_KEY and "signed by the example key" in r.reason
+    assert ws.status("other.py", refuse_example_key=True) is Status.LOADED_OK
 
 
 # ---------------------------------------------------------------- imports
@@ -389,6 +406,8 @@ def test_strategy_cannot_import_sibling(ws: WS, monkeypatch: pytest.MonkeyPatch)
         "from . import helper",
         "import importlib",
         "__import__('os')",
+        "from random import _os",
+        "from json import decoder",
     ],
 )
 def test_strategy_import_guard(ws: WS, statement: str) -> None:
