@@ -28,6 +28,11 @@ DISABLE_VAR = "BASTION_DISABLE_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "bastion.plugins.signing",
     "bastion.plugins.eventlog",
+    "bastion.plugins.sim",
+    "bastion.plugins.csv_source",
+    "bastion.plugins.synthetic",
+    "bastion.plugins.sqlite_store",
+    "bastion.plugins.backtest",
 )
 
 
@@ -63,11 +68,15 @@ class Kernel:
         for module_name in BUILTIN_PLUGINS:
             if module_name in disabled:
                 continue
-            self._register(
-                importlib.import_module(module_name),
-                module_name,
-                ("built-in", module_name, __version__),
-            )
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as exc:
+                raise PluginError(
+                    f"built-in plugin {module_name} failed to import: {type(exc).__name__}: "
+                    f"{exc}; reinstall Bastion (pip install -e .) or set "
+                    f"{DISABLE_VAR}={module_name}"
+                ) from None
+            self._register(module, module_name, ("built-in", module_name, __version__))
         if entry_points:
             self._load_entry_points(disabled)
         try:
@@ -111,8 +120,8 @@ class Kernel:
         origin = self._origins.get(name, ("?", "?", None))
         detail = one_line(str(exc))
         return (
-            f"plugin {name!r} ({origin[0]}: {origin[1]}) is invalid: {detail}; "
-            "check its hook names and arguments against 'bastion hooks'"
+            f"plugin {name!r} ({origin[0]}: {origin[1]}) is invalid: {detail}; check its hook "
+            f"names and arguments against docs/reference/hooks.md, or set {DISABLE_VAR}={name}"
         )
 
     # -- introspection -----------------------------------------------------------------

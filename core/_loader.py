@@ -4,8 +4,10 @@
 whitelist, detached signature, trusted key), compiles exactly those bytes,
 runs the module body with a restricted import, and registers the module with
 pluggy under the ``bastion.strategy`` project.  Nothing is compiled or run
-before every check has passed, nothing is written to ``__pycache__``, and a
-refused file leaves no trace in the process.
+before every verification check has passed, and nothing is written to
+``__pycache__``.  A verified file whose module body then fails (forbidden
+import, exception, bad hook interface) is not registered anywhere: it is
+never put in ``sys.modules`` and receives no events.
 """
 
 from __future__ import annotations
@@ -475,7 +477,9 @@ def _load(info: StrategyInfo, source: bytes) -> Strategy | Refusal:
         exec(code, module.__dict__)  # noqa: S102 - verified bytes only; this is the door
     except ForbiddenImport as exc:
         return refuse(Status.FORBIDDEN_IMPORT, str(exc).removeprefix(f"{info.name}: "))
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit and friends too: a strategy never stops the kernel
         return refuse(Status.LOAD_ERROR, f"module body raised {type(exc).__name__}: {exc}")
     try:
         params = _check_params(module.__dict__.get("PARAMS"))

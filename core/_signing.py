@@ -35,7 +35,6 @@ class SignResult:
     signed: tuple[tuple[str, str], ...]  # (file name, sha256)
     whitelist_version: int
     expires: datetime
-    key_trusted: bool
 
 
 def _strategy_path(workspace: Workspace, spec: str) -> Path:
@@ -77,6 +76,12 @@ def sign_strategies(
     trust = TrustStore.load(workspace.signatures)
     if key.id in trust.revoked:
         raise TrustError(f"key {key.id} ({key.path}) is revoked; sign with another key")
+    if key.id not in trust.keys:
+        # Signing would replace the whitelist with one nothing here can verify.
+        raise TrustError(
+            f"key {key.id} ({key.path}) is not trusted in {trust.keys_dir}; an operator must "
+            f"first run 'bastion trust add {key.path.with_suffix('.pub')}'"
+        )
 
     staged: list[tuple[Path, bytes]] = []
     signed: list[tuple[str, str]] = []
@@ -132,5 +137,4 @@ def sign_strategies(
         signed=tuple(signed),
         whitelist_version=version,
         expires=now + valid_for,
-        key_trusted=key.id in trust.keys,
     )

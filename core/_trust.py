@@ -238,20 +238,20 @@ class TrustStore:
             raise TrustError(f"{key_id!r} is not a key id; key ids are 16 hex digits")
         if kid in self.revoked:
             raise TrustError(f"key {kid} is already revoked")
-        if kid not in self.keys:
-            raise TrustError(
-                f"key {kid} is not in {self.keys_dir}; 'bastion trust list' shows them"
-            )
+        # A key need not be trusted here to be revoked: a leaked key can be
+        # refused in advance, so that 'trust add' can never bring it in.
+        known = self.keys.get(kid)
         entry = {
             "revoked": format_time(now),
             "reason": reason,
-            "name": self.keys[kid].name,
-            "public_key": self.keys[kid].public.base64(),
+            "name": known.name if known else "",
+            "public_key": known.public.base64() if known else "",
         }
         revoked = {**{k: dict(v) for k, v in self.revoked.items()}, kid: entry}
         # The revocation is recorded first; only then does the key file go.
         atomic_write(self.revoked_file, _dump_json({"revoked": revoked}))
-        self.keys[kid].path.unlink()
+        if known is not None:
+            known.path.unlink()
 
 
 def _name_from_comment(comment: str) -> str | None:

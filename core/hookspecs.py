@@ -139,8 +139,11 @@ def strategy_refused(refusal: Any) -> None:
     """A strategy file was refused at the door.
 
     Called once per refused file with the ``Refusal`` (file, status such as
-    ``hash-mismatch``, and a one-line reason).  Nothing of the file was
-    executed.  Return value ignored.
+    ``hash-mismatch``, and a one-line reason).  A file refused by a
+    verification check (any status up to ``signature-mismatch``) was never
+    compiled or run; one refused as ``forbidden-import``, ``load-error`` or
+    ``bad-interface`` passed verification and its module body ran, but it is
+    not registered and receives no events.  Return value ignored.
 
     :param refusal: the ``bastion.Refusal``.
     """

@@ -10,13 +10,24 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import attrs
 
-__all__ = ["Bar", "Fill", "OrderIntent", "OrderType", "Side"]
+__all__ = [
+    "AccountSnapshot",
+    "Bar",
+    "Fill",
+    "Order",
+    "OrderIntent",
+    "OrderStatus",
+    "OrderType",
+    "Position",
+    "Side",
+]
 
 
 def _finite_positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -57,6 +68,17 @@ class OrderType(enum.StrEnum):
     MARKET = "market"
     LIMIT = "limit"
     STOP = "stop"
+
+
+class OrderStatus(enum.StrEnum):
+    """An order's life: stored as ``pending`` before any broker sees it."""
+
+    PENDING = "pending"  # stored, not yet submitted
+    ACCEPTED = "accepted"  # the broker is working it
+    PARTIAL = "partial"  # partly filled, still working
+    FILLED = "filled"
+    REJECTED = "rejected"  # by a limit, a risk check or the broker; never sent or refused
+    CANCELLED = "cancelled"
 
 
 @attrs.frozen(slots=True)
@@ -104,8 +126,42 @@ class OrderIntent:
 
 
 @attrs.frozen(slots=True)
+class Order:
+    """An intent the kernel accepted and will submit, with everything needed to trace it.
+
+    ``client_order_id`` is stored before the order is submitted, so a restart
+    can reconcile with the broker and never send an order twice.
+    ``strategy_sha256`` and ``signer`` name the exact code that asked for it.
+    """
+
+    client_order_id: str
+    strategy: str
+    strategy_sha256: str
+    signer: str | None
+    intent: OrderIntent
+    created: datetime = attrs.field(validator=_aware)
+    liquidation: bool = False  # created by a margin call, not by the strategy
+
+    @property
+    def symbol(self) -> str:
+        return self.intent.symbol
+
+    @property
+    def side(self) -> Side:
+        return self.intent.side
+
+    @property
+    def quantity(self) -> Decimal:
+        return self.intent.quantity
+
+    @property
+    def signed_quantity(self) -> Decimal:
+        return self.intent.quantity if self.intent.side is Side.BUY else -self.intent.quantity
+
+
+@attrs.frozen(slots=True)
 class Fill:
-    """An execution reported by a broker, in exact decimals."""
+    """An execution reported by a broker, in exact decimals.  ``order_id`` is the client id."""
 
     order_id: str
     symbol: str
@@ -120,3 +176,34 @@ class Fill:
             raise ValueError(
                 "a fill needs positive quantity and price and a non-negative commission"
             )
+
+    @property
+    def signed_quantity(self) -> Decimal:
+        return self.quantity if self.side is Side.BUY else -self.quantity
+
+
+@attrs.frozen(slots=True)
+class Position:
+    """A holding in one symbol: signed quantity, average entry price, realised P&L so far."""
+
+    symbol: str
+    quantity: Decimal
+    avg_price: Decimal
+    realized: Decimal
+
+
+@attrs.frozen(slots=True)
+class AccountSnapshot:
+    """One strategy's portfolio as plain data (what a broker or a strategy may see).
+
+    ``positions`` maps symbol to signed quantity; ``prices`` to the last price
+    the kernel has seen.  ``long_value``/``short_value`` are market values
+    (both >= 0) at those prices.
+    """
+
+    cash: Decimal
+    equity: Decimal
+    positions: Mapping[str, Decimal]
+    prices: Mapping[str, Decimal]
+    long_value: Decimal
+    short_value: Decimal

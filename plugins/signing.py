@@ -182,13 +182,6 @@ def sign_command(
         f"signed by key {key.id} ({key.name})",
         markup=False,
     )
-    if not result.key_trusted:
-        err_console.print(
-            f"note: key {key.id} is not trusted in {app.workspace.signatures}/keys; nothing it "
-            "signed will load until an operator runs "
-            f"'bastion trust add {key.path.with_suffix('.pub')}'",
-            markup=False,
-        )
 
 
 # --------------------------------------------------------------------------- verify / list

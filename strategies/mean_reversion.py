@@ -1,7 +1,7 @@
 """Mean reversion on a rolling z-score (example strategy, signed with the example key).
 
-Buy when the close is ``entry`` standard deviations below its ``window``-bar
-mean; exit when it returns to the mean.
+Buy ``quantity`` shares when the close is more than ``entry`` standard
+deviations below its ``window``-bar mean; sell when it is back at the mean.
 """
 
 import math
@@ -20,7 +20,9 @@ def on_start(ctx):
 @strategy.hook
 def on_bar(ctx, bar):
     window = ctx.params["window"]
-    closes = ctx.state["closes"].setdefault(bar.symbol, deque(maxlen=window))
+    closes = ctx.state["closes"].get(bar.symbol)
+    if closes is None:
+        closes = ctx.state["closes"][bar.symbol] = deque(maxlen=window)
     closes.append(bar.close)
     if len(closes) < window:
         return
@@ -31,11 +33,12 @@ def on_bar(ctx, bar):
     z = (bar.close - mean) / std
     held = ctx.position(bar.symbol)
     if z < -ctx.params["entry"] and held == 0:
-        ctx.order(bar.symbol, ctx.params["quantity"])
+        ctx.order(bar.symbol, ctx.params["quantity"], tag="entry")
     elif z >= 0 and held > 0:
-        ctx.order(bar.symbol, -held)
+        ctx.order(bar.symbol, -held, tag="exit")
 
 
 @strategy.hook
 def on_fill(ctx, fill):
-    ctx.log.info("filled", symbol=fill.symbol, side=fill.side, quantity=str(fill.quantity))
+    ctx.log.info("filled", symbol=fill.symbol, side=str(fill.side), quantity=str(fill.quantity),
+                 price=str(fill.price))

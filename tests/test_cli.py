@@ -49,12 +49,17 @@ def test_key_by_name_from_keys_dir(cli: CLI, ws: WS, monkeypatch: pytest.MonkeyP
     assert cli("sign", "mine.py", "--key", "dave", "--home", ws.home).exit_code == 0
 
 
-def test_signing_with_untrusted_key_warns(cli: CLI, ws: WS) -> None:
+def test_signing_with_untrusted_key_is_refused(cli: CLI, signed_ws: WS) -> None:
+    """An untrusted key cannot re-sign the whitelist (it would lock every strategy out)."""
+    ws = signed_ws
+    before = (ws.signatures / "whitelist.json").read_bytes()
     cli("keys", "new", "erin", "--dir", ws.keys_dir)
     ws.write("mine.py")
     r = cli("sign", "mine.py", "--key", ws.keys_dir / "erin.key", "--home", ws.home)
-    assert r.exit_code == 0
-    assert "not trusted" in r.stderr
+    assert r.exit_code == 1
+    one_error_line(r.stderr, "not trusted", "bastion trust add")
+    assert (ws.signatures / "whitelist.json").read_bytes() == before
+    assert not (ws.signatures / "mine.py.minisig").exists()
 
 
 def test_trust_list_and_revoke(cli: CLI, signed_ws: WS) -> None:

@@ -91,7 +91,7 @@ def test_plugin_with_unknown_hook_is_a_clear_error(site: Path) -> None:
     with pytest.raises(PluginError) as info:
         Kernel()
     message = str(info.value)
-    assert "bastion-typo" in message and "register_broker" in message and "bastion hooks" in message
+    assert "bastion-typo" in message and "register_broker" in message and "hooks.md" in message
 
 
 def test_plugin_with_wrong_arguments(site: Path) -> None:

@@ -107,10 +107,18 @@ def test_unknown_key_signature_by_untrusted_key(signed_ws: WS) -> None:
     """A valid signature made by a key the workspace does not trust is refused."""
     ws = signed_ws
     mallory = ws.key("mallory", trust=False)
-    # Mallory signs; the whitelist is re-signed too, so only the key is wrong.
+    # Mallory writes her own whitelist (bastion sign would refuse her untrusted key).
     from bastion._signing import sign_strategies
+    from bastion._trust import write_whitelist
 
-    sign_strategies(ws.workspace, mallory, ["good.py"])
+    write_whitelist(
+        ws.signatures,
+        {"good.py": "0" * 64},
+        mallory,
+        version=9,
+        now=datetime.now(UTC),
+        valid_for=timedelta(days=1),
+    )
     r = refusal(ws.admit("good.py"))
     # The whitelist itself is now signed by mallory: refused at the whitelist.
     assert r.status is Status.WHITELIST_INVALID
@@ -531,3 +539,11 @@ def test_any_single_byte_change_is_refused(signed_ws: WS, data: st.DataObject) -
 
 def test_environment_default_is_development(ws: WS) -> None:
     assert ws.workspace.environment is Environment.DEVELOPMENT
+
+
+@pytest.mark.parametrize("exc", ["SystemExit(0)", "GeneratorExit()", "BaseException('x')"])
+def test_module_body_cannot_stop_the_kernel(ws: WS, exc: str) -> None:
+    """A verified strategy raising SystemExit (or any BaseException) is refused, not obeyed."""
+    ws.write("quitter.py", f"raise {exc}\n")
+    ws.sign("quitter.py")
+    assert refusal(ws.admit("quitter.py")).status is Status.LOAD_ERROR

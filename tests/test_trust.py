@@ -37,12 +37,19 @@ def test_revoke_records_and_forbids_re_adding(ws: WS) -> None:
         store.add(ws.keys_dir / "alice.pub")
 
 
-def test_revoke_unknown_or_malformed(ws: WS) -> None:
-    store = TrustStore.load(ws.signatures)
+def test_revoke_malformed(ws: WS) -> None:
     with pytest.raises(TrustError, match="16 hex digits"):
-        store.revoke("xyz", "", datetime.now(UTC))
-    with pytest.raises(TrustError, match="not in"):
-        store.revoke("0123456789ABCDEF", "", datetime.now(UTC))
+        TrustStore.load(ws.signatures).revoke("xyz", "", datetime.now(UTC))
+
+
+def test_revoke_in_advance(ws: WS) -> None:
+    """A leaked key can be revoked before anyone trusts it; then it can never be added."""
+    leaked = ws.key("leaked", trust=False)
+    TrustStore.load(ws.signatures).revoke(leaked.id, "leaked", datetime.now(UTC))
+    with pytest.raises(TrustError, match="revoked"):
+        TrustStore.load(ws.signatures).add(ws.keys_dir / "leaked.pub")
+    with pytest.raises(TrustError, match="already revoked"):
+        TrustStore.load(ws.signatures).revoke(leaked.id, "", datetime.now(UTC))
 
 
 def test_corrupt_trusted_key_file(ws: WS) -> None:
@@ -152,6 +159,15 @@ def test_trusted_comment_round_trip() -> None:
         )
         == now
     )
+
+
+def test_sign_refuses_untrusted_key(ws: WS) -> None:
+    from bastion._signing import sign_strategies
+
+    ws.write("ok.py")
+    with pytest.raises(TrustError, match="not trusted"):
+        sign_strategies(ws.workspace, ws.key("stranger", trust=False), ["ok.py"])
+    assert not (ws.signatures / "whitelist.json").exists()
 
 
 def test_sign_refuses_revoked_key_and_bad_files(ws: WS) -> None:

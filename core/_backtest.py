@@ -1,0 +1,331 @@
+"""``bastion backtest``: validate every input, admit strategies, run the engine, store.
+
+Everything a user can get wrong (strategy names, source, symbols, dates, cash,
+parameters, plugin names) is checked *before* the run is recorded, so bad
+input leaves nothing in the store.  Once the run row exists, any failure
+marks it ``failed`` with the reason; nothing is left ``running``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime, time
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import attrs
+
+from ._engine import Engine, EngineConfig, OrderLimits, RunResult
+from ._environment import read_config
+from ._errors import BastionError, ConfigError
+from ._kernel import Kernel
+from ._loader import Gate, Refusal, Strategy
+from ._version import __version__
+from .interfaces import RunInfo, Source, Store, StrategyRecord
+from .models import Bar
+
+__all__ = ["BacktestRequest", "parse_cash", "parse_date", "prepare_backtest"]
+
+
+def parse_cash(text: str) -> Decimal:
+    try:
+        cash = Decimal(text.replace(",", "").replace("_", ""))
+    except InvalidOperation:
+        raise ConfigError(f"--cash {text!r} is not a number") from None
+    if not cash.is_finite() or cash <= 0:
+        raise ConfigError(f"--cash {text}: starting cash must be a positive amount")
+    return cash
+
+
+def parse_date(text: str, option: str, *, end: bool = False) -> datetime:
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise ConfigError(f"{option} {text!r} is not a date like 2022-01-31") from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return datetime.combine(day, time.max if end else time.min, tzinfo=UTC)
+
+
+@attrs.frozen
+class BacktestRequest:
+    strategies: tuple[str, ...] = ()
+    source: str = "csv:sample"
+    broker: str = "sim"
+    storage: str = "sqlite"
+    cash: Decimal = Decimal(100_000)
+    start: datetime | None = None
+    end: datetime | None = None
+    symbols: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()  # "key=value" or "strategy.key=value"
+
+
+def _split(spec: str, what: str, available: Mapping[str, Any]) -> tuple[Any, str]:
+    name, _, rest = spec.partition(":")
+    factory = available.get(name)
+    if factory is None:
+        names = ", ".join(sorted(available)) or "none"
+        raise ConfigError(
+            f"unknown {what} {name!r}; available: {names} ('bastion plugins' lists them)"
+        )
+    return factory, rest
+
+
+def _coerce(value: str, default: object, where: str) -> object:
+    try:
+        if isinstance(default, bool):
+            lowered = value.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return lowered in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        raise ConfigError(
+            f"{where}: {value!r} is not a {type(default).__name__} like the default {default!r}"
+        ) from None
+    return value
+
+
+def resolve_params(
+    strategies: Sequence[Strategy],
+    overrides: Sequence[str],
+    config: Mapping[str, Any],
+    config_name: str,
+) -> dict[str, dict[str, Any]]:
+    """Defaults from each file's PARAMS, then ``[params.NAME]`` in bastion.toml, then --param."""
+    result = {s.name: dict(s.params) for s in strategies}
+    by_stem = {s.name.removesuffix(".py"): s.name for s in strategies}
+    table = config.get("params", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{config_name}: [params] must be a table of [params.STRATEGY] tables")
+    for stem, values in table.items():
+        if stem not in by_stem:
+            continue  # parameters for a strategy not in this run
+        if not isinstance(values, dict):
+            raise ConfigError(f"{config_name}: [params.{stem}] must be a table")
+        for key, value in values.items():
+            name = by_stem[stem]
+            if key not in result[name]:
+                raise ConfigError(f"{config_name}: {stem} has no parameter {key!r}")
+            result[name][key] = _coerce(
+                str(value), result[name][key], f"{config_name} {stem}.{key}"
+            )
+    for item in overrides:
+        target, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--param {item!r}: use KEY=VALUE or STRATEGY.KEY=VALUE")
+        stem, dot, key = target.rpartition(".")
+        names = [by_stem[stem]] if dot and stem in by_stem else [] if dot else list(result)
+        if dot and not names:
+            raise ConfigError(f"--param {item!r}: no strategy {stem!r} in this run")
+        hits = [n for n in names if key in result[n]]
+        if not hits:
+            raise ConfigError(f"--param {item!r}: no strategy in this run has a parameter {key!r}")
+        for name in hits:
+            result[name][key] = _coerce(value, result[name][key], f"--param {item}")
+    return result
+
+
+def _limits(config: Mapping[str, Any], environment: str, config_name: str) -> OrderLimits:
+    table = (
+        config.get("limits", {}).get(environment, {})
+        if isinstance(config.get("limits", {}), dict)
+        else {}
+    )
+    values = {}
+    for key in ("max_order_quantity", "max_order_notional"):
+        if key in table:
+            try:
+                values[key] = Decimal(str(table[key]))
+            except InvalidOperation:
+                raise ConfigError(
+                    f"{config_name}: limits.{environment}.{key} is not a number"
+                ) from None
+    return OrderLimits(**values)
+
+
+@attrs.define
+class PreparedBacktest:
+    """A validated backtest, ready to run: nothing has been stored yet."""
+
+    kernel: Kernel
+    request: BacktestRequest
+    strategies: list[Strategy]
+    refusals: list[Refusal]
+    params: dict[str, dict[str, Any]]
+    source: Source
+    symbols: tuple[str, ...]
+    broker: Any
+    store_factory: Callable[..., Store]
+    first_bar: Bar
+    bars: Iterator[Bar]
+    limits: OrderLimits
+    data_dir: Any
+    environment: str
+
+    def run(self, progress: Callable[[int], None] | None = None) -> tuple[RunResult, Store]:
+        run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+        request = self.request
+        info = RunInfo(
+            run_id=run_id,
+            kind="backtest",
+            environment=self.environment,
+            started=datetime.now(UTC),
+            bastion_version=__version__,
+            config={
+                "source": self.source.description,
+                "broker": request.broker,
+                "storage": request.storage,
+                "cash": str(request.cash),
+                "from": request.start.isoformat() if request.start else None,
+                "to": request.end.isoformat() if request.end else None,
+                "symbols": list(self.symbols),
+                "params": self.params,
+                "sandbox": "in-process",
+            },
+        )
+        records = [
+            StrategyRecord(
+                name=s.name,
+                sha256=s.info.sha256,
+                signer=s.info.signer,
+                signer_name=s.info.signer_name,
+                whitelist_version=s.info.whitelist_version,
+                unsigned=s.info.unsigned,
+                params=self.params[s.name],
+            )
+            for s in self.strategies
+        ]
+        store = self.store_factory(self.data_dir)
+        store.begin_run(info, records)
+        try:
+            for refusal in self.refusals:
+                store.audit(
+                    "strategy_refused",
+                    {
+                        "run_id": run_id,
+                        "file": refusal.name,
+                        "status": str(refusal.status),
+                        "reason": refusal.reason,
+                    },
+                )
+            engine = Engine(
+                self.kernel,
+                self.broker,
+                store,
+                [(s, self.params[s.name]) for s in self.strategies],
+                EngineConfig(
+                    run_id=run_id,
+                    environment=self.environment,
+                    cash=request.cash,
+                    symbols=frozenset(self.symbols),
+                    limits=self.limits,
+                ),
+                progress=progress,
+            )
+            result = engine.run(itertools.chain((self.first_bar,), self.bars))
+        except BaseException as exc:
+            reason = (
+                str(exc)
+                if isinstance(exc, BastionError)
+                else (
+                    "interrupted by the user"
+                    if isinstance(exc, KeyboardInterrupt)
+                    else f"{type(exc).__name__}: {exc}"
+                )
+            )
+            store.finish_run(run_id, "failed", reason.splitlines()[0] if reason else "failed")
+            store.close()
+            raise
+        store.finish_run(run_id, "completed", None)
+        return result, store
+
+
+def prepare_backtest(
+    kernel: Kernel, gate: Gate, request: BacktestRequest, environment: str
+) -> PreparedBacktest:
+    """Check every input and admit the strategies; raise a one-line BastionError otherwise."""
+    workspace = gate.workspace
+    if request.cash <= 0:
+        raise ConfigError(f"--cash {request.cash}: starting cash must be a positive amount")
+    if request.start and request.end and request.start > request.end:
+        raise ConfigError("--from is after --to; swap them")
+    source_factory, source_spec = _split(request.source, "source", kernel.sources())
+    broker_factory, broker_spec = _split(request.broker, "broker", kernel.brokers())
+    store_factory, _ = _split(request.storage, "storage", kernel.storages())
+    source: Source = source_factory(source_spec)
+    available = source.symbols()
+    symbols = request.symbols or available
+    missing = [s for s in symbols if s not in available]
+    if missing:
+        raise ConfigError(
+            f"symbol {missing[0]!r} is not in {source.description}; it has: {', '.join(available)}"
+        )
+    broker = broker_factory(broker_spec)
+
+    strategies: list[Strategy] = []
+    refusals: list[Refusal] = []
+    if request.strategies:
+        for name in request.strategies:
+            path = gate.resolve(name)
+            if not path.exists() and not path.is_symlink():
+                raise ConfigError(
+                    f"unknown strategy {name!r}: no {path.name} in {workspace.strategies}; "
+                    "'bastion strategies' lists them"
+                )
+            outcome = gate.admit(path)
+            if isinstance(outcome, Refusal):
+                kernel.strategy_refused(outcome)
+                raise ConfigError(
+                    f"strategy {outcome.name} is not verified ({outcome.status}: {outcome.reason})"
+                )
+            kernel.strategy_loaded(outcome)
+            strategies.append(outcome)
+    else:
+        for path in gate.candidates():
+            outcome = gate.admit(path)
+            if isinstance(outcome, Refusal):
+                kernel.strategy_refused(outcome)
+                refusals.append(outcome)
+            else:
+                kernel.strategy_loaded(outcome)
+                strategies.append(outcome)
+        if not strategies:
+            raise ConfigError(
+                f"no verified strategy in {workspace.strategies}; 'bastion strategies' says why"
+            )
+    config = read_config(workspace.config_file)
+    params = resolve_params(strategies, request.params, config, str(workspace.config_file))
+    limits = _limits(config, environment, str(workspace.config_file))
+    bars = iter(source.bars(symbols, request.start, request.end))
+    first = next(bars, None)
+    if first is None:
+        span = (
+            f" between {request.start:%Y-%m-%d} and {request.end:%Y-%m-%d}"
+            if (request.start and request.end)
+            else " in the chosen period"
+        )
+        raise ConfigError(f"{source.description} has no bars{span}; check --from/--to")
+    return PreparedBacktest(
+        kernel=kernel,
+        request=request,
+        strategies=strategies,
+        refusals=refusals,
+        params=params,
+        source=source,
+        symbols=tuple(symbols),
+        broker=broker,
+        store_factory=store_factory,
+        first_bar=first,
+        bars=bars,
+        limits=limits,
+        data_dir=workspace.ensure_data_dir(),
+        environment=environment,
+    )

@@ -1,0 +1,290 @@
+"""What a strategy sees (``ctx``) and the runner that feeds it events.
+
+The contract is deliberately one that can be served across a process
+boundary (the sandbox runs each strategy in its own worker): a strategy
+receives only plain data — its parameters, bars, its own fills, snapshots of
+its own portfolio — and answers with order intents and log records.  It never
+holds a reference to the kernel, a broker, the store or another strategy.
+
+:class:`StrategyRunner` is the in-process runner: it calls the strategy's
+hook functions directly (they were validated by pluggy at admission; calling
+the single implementation directly avoids pluggy's per-call overhead on the
+bar path).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+from ._loader import Strategy
+from .models import AccountSnapshot, Bar, Fill, OrderIntent, OrderType, Side
+
+__all__ = ["HISTORY_BARS", "StrategyContext", "StrategyError", "StrategyRunner"]
+
+ZERO = Decimal(0)
+HISTORY_BARS = 256  # recent bars kept per symbol for ctx.history()
+MAX_INTENTS_PER_EVENT = 100
+MAX_LOGS_PER_EVENT = 20
+
+
+# Everything but Ctrl-C: a strategy raising SystemExit must not end the run.
+_CONTAINED = (Exception, SystemExit, GeneratorExit)
+
+
+class StrategyError(Exception):
+    """Strategy code raised or misbehaved; the strategy is quarantined."""
+
+    def __init__(self, strategy: str, hook: str, reason: str) -> None:
+        super().__init__(f"{strategy}: {hook}: {reason}")
+        self.strategy, self.hook, self.reason = strategy, hook, reason
+
+
+class _Log:
+    """``ctx.log``: structured log records, handed to the kernel with the intents."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self, records: list[tuple[str, str, dict[str, Any]]]) -> None:
+        self._records = records
+
+    def _add(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        if len(self._records) < MAX_LOGS_PER_EVENT:
+            clean = {str(k)[:64]: str(v)[:256] for k, v in list(fields.items())[:20]}
+            self._records.append((level, str(event)[:200], clean))
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._add("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._add("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._add("error", event, fields)
+
+
+class StrategyContext:
+    """A strategy's whole world.
+
+    * ``ctx.params`` — read-only parameters (defaults from ``PARAMS``, overridden
+      by configuration);
+    * ``ctx.state`` — a dict the strategy may keep anything in;
+    * ``ctx.now`` — the time of the event being handled;
+    * ``ctx.position(symbol)``, ``ctx.positions``, ``ctx.cash``, ``ctx.equity`` —
+      the strategy's own portfolio (as of its last fill, marked at the last
+      prices it has seen);
+    * ``ctx.history(symbol, n)`` — up to the last ``n`` bars of ``symbol`` it has
+      seen (never anything later than the current bar);
+    * ``ctx.order(symbol, quantity, limit=..., stop=..., tag=...)`` — ask for an
+      order; positive quantity buys, negative sells.  The kernel decides;
+    * ``ctx.log.info(event, **fields)`` — structured logging.
+    """
+
+    __slots__ = (
+        "_cash",
+        "_history",
+        "_intents",
+        "_last",
+        "_logs",
+        "_positions",
+        "log",
+        "name",
+        "now",
+        "params",
+        "state",
+    )
+
+    def __init__(self, name: str, params: Mapping[str, Any]) -> None:
+        self.name = name
+        self.params: Mapping[str, Any] = MappingProxyType(dict(params))
+        self.state: dict[str, Any] = {}
+        self.now: datetime | None = None
+        self._cash = ZERO
+        self._positions: dict[str, Decimal] = {}
+        self._last: dict[str, float] = {}
+        self._history: dict[str, deque[Bar]] = {}
+        self._intents: list[OrderIntent] = []
+        self._logs: list[tuple[str, str, dict[str, Any]]] = []
+        self.log = _Log(self._logs)
+
+    # -- the portfolio, as plain data ------------------------------------------------
+
+    def position(self, symbol: str) -> Decimal:
+        """Signed quantity held in ``symbol`` (0 if none)."""
+        return self._positions.get(symbol, ZERO)
+
+    @property
+    def positions(self) -> Mapping[str, Decimal]:
+        return MappingProxyType(self._positions)
+
+    @property
+    def cash(self) -> Decimal:
+        return self._cash
+
+    @property
+    def equity(self) -> Decimal:
+        """Cash plus positions marked at the last prices this strategy has seen."""
+        total = self._cash
+        for symbol, quantity in self._positions.items():
+            total += quantity * Decimal(repr(self._last.get(symbol, 0.0)))
+        return total
+
+    def history(self, symbol: str, n: int = HISTORY_BARS) -> list[Bar]:
+        """The last ``n`` (at most :data:`HISTORY_BARS`) bars of ``symbol``, oldest first."""
+        bars = self._history.get(symbol)
+        if not bars:
+            return []
+        return list(bars)[-n:] if n < len(bars) else list(bars)
+
+    # -- asking for orders ---------------------------------------------------------------
+
+    def order(
+        self,
+        symbol: str,
+        quantity: int | float | Decimal | str,
+        *,
+        limit: int | float | Decimal | str | None = None,
+        stop: int | float | Decimal | str | None = None,
+        tag: str = "",
+    ) -> None:
+        """Ask for an order: ``quantity > 0`` buys, ``< 0`` sells; 0 is ignored."""
+        qty = quantity if isinstance(quantity, Decimal) else Decimal(str(quantity))
+        if qty == 0:
+            return
+        if len(self._intents) >= MAX_INTENTS_PER_EVENT:
+            raise RuntimeError(f"more than {MAX_INTENTS_PER_EVENT} orders in one event")
+        kind = (
+            OrderType.LIMIT
+            if limit is not None
+            else OrderType.STOP
+            if stop is not None
+            else (OrderType.MARKET)
+        )
+        if limit is not None and stop is not None:
+            raise ValueError("an order takes limit= or stop=, not both")
+        self._intents.append(
+            OrderIntent(
+                symbol=symbol,
+                side=Side.BUY if qty > 0 else Side.SELL,
+                quantity=abs(qty),
+                type=kind,
+                limit_price=limit,
+                stop_price=stop,
+                tag=str(tag)[:64],
+            )
+        )
+
+    # -- kernel side -----------------------------------------------------------------------
+
+    def _apply_snapshot(self, snapshot: AccountSnapshot) -> None:
+        self._cash = snapshot.cash
+        self._positions = {s: q for s, q in snapshot.positions.items() if q}
+
+    def _drain(self) -> tuple[list[OrderIntent], list[tuple[str, str, dict[str, Any]]]]:
+        intents, logs = self._intents, list(self._logs)
+        self._intents = []
+        self._logs.clear()
+        return intents, logs
+
+
+Caller = Callable[[StrategyContext, Any], None]
+
+
+def _direct(strategy: Strategy, hook: str, args: tuple[str, ...]) -> Callable[..., Any] | None:
+    """The strategy's implementation of ``hook`` as a plain positional call, or None."""
+    impls = getattr(strategy.hooks.hook, hook).get_hookimpls()
+    if not impls:
+        return None
+    impl = impls[0]
+    function = impl.function
+    wanted = tuple(impl.argnames)
+    if wanted == args:
+        return function  # type: ignore[no-any-return]
+    positions = [args.index(name) for name in wanted]
+    return lambda *values: function(*(values[i] for i in positions))
+
+
+class StrategyRunner:
+    """Feeds events to one admitted strategy, in this process, and collects its answers.
+
+    Each method returns the order intents the strategy asked for while
+    handling the event.  Any exception from strategy code becomes a
+    :class:`StrategyError` (the engine quarantines the strategy).
+    """
+
+    def __init__(self, strategy: Strategy, params: Mapping[str, Any]) -> None:
+        self.strategy = strategy
+        self.name = strategy.name
+        self.ctx = StrategyContext(strategy.name, params)
+        self._on_start = _direct(strategy, "on_start", ("ctx",))
+        self._on_bar = _direct(strategy, "on_bar", ("ctx", "bar"))
+        self._on_fill = _direct(strategy, "on_fill", ("ctx", "fill"))
+        self._on_reject = _direct(strategy, "on_reject", ("ctx", "intent", "reason"))
+        self._on_stop = _direct(strategy, "on_stop", ("ctx",))
+        self.logs: list[tuple[str, str, dict[str, Any]]] = []
+
+    def _fail(self, hook: str, exc: BaseException) -> StrategyError:
+        return StrategyError(self.name, hook, f"raised {type(exc).__name__}: {exc}")
+
+    def _collect(self) -> list[OrderIntent]:
+        intents, logs = self.ctx._drain()
+        if logs:
+            self.logs.extend(logs)
+        return intents
+
+    def start(self, snapshot: AccountSnapshot) -> list[OrderIntent]:
+        self.ctx._apply_snapshot(snapshot)
+        if self._on_start is not None:
+            try:
+                self._on_start(self.ctx)
+            except _CONTAINED as exc:
+                raise self._fail("on_start", exc) from exc
+        return self._collect()
+
+    def bar(self, bar: Bar) -> list[OrderIntent] | None:
+        """Hot path: returns ``None`` when the strategy asked for nothing."""
+        ctx = self.ctx
+        ctx.now = bar.ts
+        symbol = bar.symbol
+        ctx._last[symbol] = bar.close
+        history = ctx._history.get(symbol)
+        if history is None:
+            history = ctx._history[symbol] = deque(maxlen=HISTORY_BARS)
+        history.append(bar)
+        if self._on_bar is not None:
+            try:
+                self._on_bar(ctx, bar)
+            except _CONTAINED as exc:
+                raise self._fail("on_bar", exc) from exc
+        if ctx._intents or ctx._logs:
+            return self._collect()
+        return None
+
+    def fill(self, fill: Fill, snapshot: AccountSnapshot) -> list[OrderIntent]:
+        self.ctx._apply_snapshot(snapshot)
+        if self._on_fill is not None:
+            try:
+                self._on_fill(self.ctx, fill)
+            except _CONTAINED as exc:
+                raise self._fail("on_fill", exc) from exc
+        return self._collect()
+
+    def reject(self, intent: OrderIntent, reason: str) -> list[OrderIntent]:
+        if self._on_reject is not None:
+            try:
+                self._on_reject(self.ctx, intent, reason)
+            except _CONTAINED as exc:
+                raise self._fail("on_reject", exc) from exc
+        return self._collect()
+
+    def stop(self) -> None:
+        if self._on_stop is not None:
+            try:
+                self._on_stop(self.ctx)
+            except _CONTAINED as exc:
+                raise self._fail("on_stop", exc) from exc
+        self.ctx._drain()  # orders asked for in on_stop are not executed

@@ -1,0 +1,484 @@
+"""The event loop: source -> strategies -> limits and risk -> broker -> fills ->
+portfolio -> storage -> ``on_fill`` back to the strategy.
+
+One loop serves backtests now and live runs later.  The bar path is kept
+straight and cheap: marking to market uses float mirrors of the Decimal
+ledger (re-synchronised exactly at every fill), and strategy hooks are called
+directly.  Everything that touches money (orders, fills, the ledger) is
+Decimal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from ._context import StrategyError, StrategyRunner
+from ._kernel import Kernel
+from ._loader import Strategy, StrategyInfo
+from ._logging import get_logger
+from ._metrics import compute_metrics, downsample
+from ._portfolio import Portfolio
+from .interfaces import Broker, Store
+from .models import Bar, Fill, Order, OrderIntent, OrderStatus
+
+__all__ = ["Engine", "EngineConfig", "OrderLimits", "RunResult", "StrategyResult"]
+
+MAX_REENTRY = 8  # a strategy answering a rejection with orders, at most this deep
+
+
+@attrs.frozen
+class OrderLimits:
+    """The environment's own limits, applied before risk plugins and the broker."""
+
+    max_order_quantity: Decimal | None = None
+    max_order_notional: Decimal | None = None
+
+
+@attrs.frozen
+class EngineConfig:
+    run_id: str
+    environment: str
+    cash: Decimal
+    symbols: frozenset[str]  # every symbol the source has for this run
+    limits: OrderLimits = OrderLimits()
+    stored_equity_points: int = 5000
+
+
+@attrs.frozen
+class StrategyResult:
+    name: str
+    metrics: Mapping[str, float | int | None]
+    quarantined: str | None
+    orders: int
+    fills: int
+    equity: Decimal
+
+
+@attrs.frozen
+class RunResult:
+    run_id: str
+    bars: int
+    seconds: float
+    strategies: tuple[StrategyResult, ...]
+
+
+class _Slot:
+    """Everything the engine keeps for one strategy."""
+
+    __slots__ = (
+        "equity_f",
+        "exposure",
+        "fills",
+        "gross_f",
+        "info",
+        "margin_call",
+        "orders",
+        "portfolio",
+        "quarantined",
+        "runner",
+        "values",
+    )
+
+    def __init__(self, strategy: Strategy, params: Mapping[str, Any], cash: Decimal) -> None:
+        self.info: StrategyInfo = strategy.info
+        self.runner = StrategyRunner(strategy, params)
+        self.portfolio = Portfolio(strategy.name, cash)
+        self.equity_f = float(cash)
+        self.gross_f = 0.0
+        self.values: list[float] = []
+        self.exposure = 0
+        self.quarantined: str | None = None
+        self.margin_call = False
+        self.orders = 0
+        self.fills = 0
+
+
+class Engine:
+    """Runs admitted strategies over a stream of bars against a broker, recording to a store."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        broker: Broker,
+        store: Store,
+        strategies: Sequence[tuple[Strategy, Mapping[str, Any]]],
+        config: EngineConfig,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.kernel = kernel
+        self.broker = broker
+        self.store = store
+        self.config = config
+        self.progress = progress
+        self.slots = [_Slot(s, params, config.cash) for s, params in strategies]
+        self._by_name = {slot.info.name: slot for slot in self.slots}
+        self._orders: dict[str, Order] = {}
+        self._filled: dict[str, Decimal] = {}
+        self._last: dict[str, float] = {}
+        self._ts: list[datetime] = []
+        self._seq = 0
+        self._log = get_logger(run_id=config.run_id)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, bars: Iterable[Bar]) -> RunResult:
+        started = time.perf_counter()
+        for slot in self.slots:
+            self._call(slot, lambda s: s.runner.start(s.portfolio.snapshot(self._last)), None)
+        count = self._loop(bars)
+        self._finish()
+        return RunResult(
+            run_id=self.config.run_id,
+            bars=count,
+            seconds=time.perf_counter() - started,
+            strategies=tuple(self._result(slot) for slot in self.slots),
+        )
+
+    def _loop(self, bars: Iterable[Bar]) -> int:
+        slots = self.slots
+        active = [s for s in slots if s.quarantined is None]
+        broker = self.broker
+        working = broker.working_symbols
+        last = self._last
+        ts_list = self._ts
+        margin = broker.maintenance_margin
+        progress = self.progress
+        current: datetime | None = None
+        count = 0
+        for bar in bars:
+            ts = bar.ts
+            if ts != current:
+                if current is not None:
+                    ts_list.append(current)
+                    for slot in slots:
+                        slot.values.append(slot.equity_f)
+                        if slot.portfolio.quantities_f:
+                            slot.exposure += 1
+                current = ts
+            symbol = bar.symbol
+            if symbol in working():
+                for fill in broker.on_bar(bar):
+                    self._book(fill)
+                active = [s for s in slots if s.quarantined is None]
+            close = bar.close
+            previous = last.get(symbol)
+            last[symbol] = close
+            if previous is not None and previous != close:
+                move = close - previous
+                for slot in slots:
+                    quantity = slot.portfolio.quantities_f.get(symbol)
+                    if quantity:
+                        slot.equity_f += quantity * move
+                        slot.gross_f += abs(quantity) * move
+                        if (
+                            margin is not None
+                            and slot.equity_f < margin * slot.gross_f
+                            and not slot.margin_call
+                        ):
+                            self._margin_call(slot, ts)
+            for slot in active:
+                try:
+                    intents = slot.runner.bar(bar)
+                except StrategyError as exc:
+                    self._quarantine(slot, exc)
+                    active = [s for s in slots if s.quarantined is None]
+                    continue
+                if intents is not None:
+                    self._handle(slot, intents, ts, 0)
+                    if slot.quarantined is not None:
+                        active = [s for s in slots if s.quarantined is None]
+            count += 1
+            if progress is not None and not count & 0x3FFF:
+                progress(count)
+        if current is not None:
+            ts_list.append(current)
+            for slot in slots:
+                slot.values.append(slot.equity_f)
+                if slot.portfolio.quantities_f:
+                    slot.exposure += 1
+        if progress is not None:
+            progress(count)
+        return count
+
+    # -- orders --------------------------------------------------------------------------
+
+    def _call(
+        self, slot: _Slot, event: Callable[[_Slot], list[OrderIntent]], ts: datetime | None
+    ) -> None:
+        if slot.quarantined is not None:
+            return
+        try:
+            intents = event(slot)
+        except StrategyError as exc:
+            self._quarantine(slot, exc)
+            return
+        if intents or slot.runner.logs:
+            self._handle(slot, intents, ts, 0)
+
+    def _handle(
+        self, slot: _Slot, intents: list[OrderIntent], ts: datetime | None, depth: int
+    ) -> None:
+        if slot.runner.logs:
+            self._flush_logs(slot)
+        if not intents:
+            return
+        if ts is None:
+            # on_start: nothing has a price yet, so nothing can be executed.
+            for intent in intents:
+                self._reject_intent(
+                    slot, intent, "orders cannot be placed before the first bar", ts, depth
+                )
+            return
+        for intent in intents:
+            if slot.quarantined is not None:
+                return
+            reason = self._pre_check(slot, intent)
+            order = self._new_order(slot, intent, ts)
+            if reason is not None:
+                self.store.record_order(self.config.run_id, order, OrderStatus.REJECTED, reason)
+                self._rejected(slot, order, reason, depth)
+                continue
+            self.store.record_order(self.config.run_id, order, OrderStatus.PENDING, None)
+            self.kernel.hook.order_event(order=order, status="submitted", reason=None)
+            account = slot.portfolio.snapshot(self._last, also=(intent.symbol,))
+            reason = self.broker.submit(order, account)
+            if reason is not None:
+                self.store.update_order(
+                    self.config.run_id,
+                    order.client_order_id,
+                    OrderStatus.REJECTED,
+                    reason,
+                    Decimal(0),
+                )
+                self._rejected(slot, order, reason, depth)
+            else:
+                self.store.update_order(
+                    self.config.run_id,
+                    order.client_order_id,
+                    OrderStatus.ACCEPTED,
+                    None,
+                    Decimal(0),
+                )
+                self.kernel.hook.order_event(order=order, status="accepted", reason=None)
+
+    def _new_order(
+        self, slot: _Slot, intent: OrderIntent, ts: datetime, *, liquidation: bool = False
+    ) -> Order:
+        self._seq += 1
+        slot.orders += 1
+        order = Order(
+            client_order_id=f"{self.config.run_id}-{self._seq:06d}",
+            strategy=slot.info.name,
+            strategy_sha256=slot.info.sha256,
+            signer=slot.info.signer,
+            intent=intent,
+            created=ts,
+            liquidation=liquidation,
+        )
+        self._orders[order.client_order_id] = order
+        self._filled[order.client_order_id] = Decimal(0)
+        return order
+
+    def _pre_check(self, slot: _Slot, intent: OrderIntent) -> str | None:
+        if intent.symbol not in self.config.symbols:
+            return f"unknown symbol {intent.symbol!r}: not in this run's data"
+        limits = self.config.limits
+        if limits.max_order_quantity is not None and intent.quantity > limits.max_order_quantity:
+            return (
+                f"quantity {intent.quantity} exceeds the {self.config.environment} limit "
+                f"of {limits.max_order_quantity}"
+            )
+        if limits.max_order_notional is not None and intent.symbol in self._last:
+            notional = intent.quantity * Decimal(repr(self._last[intent.symbol]))
+            if notional > limits.max_order_notional:
+                return (
+                    f"notional {notional:,.2f} exceeds the {self.config.environment} limit "
+                    f"of {limits.max_order_notional:,.2f}"
+                )
+        return self.kernel.check_order(intent, slot.info, self.config.environment)
+
+    def _rejected(self, slot: _Slot, order: Order, reason: str, depth: int) -> None:
+        self.kernel.hook.order_event(order=order, status="rejected", reason=reason)
+        self._reject_intent(slot, order.intent, reason, order.created, depth)
+
+    def _reject_intent(
+        self, slot: _Slot, intent: OrderIntent, reason: str, ts: datetime | None, depth: int
+    ) -> None:
+        self._log.info(
+            "order_rejected", strategy=slot.info.name, symbol=intent.symbol, reason=reason
+        )
+        if depth >= MAX_REENTRY:
+            self._quarantine(
+                slot,
+                StrategyError(
+                    slot.info.name,
+                    "on_reject",
+                    f"kept answering rejections with orders ({MAX_REENTRY} deep)",
+                ),
+            )
+            return
+        try:
+            again = slot.runner.reject(intent, reason)
+        except StrategyError as exc:
+            self._quarantine(slot, exc)
+            return
+        if again or slot.runner.logs:
+            self._handle(slot, again, ts, depth + 1)
+
+    # -- fills and the ledger ------------------------------------------------------------------
+
+    def _book(self, fill: Fill) -> None:
+        order = self._orders.get(fill.order_id)
+        if order is None:
+            raise RuntimeError(f"broker reported a fill for unknown order {fill.order_id}")
+        slot = self._by_name[order.strategy]
+        portfolio = slot.portfolio
+        portfolio.apply(fill)
+        slot.fills += 1
+        self._resync(slot, fill)
+        filled = self._filled[order.client_order_id] + fill.quantity
+        self._filled[order.client_order_id] = filled
+        status = OrderStatus.FILLED if filled >= order.quantity else OrderStatus.PARTIAL
+        run_id = self.config.run_id
+        self.store.record_fill(run_id, fill, order)
+        self.store.update_order(run_id, order.client_order_id, status, None, filled)
+        self.kernel.hook.fill_event(fill=fill, strategy=slot.info)
+        if status is OrderStatus.FILLED:
+            self.kernel.hook.order_event(order=order, status="filled", reason=None)
+        if slot.margin_call and not portfolio.quantities_f:
+            slot.margin_call = False
+        self._call(
+            slot, lambda s: s.runner.fill(fill, s.portfolio.snapshot(self._marks(fill))), fill.ts
+        )
+
+    def _marks(self, fill: Fill) -> Mapping[str, float]:
+        if fill.symbol in self._last:
+            return self._last
+        return {**self._last, fill.symbol: float(fill.price)}
+
+    def _resync(self, slot: _Slot, fill: Fill) -> None:
+        """Exact float mirrors of equity and gross exposure after a fill."""
+        marks = self._marks(fill)
+        portfolio = slot.portfolio
+        equity = portfolio.cash_f
+        gross = 0.0
+        for symbol, quantity in portfolio.quantities_f.items():
+            equity += quantity * marks[symbol]
+            gross += abs(quantity) * marks[symbol]
+        slot.equity_f, slot.gross_f = equity, gross
+
+    def _margin_call(self, slot: _Slot, ts: datetime) -> None:
+        slot.margin_call = True
+        snapshot = slot.portfolio.snapshot(self._last)
+        ratio = float(snapshot.equity) / slot.gross_f if slot.gross_f else 0.0
+        self._log.warning(
+            "margin_call",
+            strategy=slot.info.name,
+            ts=ts.isoformat(),
+            equity=str(snapshot.equity),
+            gross=round(slot.gross_f, 2),
+            ratio=round(ratio, 4),
+        )
+        self.store.audit(
+            "margin_call",
+            {
+                "run_id": self.config.run_id,
+                "strategy": slot.info.name,
+                "ts": ts.isoformat(),
+                "equity": str(snapshot.equity),
+                "gross_exposure": f"{slot.gross_f:.2f}",
+            },
+        )
+        self._cancel(self.broker.cancel_strategy(slot.info.name), "margin call")
+        for broker_order in self.broker.margin_call(slot.info.name, snapshot, ts):
+            order = self._new_order(slot, broker_order.intent, ts, liquidation=True)
+            self.store.record_order(self.config.run_id, order, OrderStatus.PENDING, "margin call")
+            reason = self.broker.submit(order, snapshot)
+            status = OrderStatus.REJECTED if reason else OrderStatus.ACCEPTED
+            self.store.update_order(
+                self.config.run_id,
+                order.client_order_id,
+                status,
+                reason or "margin call",
+                Decimal(0),
+            )
+
+    def _cancel(self, orders: Sequence[Order], reason: str) -> None:
+        for order in orders:
+            self.store.update_order(
+                self.config.run_id,
+                order.client_order_id,
+                OrderStatus.CANCELLED,
+                reason,
+                self._filled.get(order.client_order_id, Decimal(0)),
+            )
+            self.kernel.hook.order_event(order=order, status="cancelled", reason=reason)
+
+    # -- quarantine and the end ---------------------------------------------------------------
+
+    def _quarantine(self, slot: _Slot, exc: StrategyError) -> None:
+        if slot.quarantined is not None:
+            return
+        slot.quarantined = f"{exc.hook}: {exc.reason}"
+        self._log.error(
+            "strategy_quarantined", strategy=slot.info.name, hook=exc.hook, reason=exc.reason
+        )
+        self.store.audit(
+            "strategy_quarantined",
+            {
+                "run_id": self.config.run_id,
+                "strategy": slot.info.name,
+                "sha256": slot.info.sha256,
+                "hook": exc.hook,
+                "reason": exc.reason,
+            },
+        )
+        self._cancel(self.broker.cancel_strategy(slot.info.name), "strategy quarantined")
+
+    def _flush_logs(self, slot: _Slot) -> None:
+        for level, event, fields in slot.runner.logs:
+            getattr(self._log, level)(event, strategy=slot.info.name, **fields)
+        slot.runner.logs.clear()
+
+    def _finish(self) -> None:
+        self._cancel(self.broker.cancel_all("end of run"), "end of run")
+        for slot in self.slots:
+            if slot.quarantined is None:
+                try:
+                    slot.runner.stop()
+                except StrategyError as exc:
+                    self._quarantine(slot, exc)
+            if slot.runner.logs:
+                self._flush_logs(slot)
+
+    def equity_curve(self, slot: _Slot) -> list[tuple[datetime, float]]:
+        return list(zip(self._ts, slot.values, strict=True))
+
+    def _result(self, slot: _Slot) -> StrategyResult:
+        curve = self.equity_curve(slot)
+        metrics = compute_metrics(
+            curve,
+            slot.portfolio.trades,
+            exposure_bars=slot.exposure,
+            total_bars=len(curve),
+            starting_equity=float(self.config.cash),
+        )
+        run_id, name = self.config.run_id, slot.info.name
+        self.store.record_equity(run_id, name, downsample(curve, self.config.stored_equity_points))
+        self.store.record_positions(run_id, name, slot.portfolio.positions())
+        self.store.record_result(run_id, name, metrics, slot.quarantined)
+        equity = slot.portfolio.equity(self._last) if self._last else slot.portfolio.cash
+        return StrategyResult(
+            name=name,
+            metrics=metrics,
+            quarantined=slot.quarantined,
+            orders=slot.orders,
+            fills=slot.fills,
+            equity=equity,
+        )

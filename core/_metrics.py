@@ -1,0 +1,296 @@
+"""Performance metrics of one strategy's run: pure functions, no I/O.
+
+Everything here works on an *equity series*: ``(timestamp, equity)`` pairs in
+time order, one per bar the strategy saw (:data:`bastion.interfaces.EquityPoint`).
+Money in the ledger is exact; equity for statistics is a float, which is what
+the ratios below need.
+
+Rules (also stated on each function):
+
+- **Returns** are per-period simple returns ``e[i] / e[i-1] - 1`` between
+  consecutive points.  A period that starts at equity ``<= 0`` has no defined
+  return and is skipped (an account that is wiped out stays wiped out).
+- **Periods per year** are inferred from the median spacing ``m`` between
+  consecutive distinct timestamps:
+
+  ===========================  =====================================================
+  ``m < 20 h`` (intraday)      ``252 * max(1, 6.5 h / m)``: US-equity trading time,
+                               252 sessions of 6.5 h (1-minute bars -> 98 280)
+  ``20 h <= m < 3.5 days``     ``252`` (daily bars; weekend gaps do not count)
+  ``m >= 3.5 days``            ``365.25 days / m`` (weekly ~52.2, monthly ~12)
+  ===========================  =====================================================
+
+  Markets that trade around the clock (crypto) are therefore under-annualised
+  on intraday bars; the rule is deliberately one fixed convention so numbers
+  are comparable across runs.
+- **Sharpe** is ``mean / stdev * sqrt(periods per year)`` with a risk-free rate
+  of 0 and the sample standard deviation (``ddof = 1``); **volatility** is
+  ``stdev * sqrt(periods per year)``.
+- **Drawdown** is measured from the running peak *of the series*; the first
+  point should be the starting equity (the engine records it) for the first
+  bar's loss to count.
+- **Years** are ``365.25`` days of 86 400 s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import attrs
+
+__all__ = [
+    "DAYS_PER_YEAR",
+    "TradeRecord",
+    "compute_metrics",
+    "downsample",
+    "drawdown_series",
+    "periods_per_year",
+]
+
+EquitySeries = Sequence[tuple[datetime, float]]
+
+DAYS_PER_YEAR = 365.25
+TRADING_DAYS_PER_YEAR = 252
+TRADING_SECONDS_PER_DAY = 6.5 * 3600
+_SECONDS_PER_DAY = 86_400.0
+_INTRADAY_BELOW = timedelta(hours=20).total_seconds()
+_DAILY_BELOW = timedelta(days=3.5).total_seconds()
+# A sample standard deviation at or below this is "zero variance": constant
+# growth produces float noise of ~1e-17, which would give an absurd Sharpe.
+_ZERO_STDEV = 1e-12
+_MAX_LOG_GROWTH = 700.0  # math.exp overflows just above 709
+
+
+def _not_before(instance: TradeRecord, _: attrs.Attribute[datetime], value: datetime) -> None:
+    if value < instance.opened:
+        raise ValueError(f"trade {instance.symbol}: closed {value} before opened {instance.opened}")
+
+
+def _finite_decimal(instance: TradeRecord, _: attrs.Attribute[Decimal], value: Decimal) -> None:
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise ValueError(f"trade {instance.symbol}: pnl must be a finite Decimal, got {value!r}")
+
+
+@attrs.frozen(slots=True)
+class TradeRecord:
+    """A closed round trip in one symbol; ``pnl`` is net of commissions."""
+
+    symbol: str = attrs.field(validator=attrs.validators.min_len(1))
+    opened: datetime
+    closed: datetime = attrs.field(validator=_not_before)
+    pnl: Decimal = attrs.field(validator=_finite_decimal)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _validated(equity: EquitySeries) -> list[tuple[datetime, float]]:
+    """The series as ``(ts, float)``; raises ``ValueError`` on bad values or order."""
+    out: list[tuple[datetime, float]] = []
+    previous: datetime | None = None
+    for index, point in enumerate(equity):
+        ts, value = point
+        if not isinstance(ts, datetime):
+            raise ValueError(f"equity point {index}: timestamp must be a datetime, got {ts!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+            raise ValueError(f"equity point {index} ({ts}): equity must be a number, got {value!r}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"equity point {index} ({ts}): equity must be finite, got {value!r}")
+        if previous is not None and ts < previous:
+            raise ValueError(f"equity point {index} ({ts}) is earlier than the point before it")
+        out.append((ts, number))
+        previous = ts
+    return out
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def periods_per_year(timestamps: Sequence[datetime]) -> float | None:
+    """Periods per year implied by the median spacing of ``timestamps`` (see module doc).
+
+    ``None`` when there are fewer than two distinct timestamps.
+    """
+    gaps = [
+        seconds
+        for earlier, later in itertools.pairwise(timestamps)
+        if (seconds := (later - earlier).total_seconds()) > 0
+    ]
+    if not gaps:
+        return None
+    median = statistics.median(gaps)
+    if median < _INTRADAY_BELOW:
+        return TRADING_DAYS_PER_YEAR * max(1.0, TRADING_SECONDS_PER_DAY / median)
+    if median < _DAILY_BELOW:
+        return float(TRADING_DAYS_PER_YEAR)
+    return DAYS_PER_YEAR * _SECONDS_PER_DAY / median
+
+
+def _returns(values: Sequence[float]) -> list[float]:
+    return [
+        current / previous - 1.0 for previous, current in itertools.pairwise(values) if previous > 0
+    ]
+
+
+def drawdown_series(equity: EquitySeries) -> list[tuple[datetime, float]]:
+    """Each point's distance below the running peak, as a fraction ``<= 0``.
+
+    ``-0.1`` means 10 % below the highest equity seen so far.  While the peak is
+    not positive (a series that starts at or below zero) the drawdown is 0.
+    Equity below zero gives a drawdown below ``-1``: more than everything lost.
+    Raises ``ValueError`` for non-finite equity or timestamps out of order.
+    """
+    points = _validated(equity)
+    out: list[tuple[datetime, float]] = []
+    peak = -math.inf
+    for ts, value in points:
+        peak = max(peak, value)
+        out.append((ts, value / peak - 1.0 if peak > 0 else 0.0))
+    return out
+
+
+def _max_drawdown_duration(points: Sequence[tuple[datetime, float]]) -> timedelta:
+    """Longest time from a peak until equity is back at or above it (or the series ends)."""
+    if not points:
+        return timedelta(0)
+    longest = timedelta(0)
+    peak_ts, peak_value = points[0]
+    under_water = False
+    for ts, value in points[1:]:
+        if value >= peak_value:
+            if under_water:
+                longest = max(longest, ts - peak_ts)
+                under_water = False
+            peak_ts, peak_value = ts, value
+        else:
+            under_water = True
+    if under_water:  # never recovered: the open drawdown counts up to the last point
+        longest = max(longest, points[-1][0] - peak_ts)
+    return longest
+
+
+def downsample(
+    points: Sequence[tuple[datetime, float]], max_points: int = 5000
+) -> list[tuple[datetime, float]]:
+    """At most ``max_points`` points of ``points`` that still show every drawdown.
+
+    Keeps the first and last point; the points between are split into
+    ``(max_points - 2) // 2`` buckets of consecutive points and each bucket
+    contributes its minimum and its maximum (one point if they coincide), in
+    time order.  The result is a subsequence of the input containing the global
+    minimum and maximum.  A series that is already short enough is returned
+    as a new list, unchanged.  ``max_points`` must be at least 4.
+    """
+    if max_points < 4:
+        raise ValueError(f"max_points must be at least 4, got {max_points}")
+    if len(points) <= max_points:
+        return list(points)
+    interior = points[1:-1]
+    n = len(interior)
+    buckets = (max_points - 2) // 2
+    out = [points[0]]
+    for b in range(buckets):
+        lo, hi = b * n // buckets, (b + 1) * n // buckets
+        lowest = min(range(lo, hi), key=lambda i: interior[i][1])
+        highest = max(range(lo, hi), key=lambda i: interior[i][1])
+        for i in sorted({lowest, highest}):
+            out.append(interior[i])
+    out.append(points[-1])
+    return out
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def compute_metrics(
+    equity: EquitySeries,
+    trades: Sequence[TradeRecord],
+    exposure_bars: int,
+    total_bars: int,
+    starting_equity: float,
+) -> dict[str, float | int | None]:
+    """The metrics a report shows for one strategy.
+
+    Keys (fractions, not percent; ``None`` where a value is undefined):
+
+    - ``start_equity``: ``starting_equity``.
+    - ``end_equity``: the last equity point (``starting_equity`` if there are none).
+    - ``total_return``: ``end_equity / start_equity - 1``.
+    - ``cagr``: ``(end / start) ** (1 / years) - 1`` with years from the first
+      to the last timestamp (365.25-day years); ``None`` when that span is under
+      one day, end equity is ``<= 0``, or the annualised figure would
+      overflow a float (a large gain over a few days).
+    - ``sharpe``: annualised, risk-free 0, from per-period simple returns (see
+      the module doc for periods per year); ``None`` with fewer than two returns
+      or zero variance.
+    - ``volatility``: annualised standard deviation of those returns; ``None``
+      with fewer than two returns.
+    - ``max_drawdown``: largest fall from the running peak, a positive fraction
+      (``0.1`` = 10 %; above 1 only if equity went negative).
+    - ``max_drawdown_duration_days``: longest time, in days, from a peak until
+      equity first regained it (or until the last point, if it never did).
+    - ``trades``: closed round trips; ``win_rate``: fraction with ``pnl > 0``
+      (``None`` with no trades).
+    - ``exposure``: ``exposure_bars / total_bars`` (``None`` if ``total_bars`` is 0).
+
+    Raises ``ValueError`` for non-finite equity, timestamps out of order, a
+    starting equity that is not finite and positive, or inconsistent bar counts.
+    """
+    if isinstance(starting_equity, bool) or not isinstance(starting_equity, (int, float, Decimal)):
+        raise ValueError(f"starting_equity must be a number, got {starting_equity!r}")
+    start = float(starting_equity)
+    if not (math.isfinite(start) and start > 0):
+        raise ValueError(f"starting_equity must be finite and positive, got {starting_equity!r}")
+    if not (0 <= exposure_bars <= total_bars):
+        raise ValueError(
+            f"need 0 <= exposure_bars <= total_bars, got {exposure_bars} and {total_bars}"
+        )
+    points = _validated(equity)
+    values = [value for _, value in points]
+    end = values[-1] if values else start
+
+    cagr: float | None = None
+    if len(points) >= 2 and end > 0:
+        span = (points[-1][0] - points[0][0]).total_seconds()
+        if span >= _SECONDS_PER_DAY:
+            years = span / (DAYS_PER_YEAR * _SECONDS_PER_DAY)
+            log_growth = math.log(end / start) / years
+            # A huge gain over a few days annualises past float range: undefined.
+            cagr = math.expm1(log_growth) if log_growth < _MAX_LOG_GROWTH else None
+
+    sharpe: float | None = None
+    volatility: float | None = None
+    returns = _returns(values)
+    per_year = periods_per_year([ts for ts, _ in points])
+    if len(returns) >= 2 and per_year is not None:
+        stdev = statistics.stdev(returns)
+        volatility = stdev * math.sqrt(per_year)
+        if stdev > _ZERO_STDEV:
+            sharpe = statistics.fmean(returns) / stdev * math.sqrt(per_year)
+        else:
+            volatility = 0.0
+
+    drawdowns = drawdown_series(points)
+    max_drawdown = max((-dd for _, dd in drawdowns), default=0.0)
+    duration = _max_drawdown_duration(points)
+
+    wins = sum(1 for trade in trades if trade.pnl > 0)
+    return {
+        "start_equity": start,
+        "end_equity": end,
+        "total_return": end / start - 1.0,
+        "cagr": cagr,
+        "sharpe": sharpe,
+        "volatility": volatility,
+        "max_drawdown": max(0.0, max_drawdown),
+        "max_drawdown_duration_days": duration.total_seconds() / _SECONDS_PER_DAY,
+        "trades": len(trades),
+        "win_rate": wins / len(trades) if trades else None,
+        "exposure": exposure_bars / total_bars if total_bars else None,
+    }

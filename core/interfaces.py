@@ -1,0 +1,229 @@
+"""What broker, source and storage plugins must provide (``typing.Protocol``).
+
+Factories for these are offered through the ``register_brokers``,
+``register_sources`` and ``register_storages`` hooks (see
+:mod:`bastion.hookspecs`).  Everything that crosses these interfaces is a
+plain value type from :mod:`bastion.models` or this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from .models import AccountSnapshot, Bar, Fill, Order, Position
+
+__all__ = [
+    "AuditCheck",
+    "Broker",
+    "EquityPoint",
+    "RunData",
+    "RunInfo",
+    "RunRow",
+    "Source",
+    "Store",
+    "StrategyRecord",
+    "StrategyRunData",
+]
+
+EquityPoint = tuple[datetime, float]
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Market data.  A factory ``factory(spec: str) -> Source`` gets the text after
+    ``scheme:`` in ``--source scheme:spec`` and must validate its data *before*
+    returning (raise :class:`bastion.BastionError` with a one-line message naming
+    the file and line), so a run never starts on bad data.
+    """
+
+    description: str  # e.g. "csv:/path/to/folder (5 symbols)"
+
+    def symbols(self) -> tuple[str, ...]:
+        """Every symbol this source has, sorted."""
+        ...
+
+    def bars(
+        self,
+        symbols: Sequence[str] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> Iterator[Bar]:
+        """Bars for ``symbols`` (all if ``None``) with ``start <= ts <= end``.
+
+        Ordered by ``(ts, symbol)`` across symbols; each timestamp at most once
+        per symbol.  Lazily produced where possible.
+        """
+        ...
+
+
+# --------------------------------------------------------------------------- brokers
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """Executes orders.  A factory ``factory(spec: str) -> Broker`` gets the text after
+    ``name:`` in ``--broker name:spec`` (broker options) and validates it.
+
+    The kernel calls :meth:`submit` for each order that passed the limits and
+    risk checks, :meth:`on_bar` for every bar (the simulator fills working
+    orders there; a live broker reports fills received since the last call),
+    and :meth:`cancel_all` when the run ends.
+    """
+
+    name: str
+    maintenance_margin: float | None  # equity/gross below this triggers margin_call
+
+    def submit(self, order: Order, account: AccountSnapshot) -> str | None:
+        """Accept the order (return ``None``) or reject it (return a one-line reason)."""
+        ...
+
+    def on_bar(self, bar: Bar) -> Sequence[Fill]:
+        """Fills for working orders that this new price allows (never at an earlier price)."""
+        ...
+
+    def working_symbols(self) -> frozenset[str]:
+        """Symbols with working orders (the engine skips :meth:`on_bar` for the rest)."""
+        ...
+
+    def margin_call(self, strategy: str, account: AccountSnapshot, ts: datetime) -> Sequence[Order]:
+        """The account fell below maintenance margin: return liquidation orders
+        (``liquidation=True``) for the kernel to record and submit; never rejected."""
+        ...
+
+    def cancel_all(self, reason: str) -> Sequence[Order]:
+        """Cancel every working order; return them."""
+        ...
+
+    def cancel_strategy(self, strategy: str) -> Sequence[Order]:
+        """Cancel the working orders of one strategy (quarantine, margin call); return them."""
+        ...
+
+
+# --------------------------------------------------------------------------- storage
+
+
+@attrs.frozen
+class RunInfo:
+    """One run, as stored before it starts."""
+
+    run_id: str
+    kind: str  # "backtest", "paper", "live"
+    environment: str
+    started: datetime
+    bastion_version: str
+    config: Mapping[str, Any]  # source, broker, storage, cash, dates, params ... (JSON-able)
+
+
+@attrs.frozen
+class StrategyRecord:
+    """A strategy that took part in a run: the exact code and who vouched for it."""
+
+    name: str
+    sha256: str
+    signer: str | None  # key id; None when admitted unsigned (development only)
+    signer_name: str | None
+    whitelist_version: int | None
+    unsigned: bool
+    params: Mapping[str, Any]
+
+
+@attrs.frozen
+class RunRow:
+    """One line of ``bastion runs``."""
+
+    run_id: str
+    kind: str
+    environment: str
+    status: str  # running, completed, failed, interrupted
+    started: datetime
+    finished: datetime | None
+    strategies: tuple[str, ...]
+    error: str | None
+
+
+@attrs.frozen
+class StrategyRunData:
+    """Everything a report shows for one strategy of a run, read back from the store."""
+
+    record: StrategyRecord
+    metrics: Mapping[str, float | int | None]
+    equity: Sequence[EquityPoint]  # possibly down-sampled for storage
+    positions: Sequence[Position]  # at the end of the run
+    orders: int
+    fills: int
+    quarantined: str | None  # why the strategy was stopped, if it was
+
+
+@attrs.frozen
+class RunData:
+    row: RunRow
+    info: RunInfo
+    strategies: Sequence[StrategyRunData]
+
+
+@attrs.frozen
+class AuditCheck:
+    ok: bool
+    records: int
+    first_broken: int | None  # id of the first record that fails the chain
+    reason: str | None
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistence for runs.  A factory is called as ``factory(data_dir: Path)``.
+
+    Order rows are written (``record_order``) before the order is submitted.
+    ``audit`` appends to a hash-chained, append-only log.
+    """
+
+    location: str  # shown to the user, e.g. the database path
+
+    def begin_run(self, run: RunInfo, strategies: Sequence[StrategyRecord]) -> None: ...
+
+    def record_order(self, run_id: str, order: Order, status: str, reason: str | None) -> None: ...
+
+    def update_order(
+        self,
+        run_id: str,
+        client_order_id: str,
+        status: str,
+        reason: str | None,
+        filled: Decimal,
+    ) -> None: ...
+
+    def record_fill(self, run_id: str, fill: Fill, order: Order) -> None: ...
+
+    def record_equity(self, run_id: str, strategy: str, points: Sequence[EquityPoint]) -> None: ...
+
+    def record_positions(
+        self, run_id: str, strategy: str, positions: Sequence[Position]
+    ) -> None: ...
+
+    def record_result(
+        self,
+        run_id: str,
+        strategy: str,
+        metrics: Mapping[str, float | int | None],
+        quarantined: str | None,
+    ) -> None: ...
+
+    def finish_run(self, run_id: str, status: str, error: str | None) -> None: ...
+
+    def audit(self, event: str, payload: Mapping[str, Any]) -> None: ...
+
+    def verify_audit(self) -> AuditCheck: ...
+
+    def list_runs(self) -> list[RunRow]: ...
+
+    def load_run(self, run_id: str) -> RunData: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,272 @@
+"""Built-in plugin: ``bastion backtest``, ``bastion runs``, ``bastion report``, ``bastion audit``.
+
+Registered through ``register_commands`` like any third-party command.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bastion import ConfigError, hookimpl
+from bastion._backtest import BacktestRequest, parse_cash, parse_date, prepare_backtest
+from bastion._trust import format_time
+from bastion.cli import App, console, err_console, pass_app, workspace_options
+from bastion.interfaces import Store
+from bastion.plugins.reports import render_report, summary_table
+
+
+def _emit_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _store(app: App, storage: str) -> Store:
+    factories = app.kernel.storages()
+    factory = factories.get(storage)
+    if factory is None:
+        raise ConfigError(f"unknown storage {storage!r}; available: {', '.join(sorted(factories))}")
+    data_dir = app.workspace.data_dir
+    if not (data_dir / "bastion.db").exists() and storage == "sqlite":
+        raise ConfigError(
+            f"no runs stored for the {app.environment} environment yet ({data_dir}); "
+            "run 'bastion backtest' first"
+        )
+    store: Store = factory(data_dir)
+    return store
+
+
+def _report_dir(app: App, run_id: str, out: Path | None) -> Path:
+    return out if out is not None else app.workspace.data_dir / "reports" / run_id
+
+
+@click.command("backtest")
+@workspace_options
+@click.argument("strategies", nargs=-1)
+@click.option(
+    "--source",
+    default="csv:sample",
+    show_default=True,
+    help="Market data: csv:PATH (file or folder), csv:sample (bundled), synthetic:N.",
+)
+@click.option("--from", "start", default=None, help="First day (YYYY-MM-DD), inclusive.")
+@click.option("--to", "end", default=None, help="Last day (YYYY-MM-DD), inclusive.")
+@click.option("--cash", default="100000", show_default=True, help="Starting cash per strategy.")
+@click.option("--symbols", default=None, help="Comma-separated subset of the source's symbols.")
+@click.option(
+    "--broker",
+    default="sim",
+    show_default=True,
+    help="Broker and options, e.g. sim or sim:slippage=2,commission=bps:1.",
+)
+@click.option("--storage", default="sqlite", show_default=True)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="[STRATEGY.]KEY=VALUE",
+    help="Override a strategy parameter (repeatable).",
+)
+@click.option(
+    "--report/--no-report", default=True, show_default=True, help="Write the HTML/PNG report."
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Report folder [default: .bastion/ENV/reports/RUN_ID].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@pass_app
+def backtest_command(
+    app: App,
+    strategies: tuple[str, ...],
+    source: str,
+    start: str | None,
+    end: str | None,
+    cash: str,
+    symbols: str | None,
+    broker: str,
+    storage: str,
+    params: tuple[str, ...],
+    report: bool,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Backtest STRATEGIES (default: every verified strategy) on historical bars."""
+    request = BacktestRequest(
+        strategies=strategies,
+        source=source,
+        broker=broker,
+        storage=storage,
+        cash=parse_cash(cash),
+        start=parse_date(start, "--from") if start else None,
+        end=parse_date(end, "--to", end=True) if end else None,
+        symbols=tuple(s.strip() for s in symbols.split(",") if s.strip()) if symbols else (),
+        params=params,
+    )
+    prepared = prepare_backtest(app.kernel, app.gate(), request, str(app.environment))
+    for refusal in prepared.refusals:
+        err_console.print(f"skipped {refusal.line()}", markup=False)
+    if not as_json:
+        err_console.print(
+            "note: strategies run in-process (trusted backtest mode, no sandbox)", markup=False
+        )
+    progress = Progress(
+        TextColumn("backtest"),
+        BarColumn(bar_width=None),
+        TextColumn("{task.completed:,} bars"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=as_json,
+    )
+    with progress:
+        task = progress.add_task("bars", total=None)
+        result, store = prepared.run(lambda n: progress.update(task, completed=n))
+    try:
+        run = store.load_run(result.run_id)
+        report_path = render_report(run, _report_dir(app, result.run_id, out)) if report else None
+    finally:
+        store.close()
+    if as_json:
+        _emit_json(
+            {
+                "run_id": result.run_id,
+                "bars": result.bars,
+                "seconds": round(result.seconds, 3),
+                "bars_per_second": round(result.bars / result.seconds) if result.seconds else None,
+                "store": store.location,
+                "report": str(report_path) if report_path else None,
+                "strategies": [
+                    {
+                        "name": s.record.name,
+                        "sha256": s.record.sha256,
+                        "signer": s.record.signer,
+                        "params": dict(s.record.params),
+                        "metrics": dict(s.metrics),
+                        "orders": s.orders,
+                        "fills": s.fills,
+                        "quarantined": s.quarantined,
+                    }
+                    for s in run.strategies
+                ],
+            }
+        )
+        return
+    console.print(summary_table(run))
+    for strategy in run.strategies:
+        if strategy.quarantined:
+            err_console.print(
+                f"{strategy.record.name} was quarantined: {strategy.quarantined}", markup=False
+            )
+    console.print(
+        f"run {result.run_id}: {result.bars:,} bars in {result.seconds:.2f}s; stored in "
+        f"{store.location}",
+        markup=False,
+    )
+    if report_path:
+        console.print(f"report: {report_path}", markup=False)
+
+
+@click.command("runs")
+@workspace_options
+@click.option("--storage", default="sqlite", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def runs_command(app: App, storage: str, as_json: bool) -> None:
+    """List stored runs, newest first."""
+    store = _store(app, storage)
+    try:
+        rows = store.list_runs()
+    finally:
+        store.close()
+    if as_json:
+        _emit_json(
+            [
+                {
+                    "run_id": r.run_id,
+                    "kind": r.kind,
+                    "environment": r.environment,
+                    "status": r.status,
+                    "started": format_time(r.started),
+                    "finished": format_time(r.finished) if r.finished else None,
+                    "strategies": list(r.strategies),
+                    "error": r.error,
+                }
+                for r in rows
+            ]
+        )
+        return
+    table = Table(title=f"Runs ({app.environment})")
+    for column in ("run id", "kind", "status", "started", "strategies", "error"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        style = {"completed": "green", "failed": "red"}.get(r.status, "yellow")
+        table.add_row(
+            r.run_id,
+            r.kind,
+            f"[{style}]{r.status}[/]",
+            format_time(r.started),
+            ", ".join(r.strategies),
+            r.error or "",
+        )
+    console.print(table)
+
+
+@click.command("report")
+@workspace_options
+@click.argument("run_id")
+@click.option("--storage", default="sqlite", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Report folder [default: .bastion/ENV/reports/RUN_ID].",
+)
+@pass_app
+def report_command(app: App, run_id: str, storage: str, out: Path | None) -> None:
+    """Re-render the report of RUN_ID (or a unique prefix) from the store alone."""
+    store = _store(app, storage)
+    try:
+        run = store.load_run(run_id)
+    finally:
+        store.close()
+    path = render_report(run, _report_dir(app, run.row.run_id, out))
+    console.print(summary_table(run))
+    console.print(f"report: {path}", markup=False)
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """The hash-chained audit log."""
+
+
+@audit_group.command("verify")
+@workspace_options
+@click.option("--storage", default="sqlite", show_default=True)
+@pass_app
+def audit_verify(app: App, storage: str) -> None:
+    """Check the audit log's hash chain; name the first broken record."""
+    store = _store(app, storage)
+    try:
+        check = store.verify_audit()
+    finally:
+        store.close()
+    if check.ok:
+        console.print(f"audit log intact: {check.records} records ({store.location})", markup=False)
+        return
+    err_console.print(
+        f"audit log BROKEN at record {check.first_broken}: {check.reason}", markup=False
+    )
+    raise SystemExit(1)
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    for command in (backtest_command, runs_command, report_command, audit_group):
+        cli.add_command(command)

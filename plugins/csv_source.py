@@ -1,0 +1,368 @@
+"""Built-in source ``csv``: daily or intraday bars from CSV files.
+
+``--source csv:SPEC`` where ``SPEC`` is
+
+* a CSV file.  Its symbol is the file name's stem upper-cased
+  (``spy.csv`` -> ``SPY``), unless the file has a ``symbol`` column, in which
+  case every row names its own symbol (one file may then hold several);
+* a folder: every ``*.csv`` file directly inside it, read as above.  A symbol
+  may come from one file only;
+* ``sample`` (or nothing): the bundled, synthetic sample data
+  (``bastion/plugins/sample_data``, five symbols of weekday bars for
+  2021-01-04..2023-12-29).
+
+File format.  A header row is required; column names are case-insensitive and
+their order is free; unknown columns are ignored.
+
+* ``date`` or ``timestamp`` (exactly one of them): the time the bar *closed*.
+  A plain date ``YYYY-MM-DD`` means that day's close at **21:00 UTC** (16:00
+  in New York in winter).  An ISO 8601 datetime with an offset or ``Z``
+  (``2021-03-04T14:30:00-05:00``) is that instant; a datetime without an offset
+  is taken as UTC.  Every timestamp is converted to UTC.
+* ``open``, ``high``, ``low``, ``close``: finite numbers > 0, with
+  ``low <= min(open, close)`` and ``max(open, close) <= high``.
+* ``volume`` (optional; 0 when the column is absent): a finite number >= 0.
+* ``symbol`` (optional): see above.
+
+Rows of one symbol must be in strictly increasing time order.  Everything is
+read and checked when the source is opened, so a run never starts on bad data:
+the first problem raises :class:`bastion.FormatError` with a one-line message
+naming the file, the line and what to fix.  Blank lines are skipped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import heapq
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime, time
+from itertools import islice, pairwise
+from operator import attrgetter
+from pathlib import Path
+from typing import Final
+
+from bastion import ConfigError, FormatError, hookimpl
+from bastion.models import Bar
+
+__all__ = ["DAILY_CLOSE", "SAMPLE_DATA", "CsvSource", "register_sources"]
+
+SAMPLE_DATA: Final = Path(__file__).parent / "sample_data"
+"""The bundled synthetic sample data (package data)."""
+
+DAILY_CLOSE: Final = time(21, 0, tzinfo=UTC)
+"""The close time given to a bar whose timestamp is a plain date."""
+
+_TIME_COLUMNS: Final = ("date", "timestamp")
+_PRICE_COLUMNS: Final = ("open", "high", "low", "close")
+_DATE_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATETIME_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+_BAR_KEY: Final = attrgetter("ts", "symbol")
+
+
+@hookimpl
+def register_sources() -> dict[str, Callable[[str], CsvSource]]:
+    return {"csv": CsvSource.open}
+
+
+class CsvSource:
+    """Bars loaded (and validated) from CSV files; see the module docstring for the format."""
+
+    description: str
+
+    def __init__(self, series: Mapping[str, Sequence[Bar]], description: str) -> None:
+        """Wrap already-validated bars: ``series`` maps a symbol to its bars in time order.
+
+        Use :meth:`open` to read files; this constructor only re-checks the order.
+        """
+        if not series:
+            raise ValueError("a CsvSource needs at least one symbol")
+        self._bars: dict[str, tuple[Bar, ...]] = {}
+        self._times: dict[str, list[datetime]] = {}
+        for symbol in sorted(series):
+            bars = tuple(series[symbol])
+            times = [bar.ts for bar in bars]
+            if not bars or any(b <= a for a, b in pairwise(times)):
+                raise ValueError(f"bars of {symbol!r} must be non-empty and strictly increasing")
+            if any(bar.symbol != symbol for bar in bars):
+                raise ValueError(f"bars filed under {symbol!r} carry another symbol")
+            self._bars[symbol] = bars
+            self._times[symbol] = times
+        self._symbols = tuple(self._bars)
+        self.description = description
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, spec: str) -> CsvSource:
+        """Read and validate ``spec``: a CSV file, a folder of them, or ``sample``."""
+        spec = spec.strip()
+        path = SAMPLE_DATA if spec in ("", "sample") else Path(spec).expanduser()
+        if not path.exists():
+            raise ConfigError(f"csv source: {path} does not exist; give a CSV file or a folder")
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+            if not files:
+                raise ConfigError(
+                    f"csv source: folder {path} has no .csv files; put one file per symbol there"
+                )
+        else:
+            files = [path]
+        series: dict[str, list[Bar]] = {}
+        origin: dict[str, tuple[Path, int]] = {}
+        for file in files:
+            for symbol, (bars, first_line) in _read_file(file).items():
+                if symbol in origin:
+                    other, other_line = origin[symbol]
+                    raise FormatError(
+                        f"{file}:{first_line}: symbol {symbol!r} is also in "
+                        f"{other}:{other_line}; keep each symbol in one file"
+                    )
+                origin[symbol] = (file, first_line)
+                series[symbol] = bars
+        first = min(bars[0].ts for bars in series.values())
+        last = max(bars[-1].ts for bars in series.values())
+        count = len(series)
+        description = (
+            f"csv:{path} ({count} symbol{'s' if count != 1 else ''}, "
+            f"{first.date().isoformat()}..{last.date().isoformat()})"
+        )
+        return cls(series, description)
+
+    # ------------------------------------------------------------------ Source
+
+    def symbols(self) -> tuple[str, ...]:
+        """Every symbol this source has, sorted."""
+        return self._symbols
+
+    def bars(
+        self,
+        symbols: Sequence[str] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> Iterator[Bar]:
+        """Bars for ``symbols`` (all if ``None``) with ``start <= ts <= end``, by ``(ts, symbol)``.
+
+        A ``start`` or ``end`` without a time zone is taken as UTC.
+        """
+        wanted = self._check_symbols(symbols)
+        lo_ts = _as_utc(start) if start is not None else None
+        hi_ts = _as_utc(end) if end is not None else None
+        streams: list[Iterator[Bar]] = []
+        for symbol in wanted:
+            times = self._times[symbol]
+            lo = 0 if lo_ts is None else bisect.bisect_left(times, lo_ts)
+            hi = len(times) if hi_ts is None else bisect.bisect_right(times, hi_ts)
+            if lo < hi:
+                streams.append(islice(self._bars[symbol], lo, hi))
+        if len(streams) == 1:
+            return streams[0]
+        return heapq.merge(*streams, key=_BAR_KEY)
+
+    def _check_symbols(self, symbols: Sequence[str] | None) -> tuple[str, ...]:
+        if symbols is None:
+            return self._symbols
+        if isinstance(symbols, str):  # a lone "SPY" would otherwise be iterated per letter
+            symbols = (symbols,)
+        for symbol in symbols:
+            if symbol not in self._bars:
+                raise ConfigError(
+                    f"symbol {symbol!r} is not in {self.description}; "
+                    f"it has: {', '.join(self._symbols)}"
+                )
+        return tuple(sorted(set(symbols)))
+
+    def __repr__(self) -> str:
+        return f"<CsvSource {self.description}>"
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _read_file(file: Path) -> dict[str, tuple[list[Bar], int]]:
+    """Every symbol in ``file`` -> (its bars in time order, the line of its first bar)."""
+    try:
+        with file.open(newline="", encoding="utf-8-sig") as handle:
+            return _parse(file, csv.reader(handle))
+    except UnicodeDecodeError as exc:
+        raise FormatError(
+            f"{file}: is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV"
+        ) from None
+    except csv.Error as exc:
+        raise FormatError(f"{file}: is not valid CSV ({exc}); check its quoting") from None
+    except OSError as exc:
+        raise ConfigError(f"csv source: cannot read {file}: {exc.strerror or exc}") from None
+
+
+def _parse(file: Path, reader: Iterator[list[str]]) -> dict[str, tuple[list[Bar], int]]:
+    header: list[str] | None = None
+    for row in reader:
+        if any(cell.strip() for cell in row):
+            header = [cell.strip().lower() for cell in row]
+            break
+    if header is None:
+        raise FormatError(f"{file}: no bars (the file is empty); add a header and rows")
+    header_line = getattr(reader, "line_num", 1)
+    columns = _columns(file, header_line, header)
+    time_col = columns["time"]
+    o_col, h_col, l_col, c_col = (columns[name] for name in _PRICE_COLUMNS)
+    v_col = columns.get("volume")
+    s_col = columns.get("symbol")
+    width = max(columns.values()) + 1
+    default_symbol = file.stem.strip().upper()
+    if s_col is None and not default_symbol:
+        raise FormatError(f"{file}: cannot take a symbol from this file name; rename the file")
+
+    result: dict[str, tuple[list[Bar], int]] = {}
+    # symbol -> (last timestamp, its line) for order and duplicate checks
+    previous: dict[str, tuple[datetime, int]] = {}
+    seen: dict[str, dict[datetime, int]] = {}  # symbol -> timestamp -> line
+    for row in reader:
+        line: int = getattr(reader, "line_num", 0)
+        if not any(cell.strip() for cell in row):
+            continue
+        where = f"{file}:{line}"
+        if len(row) < width:
+            raise FormatError(
+                f"{where}: has {len(row)} fields but the header has {len(header)}; "
+                "fill in every column"
+            )
+        if s_col is None:
+            symbol = default_symbol
+        else:
+            symbol = row[s_col].strip()
+            if not symbol:
+                raise FormatError(f"{where}: empty symbol; every row needs a symbol")
+        ts = _timestamp(where, header[time_col], row[time_col])
+        open_ = _price(where, "open", row[o_col])
+        high = _price(where, "high", row[h_col])
+        low = _price(where, "low", row[l_col])
+        close = _price(where, "close", row[c_col])
+        volume = 0.0 if v_col is None else _volume(where, row[v_col])
+        if high < max(open_, close):
+            which = "open" if open_ >= close else "close"
+            raise FormatError(
+                f"{where}: high {high!r} is below {which} {max(open_, close)!r}; "
+                "high must be >= open and close"
+            )
+        if low > min(open_, close):
+            which = "open" if open_ <= close else "close"
+            raise FormatError(
+                f"{where}: low {low!r} is above {which} {min(open_, close)!r}; "
+                "low must be <= open and close"
+            )
+        times = seen.setdefault(symbol, {})
+        if ts in times:
+            raise FormatError(
+                f"{where}: duplicate timestamp {_show(ts)} for {symbol} "
+                f"(also on line {times[ts]}); remove one of the rows"
+            )
+        times[ts] = line
+        last = previous.get(symbol)
+        if last is not None:
+            last_ts, last_line = last
+            if ts < last_ts:
+                raise FormatError(
+                    f"{where}: timestamp {_show(ts)} for {symbol} is before "
+                    f"{_show(last_ts)} on line {last_line}; sort the rows by time, oldest first"
+                )
+        previous[symbol] = (ts, line)
+        try:
+            bar = Bar(symbol, ts, open_, high, low, close, volume)
+        except ValueError as exc:  # pragma: no cover - every rule is checked above
+            raise FormatError(f"{where}: {exc}") from None
+        entry = result.get(symbol)
+        if entry is None:
+            result[symbol] = ([bar], line)
+        else:
+            entry[0].append(bar)
+    if not result:
+        raise FormatError(
+            f"{file}:{header_line}: no bars (only a header); add rows below the header"
+        )
+    return result
+
+
+def _columns(file: Path, line: int, header: list[str]) -> dict[str, int]:
+    where = f"{file}:{line}"
+    seen: dict[str, int] = {}
+    for index, name in enumerate(header):
+        if not name:
+            continue
+        if name in seen:
+            raise FormatError(f"{where}: column {name!r} appears twice; keep one")
+        seen[name] = index
+    times = [name for name in _TIME_COLUMNS if name in seen]
+    if len(times) > 1:
+        raise FormatError(f"{where}: has both 'date' and 'timestamp' columns; keep one of them")
+    missing = [] if times else ["date (or timestamp)"]
+    missing += [name for name in _PRICE_COLUMNS if name not in seen]
+    if missing:
+        raise FormatError(
+            f"{where}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
+            "the header needs date, open, high, low, close (volume and symbol are optional)"
+        )
+    columns = {"time": seen[times[0]]}
+    for name in (*_PRICE_COLUMNS, "volume", "symbol"):
+        if name in seen:
+            columns[name] = seen[name]
+    return columns
+
+
+def _number(where: str, column: str, cell: str) -> float:
+    text = cell.strip()
+    if not text:
+        raise FormatError(f"{where}: {column} is empty; give a number")
+    try:
+        value = float(text)
+    except ValueError:
+        raise FormatError(
+            f"{where}: {column} {text!r} is not a number; use digits and '.', e.g. 101.25"
+        ) from None
+    if not math.isfinite(value):
+        raise FormatError(f"{where}: {column} is {text!r}; give a finite number")
+    return value
+
+
+def _price(where: str, column: str, cell: str) -> float:
+    value = _number(where, column, cell)
+    if value <= 0:
+        raise FormatError(f"{where}: {column} {value!r} is not above zero; prices must be > 0")
+    return value
+
+
+def _volume(where: str, cell: str) -> float:
+    value = _number(where, "volume", cell)
+    if value < 0:
+        raise FormatError(f"{where}: volume {value!r} is negative; volume must be >= 0")
+    return value
+
+
+def _timestamp(where: str, column: str, cell: str) -> datetime:
+    text = cell.strip()
+    try:
+        if _DATE_RE.fullmatch(text):
+            return datetime.combine(date.fromisoformat(text), DAILY_CLOSE)
+        if _DATETIME_RE.match(text):
+            value = datetime.fromisoformat(text)
+            return _as_utc(value)
+    except ValueError:
+        pass
+    raise FormatError(
+        f"{where}: {column} {text!r} is not a date or time; "
+        "use YYYY-MM-DD or an ISO datetime such as 2021-03-04T21:00:00Z"
+    )
+
+
+def _show(ts: datetime) -> str:
+    if ts.timetz() == DAILY_CLOSE:
+        return ts.date().isoformat()
+    return ts.isoformat().replace("+00:00", "Z")

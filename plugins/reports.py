@@ -1,0 +1,448 @@
+"""Run reports: a rich summary table for the terminal, and a self-contained HTML report.
+
+:func:`summary_table` gives one row per strategy of a run.  :func:`render_report`
+writes ``equity.png`` (equity curves above, drawdowns below) and ``report.html``
+(that chart embedded as a data URI, the metrics, the run's configuration and,
+for every strategy, the SHA-256 of the exact code and the key that signed it).
+The HTML has no external assets and no JavaScript, so it can be archived or
+mailed as one file.  Both files are written atomically.
+
+Both consume :class:`bastion.interfaces.RunData` as a store's ``load_run``
+returns it; metric keys are those of :func:`bastion._metrics.compute_metrics`
+(any extra keys a store keeps are shown too, missing ones as "—").
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+from matplotlib.artist import Artist
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import StrMethodFormatter
+from rich.table import Table
+from rich.text import Text
+
+from bastion._fsutil import atomic_write_many
+from bastion._keys import is_example_key
+from bastion._metrics import downsample, drawdown_series
+from bastion._version import __version__
+from bastion.interfaces import RunData, StrategyRunData
+
+__all__ = ["HTML_NAME", "PNG_NAME", "render_report", "summary_table"]
+
+PNG_NAME = "equity.png"
+HTML_NAME = "report.html"
+DASH = "—"
+_PLOT_POINTS = 4000  # per strategy and panel; the figure is ~1200 px wide
+_DPI = 110
+
+MetricValue = float | int | None
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _percent(value: object) -> str:
+    number = _number(value)
+    return DASH if number is None else f"{number * 100:,.2f}"
+
+
+def _ratio(value: object) -> str:
+    number = _number(value)
+    return DASH if number is None else f"{number:.2f}"
+
+
+def _count(value: object) -> str:
+    number = _number(value)
+    return DASH if number is None else f"{int(number):,}"
+
+
+def _money(value: object) -> str:
+    number = _number(value)
+    return DASH if number is None else f"{number:,.2f}"
+
+
+def _days(value: object) -> str:
+    number = _number(value)
+    return DASH if number is None else f"{number:,.1f}"
+
+
+def _generic(value: object) -> str:
+    number = _number(value)
+    return DASH if number is None else f"{number:.6g}"
+
+
+@attrs.frozen
+class _Column:
+    key: str
+    label: str
+    fmt: Callable[[object], str]
+
+
+# Every metric compute_metrics produces, in the order reports show them.
+_METRICS: tuple[_Column, ...] = (
+    _Column("total_return", "Return %", _percent),
+    _Column("cagr", "CAGR %", _percent),
+    _Column("sharpe", "Sharpe", _ratio),
+    _Column("volatility", "Volatility %", _percent),
+    _Column("max_drawdown", "Max DD %", _percent),
+    _Column("max_drawdown_duration_days", "Max DD days", _days),
+    _Column("trades", "Trades", _count),
+    _Column("win_rate", "Win %", _percent),
+    _Column("exposure", "Exposure %", _percent),
+    _Column("start_equity", "Start equity", _money),
+    _Column("end_equity", "End equity", _money),
+)
+_BY_KEY = {column.key: column for column in _METRICS}
+_SUMMARY_KEYS = (
+    "total_return",
+    "cagr",
+    "sharpe",
+    "max_drawdown",
+    "trades",
+    "win_rate",
+    "exposure",
+    "end_equity",
+)
+
+
+def _metric(metrics: Mapping[str, MetricValue], key: str) -> str:
+    return _BY_KEY[key].fmt(metrics.get(key))
+
+
+def _signer_short(strategy: StrategyRunData) -> str:
+    """The signer's key id (16 hex digits, as minisign prints it), or why there is none."""
+    signer = strategy.record.signer
+    if signer is None:
+        return "unsigned"
+    short = signer if len(signer) <= 16 else signer[:16] + "…"
+    return f"{short} (example key)" if is_example_key(signer) else short
+
+
+# --------------------------------------------------------------------------- terminal table
+
+
+def summary_table(run: RunData) -> Table:
+    """One row per strategy: return, CAGR, Sharpe, drawdown, trades, win rate, exposure, equity.
+
+    Percentages are in percent; undefined values show as "—".  Strategy names
+    and other stored text are shown literally (never read as rich markup).
+    """
+    caption = Text(f"run {run.row.run_id} · {run.info.environment} · {run.row.status}", style="dim")
+    table = Table(title=Text(f"Bastion {run.row.kind} results"), caption=caption)
+    table.add_column("Strategy", no_wrap=True)
+    table.add_column("Signer", no_wrap=True)
+    for key in _SUMMARY_KEYS:
+        table.add_column(_BY_KEY[key].label, justify="right", no_wrap=True)
+    for strategy in run.strategies:
+        name = Text(strategy.record.name)
+        if strategy.quarantined:
+            name.append(" quarantined", style="bold red")
+        signer = Text(
+            _signer_short(strategy), style="yellow" if strategy.record.signer is None else ""
+        )
+        cells: list[Text] = [name, signer]
+        for key in _SUMMARY_KEYS:
+            cell = Text(_metric(strategy.metrics, key))
+            value = _number(strategy.metrics.get(key))
+            if key == "total_return" and value is not None and value != 0:
+                cell.stylize("green" if value > 0 else "red")
+            cells.append(cell)
+        table.add_row(*cells)
+    if not run.strategies:
+        table.add_row(Text("no strategies", style="dim"), *[""] * (1 + len(_SUMMARY_KEYS)))
+    return table
+
+
+# --------------------------------------------------------------------------- chart
+
+
+def _plain_label(text: str) -> str:
+    r"""Matplotlib reads ``$...$`` as mathematics; show a strategy's name literally."""
+    return text.replace("$", r"\$")
+
+
+def render_chart(run: RunData) -> bytes:
+    """The PNG: equity curves of every strategy above, drawdowns in percent below.
+
+    Each series is down-sampled (keeping every bucket's minimum and maximum, so
+    drawdowns stay visible); drawdowns are computed before down-sampling.
+    """
+    figure = Figure(figsize=(11, 7), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    equity_axes, drawdown_axes = figure.subplots(
+        2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3]}
+    )
+    figure.suptitle(
+        f"Bastion {run.row.kind} {run.row.run_id} · {run.info.environment} · {run.row.status}",
+        fontsize=13,
+        fontweight="bold",
+    )
+    handles: list[Artist] = []
+    labels: list[str] = []
+    plotted = False
+    for index, strategy in enumerate(run.strategies):
+        color = f"C{index % 10}"
+        label = _plain_label(strategy.record.name)
+        if not strategy.equity:
+            handles.append(Line2D([], [], color=color, linestyle=":", linewidth=1.5))
+            labels.append(f"{label} (no data)")
+            continue
+        points = downsample(list(strategy.equity), _PLOT_POINTS)
+        times = [ts for ts, _ in points]
+        (line,) = equity_axes.plot(
+            times, [value for _, value in points], color=color, linewidth=1.3
+        )
+        drawdowns = downsample(drawdown_series(strategy.equity), _PLOT_POINTS)
+        dd_times = [ts for ts, _ in drawdowns]
+        dd_percent = [value * 100 for _, value in drawdowns]
+        drawdown_axes.fill_between(dd_times, dd_percent, 0.0, color=color, alpha=0.2, linewidth=0)
+        drawdown_axes.plot(dd_times, dd_percent, color=color, linewidth=0.9)
+        handles.append(line)
+        labels.append(label + (" (quarantined)" if strategy.quarantined else ""))
+        plotted = True
+
+    equity_axes.set_title("Equity", loc="left", fontsize=11)
+    equity_axes.set_ylabel("Equity")
+    equity_axes.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    drawdown_axes.set_title("Drawdown from running peak", loc="left", fontsize=11)
+    drawdown_axes.set_ylabel("Drawdown (%)")
+    drawdown_axes.yaxis.set_major_formatter(StrMethodFormatter("{x:.0f}%"))
+    for axes in (equity_axes, drawdown_axes):
+        axes.grid(True, alpha=0.3)
+        axes.margins(x=0.01)
+    if plotted:
+        locator = AutoDateLocator()  # type: ignore[no-untyped-call]  # untyped in matplotlib
+        drawdown_axes.xaxis.set_major_locator(locator)
+        drawdown_axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+        drawdown_axes.set_xlabel("Date (UTC)")
+        drawdown_axes.set_ylim(top=0.5)
+    else:
+        for axes in (equity_axes, drawdown_axes):
+            axes.text(
+                0.5,
+                0.5,
+                "no data",
+                transform=axes.transAxes,
+                ha="center",
+                va="center",
+                fontsize=14,
+                color="0.4",
+            )
+            axes.set_yticks([])
+            axes.set_xticks([])
+    if handles:
+        equity_axes.legend(handles, labels, loc="upper left", fontsize=9, framealpha=0.85)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": f"Bastion {__version__}"})
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
+       max-width: 1250px; padding: 0 1rem; color: #1d232a; line-height: 1.4; }
+h1 { font-size: 1.6rem; margin-bottom: .2rem; }
+h2 { font-size: 1.25rem; border-bottom: 1px solid #d0d7de; padding-bottom: .2rem;
+     margin-top: 2rem; }
+h3 { font-size: 1rem; margin: 1.2rem 0 .4rem; }
+table { border-collapse: collapse; margin: .3rem 0 1rem; font-size: .92rem; }
+th, td { border: 1px solid #d0d7de; padding: .3rem .6rem; text-align: left;
+         vertical-align: top; }
+th { background: #f3f5f7; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.kv th { width: 13rem; }
+code, .hash { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace;
+              font-size: .88rem; word-break: break-all; }
+img.chart { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
+.note { background: #fff8c5; border: 1px solid #d4a72c; padding: .4rem .7rem; }
+.bad { color: #b42318; font-weight: 600; }
+.muted { color: #57606a; }
+footer { margin-top: 2.5rem; font-size: .85rem; color: #57606a; }
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _when(value: datetime | None) -> str:
+    return DASH if value is None else value.isoformat(sep=" ")
+
+
+def _json(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def _kv_table(rows: Sequence[tuple[str, str]], css_class: str = "kv") -> str:
+    """Rows of ``(label, html)``; the label is escaped here, the value must already be."""
+    body = "".join(f"<tr><th>{_e(label)}</th><td>{value}</td></tr>" for label, value in rows)
+    return f'<table class="{css_class}">{body}</table>'
+
+
+def _run_section(run: RunData) -> str:
+    row, info = run.row, run.info
+    status = _e(row.status)
+    if row.status != "completed":
+        status = f'<span class="bad">{status}</span>'
+    rows = [
+        ("Run id", f"<code>{_e(row.run_id)}</code>"),
+        ("Kind", _e(row.kind)),
+        ("Environment", _e(info.environment)),
+        ("Status", status),
+        ("Bastion version", _e(info.bastion_version)),
+        ("Started", _e(_when(info.started))),
+        ("Finished", _e(_when(row.finished))),
+    ]
+    if row.finished is not None:
+        rows.append(("Duration", _e(row.finished - info.started)))
+    if row.error:
+        rows.append(("Error", f'<span class="bad">{_e(row.error)}</span>'))
+    config = (
+        _kv_table([(str(key), _e(_json(info.config[key]))) for key in sorted(info.config)])
+        if info.config
+        else '<p class="muted">No configuration recorded.</p>'
+    )
+    return f"<section><h2>Run</h2>{_kv_table(rows)}<h3>Configuration</h3>{config}</section>"
+
+
+def _summary_section(run: RunData) -> str:
+    header = "".join(f"<th>{_e(column.label)}</th>" for column in _METRICS)
+    body = []
+    for strategy in run.strategies:
+        cells = "".join(
+            f'<td class="num">{_e(column.fmt(strategy.metrics.get(column.key)))}</td>'
+            for column in _METRICS
+        )
+        body.append(f"<tr><th>{_e(strategy.record.name)}</th>{cells}</tr>")
+    if not body:
+        return '<section><h2>Summary</h2><p class="note">This run has no strategies.</p></section>'
+    return (
+        "<section><h2>Summary</h2>"
+        f"<table><tr><th>Strategy</th>{header}</tr>{''.join(body)}</table>"
+        '<p class="muted">Percentages are in percent; "—" marks a value that is undefined '
+        "for this run (for example a Sharpe ratio with fewer than two returns).</p></section>"
+    )
+
+
+def _strategy_section(strategy: StrategyRunData) -> str:
+    record = strategy.record
+    parts = [f"<section><h2>Strategy {_e(record.name)}</h2>"]
+    if strategy.quarantined:
+        parts.append(f'<p class="note bad">Quarantined: {_e(strategy.quarantined)}</p>')
+    if not strategy.equity:
+        parts.append(
+            '<p class="note">No data: this strategy recorded no equity points, '
+            "so it has no curve in the chart.</p>"
+        )
+    if record.signer is None:
+        signer = '<span class="bad">unsigned (admitted in development only)</span>'
+    else:
+        signer = f"<code>{_e(record.signer)}</code>"
+        if is_example_key(record.signer):
+            signer += ' <span class="muted">(the bundled example key: not for live)</span>'
+    code_rows = [
+        ("File", f"<code>{_e(record.name)}</code>"),
+        ("SHA-256", f'<span class="hash">{_e(record.sha256)}</span>'),
+        ("Signer key id", signer),
+        ("Signer name", _e(record.signer_name or DASH)),
+        (
+            "Whitelist version",
+            _e(DASH if record.whitelist_version is None else record.whitelist_version),
+        ),
+        ("Unsigned", '<span class="bad">yes</span>' if record.unsigned else "no"),
+        ("Parameters", f"<code>{_e(_json(dict(record.params)))}</code>"),
+    ]
+    parts.append(f"<h3>Code</h3>{_kv_table(code_rows)}")
+
+    metric_rows = [
+        (column.label, f"{_e(column.fmt(strategy.metrics.get(column.key)))}") for column in _METRICS
+    ]
+    metric_rows += [
+        (key, _e(_generic(strategy.metrics[key])))
+        for key in sorted(strategy.metrics)
+        if key not in _BY_KEY
+    ]
+    metric_rows += [
+        ("Orders", _e(f"{strategy.orders:,}")),
+        ("Fills", _e(f"{strategy.fills:,}")),
+        ("Equity points", _e(f"{len(strategy.equity):,}")),
+    ]
+    parts.append(f"<h3>Metrics</h3>{_kv_table(metric_rows)}")
+
+    if strategy.positions:
+        rows = "".join(
+            f"<tr><td><code>{_e(p.symbol)}</code></td><td class='num'>{_e(p.quantity)}</td>"
+            f"<td class='num'>{_e(p.avg_price)}</td><td class='num'>{_e(p.realized)}</td></tr>"
+            for p in strategy.positions
+        )
+        parts.append(
+            "<h3>Positions at the end</h3><table><tr><th>Symbol</th><th>Quantity</th>"
+            f"<th>Average price</th><th>Realised P&amp;L</th></tr>{rows}</table>"
+        )
+    else:
+        parts.append('<h3>Positions at the end</h3><p class="muted">None (flat).</p>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render_html(run: RunData, png: bytes) -> str:
+    """The report page, with ``png`` embedded as a data URI; every stored text is escaped."""
+    image = base64.b64encode(png).decode("ascii")
+    title = f"Bastion {run.row.kind} report — {run.row.run_id}"
+    names = ", ".join(strategy.record.name for strategy in run.strategies) or "no strategies"
+    generated = datetime.now(UTC).replace(microsecond=0).isoformat(sep=" ")
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{_e(title)}</h1>"
+        f'<p class="muted">{_e(run.info.environment)} · {_e(run.row.status)} · '
+        f"{_e(names)}</p>"
+        "<section><h2>Equity and drawdown</h2>"
+        f'<img class="chart" src="data:image/png;base64,{image}" '
+        f'alt="{_e("Equity curve and drawdown of each strategy: " + names)}"></section>'
+        f"{_summary_section(run)}{_run_section(run)}"
+        f"{''.join(_strategy_section(strategy) for strategy in run.strategies)}"
+        f"<footer>Produced by Bastion {_e(__version__)} at {_e(generated)}. "
+        "Each strategy is identified by the SHA-256 of the exact file that ran and the "
+        "key id that signed it.</footer>"
+        "</body></html>\n"
+    )
+
+
+def render_report(run: RunData, out_dir: Path) -> Path:
+    """Write ``out_dir/equity.png`` and ``out_dir/report.html``; return the HTML's path.
+
+    ``out_dir`` is created if missing.  Both files are written to temporary
+    names first and renamed into place only when both are complete, so a crash
+    never leaves a half-written report (an older report stays as it was).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = render_chart(run)
+    page = render_html(run, png)
+    html_path = out_dir / HTML_NAME
+    atomic_write_many([(out_dir / PNG_NAME, png), (html_path, page.encode("utf-8"))])
+    return html_path

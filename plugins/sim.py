@@ -1,0 +1,323 @@
+"""Built-in ``sim`` broker: a simulated account for backtests and paper runs.
+
+* Market, limit and stop orders.  An order asked for on a bar fills no earlier
+  than the first bar of its symbol that is *strictly later* (no look-ahead):
+  market at that bar's open, limit at the open or better once the range
+  reaches the limit, stop at the open or worse once the range reaches the stop.
+* Slippage (basis points, against the order) on market and stop fills.
+* Commission models: ``per-share:RATE[:MIN]`` (e.g. IBKR-like 0.005 per share,
+  minimum 1.00, capped at 1% of notional), ``bps:RATE`` of notional, or ``none``.
+* Partial fills: at most ``participation`` x the bar's volume fills per bar;
+  the rest keeps working.  A bar with no volume fills nothing.
+* Leverage: long exposure up to ``long_leverage`` x equity (default 1.5),
+  short exposure up to ``short_leverage`` x equity (default 2); an order that
+  would exceed it is rejected with the numbers.
+* Maintenance margin (default 25%): when equity falls below that fraction of
+  gross exposure the kernel calls :meth:`SimBroker.margin_call`, which
+  liquidates every position at market on the next bar and says so.
+
+Every rejection has a reason; nothing is silently dropped.  Options come after
+``sim:`` as ``key=value`` pairs, e.g.
+``--broker sim:commission=bps:1,slippage=2,participation=0.05``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
+
+import attrs
+
+from bastion import ConfigError, hookimpl
+from bastion.models import (
+    AccountSnapshot,
+    Bar,
+    Fill,
+    Order,
+    OrderIntent,
+    OrderType,
+    Side,
+)
+
+ZERO = Decimal(0)
+PRICE_STEP = Decimal("0.0001")
+CommissionModel = Callable[[Decimal, Decimal], Decimal]  # (quantity, price) -> commission
+
+
+def _per_share(rate: Decimal, minimum: Decimal) -> CommissionModel:
+    def commission(quantity: Decimal, price: Decimal) -> Decimal:
+        notional = quantity * price
+        return min(max(quantity * rate, minimum), notional / 100).quantize(PRICE_STEP)
+
+    return commission
+
+
+def _bps(rate: Decimal) -> CommissionModel:
+    def commission(quantity: Decimal, price: Decimal) -> Decimal:
+        return (quantity * price * rate / 10_000).quantize(PRICE_STEP)
+
+    return commission
+
+
+def parse_commission(text: str) -> CommissionModel:
+    kind, _, rest = text.partition(":")
+    try:
+        if kind == "none":
+            return lambda quantity, price: ZERO
+        if kind == "per-share":
+            rate, _, minimum = rest.partition(":")
+            return _per_share(Decimal(rate or "0.005"), Decimal(minimum or "1"))
+        if kind == "bps":
+            return _bps(Decimal(rest or "1"))
+    except InvalidOperation:
+        pass
+    raise ConfigError(
+        f"sim broker: commission {text!r} not understood; "
+        "use none, per-share:RATE[:MIN] or bps:RATE"
+    )
+
+
+@attrs.frozen
+class SimOptions:
+    commission: str = "per-share:0.005:1"
+    slippage_bps: float = 1.0
+    participation: float = 0.1
+    long_leverage: float = 1.5
+    short_leverage: float = 2.0
+    maintenance: float = 0.25
+
+    @classmethod
+    def parse(cls, spec: str) -> SimOptions:
+        names = {
+            "commission": "commission",
+            "slippage": "slippage_bps",
+            "participation": "participation",
+            "long_leverage": "long_leverage",
+            "short_leverage": "short_leverage",
+            "maintenance": "maintenance",
+        }
+        values: dict[str, object] = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep or key not in names:
+                raise ConfigError(
+                    f"sim broker: option {part!r} not understood; options are "
+                    f"{', '.join(names)} (e.g. sim:slippage=2,commission=bps:1)"
+                )
+            if key == "commission":
+                parse_commission(value)
+                values[names[key]] = value
+                continue
+            try:
+                number = float(value)
+            except ValueError:
+                raise ConfigError(f"sim broker: {key}={value!r} is not a number") from None
+            if not math.isfinite(number) or number < 0:
+                raise ConfigError(f"sim broker: {key} must be a non-negative number")
+            if key == "participation" and not 0 < number <= 1:
+                raise ConfigError("sim broker: participation must be in (0, 1]")
+            if key == "maintenance" and not number < 1:
+                raise ConfigError("sim broker: maintenance must be below 1")
+            if key in ("long_leverage", "short_leverage") and number <= 0:
+                raise ConfigError(f"sim broker: {key} must be positive")
+            values[names[key]] = number
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@attrs.define
+class _Working:
+    order: Order
+    remaining: Decimal
+    triggered: bool = False  # stop orders become market orders once triggered
+
+
+def _to_price(value: float) -> Decimal:
+    return Decimal(repr(value)).quantize(PRICE_STEP)
+
+
+class SimBroker:
+    """A simulated broker (see the module docstring for its rules)."""
+
+    name = "sim"
+
+    def __init__(self, options: SimOptions) -> None:
+        self.options = options
+        self.maintenance_margin: float | None = options.maintenance or None
+        self._commission = parse_commission(options.commission)
+        self._slip = options.slippage_bps / 10_000
+        self._working: dict[str, list[_Working]] = {}
+        self._symbols: frozenset[str] = frozenset()
+        self._last_price: dict[str, float] = {}
+
+    @classmethod
+    def open(cls, spec: str = "") -> SimBroker:
+        return cls(SimOptions.parse(spec))
+
+    # -- orders ------------------------------------------------------------------------
+
+    def submit(self, order: Order, account: AccountSnapshot) -> str | None:
+        if not order.liquidation:
+            reason = self._check_buying_power(order.intent, account)
+            if reason:
+                return reason
+        self._working.setdefault(order.symbol, []).append(_Working(order, order.quantity))
+        self._symbols = frozenset(self._working)
+        return None
+
+    def _check_buying_power(self, intent: OrderIntent, account: AccountSnapshot) -> str | None:
+        price = intent.limit_price or intent.stop_price or account.prices.get(intent.symbol)
+        if price is None:
+            return f"no price seen yet for {intent.symbol}; cannot check buying power"
+        held = account.positions.get(intent.symbol, ZERO)
+        signed = intent.quantity if intent.side is Side.BUY else -intent.quantity
+        after = held + signed
+        old_value = abs(held) * account.prices.get(intent.symbol, price)
+        long_value = account.long_value - (old_value if held > 0 else ZERO)
+        short_value = account.short_value - (old_value if held < 0 else ZERO)
+        if after > 0:
+            long_value += after * price
+        elif after < 0:
+            short_value += -after * price
+        equity = account.equity
+        if equity <= 0:
+            return f"account equity is {equity:.2f}; no new orders"
+        # Reducing a position is always allowed.
+        if abs(after) <= abs(held) and (after == 0 or (after > 0) == (held > 0)):
+            return None
+        long_limit = equity * Decimal(repr(self.options.long_leverage))
+        short_limit = equity * Decimal(repr(self.options.short_leverage))
+        if long_value > long_limit:
+            return (
+                f"insufficient buying power: long exposure {long_value:,.2f} would exceed "
+                f"{self.options.long_leverage}x equity ({long_limit:,.2f})"
+            )
+        if short_value > short_limit:
+            return (
+                f"insufficient margin: short exposure {short_value:,.2f} would exceed "
+                f"{self.options.short_leverage}x equity ({short_limit:,.2f})"
+            )
+        return None
+
+    def working_symbols(self) -> frozenset[str]:
+        return self._symbols
+
+    def cancel_all(self, reason: str) -> Sequence[Order]:
+        cancelled = [w.order for orders in self._working.values() for w in orders]
+        self._working.clear()
+        self._symbols = frozenset()
+        return cancelled
+
+    def cancel_strategy(self, strategy: str) -> Sequence[Order]:
+        cancelled: list[Order] = []
+        for symbol, orders in list(self._working.items()):
+            keep = [w for w in orders if w.order.strategy != strategy]
+            cancelled += [w.order for w in orders if w.order.strategy == strategy]
+            if keep:
+                self._working[symbol] = keep
+            else:
+                del self._working[symbol]
+        self._symbols = frozenset(self._working)
+        return cancelled
+
+    def margin_call(self, strategy: str, account: AccountSnapshot, ts: datetime) -> Sequence[Order]:
+        """Liquidate every position of ``strategy`` at market (the kernel records and submits)."""
+        orders = []
+        for n, (symbol, quantity) in enumerate(sorted(account.positions.items())):
+            if not quantity:
+                continue
+            intent = OrderIntent(
+                symbol=symbol,
+                side=Side.SELL if quantity > 0 else Side.BUY,
+                quantity=abs(quantity),
+                tag="margin-call",
+            )
+            orders.append(
+                Order(
+                    client_order_id=f"margin-{strategy}-{ts:%Y%m%dT%H%M%S}-{n}",
+                    strategy=strategy,
+                    strategy_sha256="",
+                    signer=None,
+                    intent=intent,
+                    created=ts,
+                    liquidation=True,
+                )
+            )
+        return orders
+
+    # -- fills -------------------------------------------------------------------------
+
+    def on_bar(self, bar: Bar) -> Sequence[Fill]:
+        orders = self._working.get(bar.symbol)
+        if not orders:
+            return ()
+        fills: list[Fill] = []
+        capacity = Decimal(int(bar.volume * self.options.participation))
+        keep: list[_Working] = []
+        for working in orders:
+            if working.order.created >= bar.ts:  # asked for on this bar or later: not yet
+                keep.append(working)
+                continue
+            price = self._fill_price(working, bar)
+            if price is None or capacity <= 0:
+                keep.append(working)
+                continue
+            quantity = min(working.remaining, capacity)
+            if quantity != working.remaining:
+                quantity = quantity.quantize(Decimal(1), rounding=ROUND_DOWN)
+                if quantity <= 0:
+                    keep.append(working)
+                    continue
+            capacity -= quantity
+            fills.append(
+                Fill(
+                    order_id=working.order.client_order_id,
+                    symbol=bar.symbol,
+                    side=working.order.side,
+                    quantity=quantity,
+                    price=price,
+                    commission=self._commission(quantity, price),
+                    ts=bar.ts,
+                )
+            )
+            working.remaining -= quantity
+            if working.remaining > 0:
+                keep.append(working)
+        if keep:
+            self._working[bar.symbol] = keep
+        else:
+            del self._working[bar.symbol]
+            self._symbols = frozenset(self._working)
+        return fills
+
+    def _fill_price(self, working: _Working, bar: Bar) -> Decimal | None:
+        intent = working.order.intent
+        buy = intent.side is Side.BUY
+        if intent.type is OrderType.LIMIT:
+            assert intent.limit_price is not None
+            limit = float(intent.limit_price)
+            if buy and bar.low <= limit:
+                return _to_price(min(bar.open, limit))
+            if not buy and bar.high >= limit:
+                return _to_price(max(bar.open, limit))
+            return None
+        if intent.type is OrderType.STOP and not working.triggered:
+            assert intent.stop_price is not None
+            stop = float(intent.stop_price)
+            if buy and bar.high >= stop:
+                working.triggered = True
+                base = max(bar.open, stop)
+            elif not buy and bar.low <= stop:
+                working.triggered = True
+                base = min(bar.open, stop)
+            else:
+                return None
+        else:
+            base = bar.open
+        return _to_price(base * (1 + self._slip) if buy else base * (1 - self._slip))
+
+
+@hookimpl
+def register_brokers() -> dict[str, Callable[[str], SimBroker]]:
+    return {"sim": SimBroker.open}

@@ -1,0 +1,943 @@
+"""Built-in storage: runs, orders, fills and a hash-chained audit log in one SQLite file.
+
+The database lives at ``<data dir>/bastion.db`` in WAL mode.  Money and
+quantities are stored as decimal *text* (never binary floats) and timestamps
+as ISO-8601 UTC text, so everything reads back exactly as it went in.
+
+Durability
+    Every write method commits before it returns; in particular
+    :meth:`SQLiteStore.record_order` commits the client order id before the
+    caller submits the order.  A commit in WAL mode survives the process dying
+    at any point.  For paper and live runs every commit is also fsynced
+    (``synchronous=FULL``) so it survives a power cut; backtests, which send
+    nothing to a real broker, use ``synchronous=NORMAL`` and are fsynced once,
+    by :meth:`SQLiteStore.finish_run`.
+
+Audit log
+    ``audit`` is append-only (triggers abort any ``UPDATE`` or ``DELETE`` and any
+    insert that does not extend the log) and hash-chained: each record's
+    ``hash`` is the SHA-256 of ``[id, ts, event, payload, prev_hash]`` as compact
+    JSON, where ``payload`` is the record's canonical JSON text (sorted keys) and
+    ``prev_hash`` the previous record's hash (64 zeros for the first).
+    ``sqlite_sequence`` remembers the highest id ever written, so records cut
+    from the end of the log are noticed too.  :meth:`SQLiteStore.verify_audit`
+    recomputes the chain.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path, PurePath
+from types import TracebackType
+from typing import Any, Final
+
+import sqlite_utils
+
+from bastion import hookimpl
+from bastion._errors import BastionError, ConfigError, FormatError
+from bastion._version import __version__
+from bastion.interfaces import (
+    AuditCheck,
+    EquityPoint,
+    RunData,
+    RunInfo,
+    RunRow,
+    StrategyRecord,
+    StrategyRunData,
+)
+from bastion.models import Fill, Order, OrderStatus, Position
+
+__all__ = ["DB_NAME", "GENESIS_HASH", "SCHEMA_VERSION", "SQLiteStore", "audit_hash"]
+
+DB_NAME: Final = "bastion.db"
+SCHEMA_VERSION: Final = 1
+GENESIS_HASH: Final = "0" * 64
+
+FINAL_ORDER_STATUSES: Final = frozenset(
+    {OrderStatus.FILLED, OrderStatus.REJECTED, OrderStatus.CANCELLED}
+)
+FINISHED_RUN_STATUSES: Final = frozenset({"completed", "failed", "interrupted"})
+_ORDER_STATUSES: Final = frozenset(s.value for s in OrderStatus)
+
+
+@hookimpl
+def register_storages() -> dict[str, Callable[[Path], SQLiteStore]]:
+    return {"sqlite": SQLiteStore.open}
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _ts(value: datetime) -> str:
+    """An aware datetime as ISO-8601 UTC text with microseconds (sorts as text)."""
+    if value.tzinfo is None:
+        raise ValueError(f"timestamps must be timezone-aware, got {value!r}")
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _parse_ts(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _now() -> str:
+    return _ts(datetime.now(UTC))
+
+
+def _json_default(value: object) -> object:
+    """What ``json`` cannot encode itself: exact decimals as text, times as ISO text."""
+    if isinstance(value, Decimal):
+        return _num(value)
+    if isinstance(value, datetime):
+        return _ts(value) if value.tzinfo is not None else value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable: {value!r}")
+
+
+def _dumps(value: object) -> str:
+    """Canonical JSON: sorted keys, no whitespace, UTF-8 text kept as is."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
+    )
+
+
+def _num(value: Decimal) -> str:
+    """Exact decimal text in plain notation (``0.00000001``, not ``1E-8``); zeros kept."""
+    return format(Decimal(value), "f")
+
+
+def _dec(value: Decimal | None) -> str | None:
+    return None if value is None else _num(value)
+
+
+def audit_hash(record_id: int, ts: str, event: str, payload: str, prev_hash: str) -> str:
+    """The SHA-256 that chains one audit record (``payload`` is its stored JSON text)."""
+    canonical = json.dumps(
+        [record_id, ts, event, payload, prev_hash], separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists but belongs to someone else
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- schema
+
+_AUDIT_SQL: Final = (
+    """CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts TEXT NOT NULL,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+)""",
+    """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only: records cannot be changed');
+END""",
+    """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only: records cannot be deleted');
+END""",
+    """CREATE TRIGGER audit_append_only BEFORE INSERT ON audit
+WHEN NEW.id <= (SELECT coalesce(max(id), 0) FROM audit)
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only: new records must come last');
+END""",
+)
+
+
+def _create_schema(db: sqlite_utils.Database) -> None:
+    runs_fk = [("run_id", "runs", "run_id")]
+    db.table("runs").create(
+        {
+            "run_id": str,
+            "kind": str,
+            "environment": str,
+            "status": str,
+            "started": str,
+            "finished": str,
+            "bastion_version": str,
+            "config": str,
+            "error": str,
+            "pid": int,
+        },
+        pk="run_id",
+        not_null=["kind", "environment", "status", "started", "bastion_version", "config"],
+    )
+    db.table("run_strategies").create(
+        {
+            "run_id": str,
+            "name": str,
+            "sha256": str,
+            "signer": str,
+            "signer_name": str,
+            "whitelist_version": int,
+            "unsigned": int,
+            "params": str,
+            "metrics": str,
+            "quarantined": str,
+        },
+        pk=("run_id", "name"),
+        foreign_keys=runs_fk,
+        not_null=["run_id", "name", "sha256", "unsigned", "params"],
+    )
+    db.table("orders").create(
+        {
+            "client_order_id": str,
+            "run_id": str,
+            "strategy": str,
+            "strategy_sha256": str,
+            "signer": str,
+            "symbol": str,
+            "side": str,
+            "quantity": str,
+            "type": str,
+            "limit_price": str,
+            "stop_price": str,
+            "tag": str,
+            "created": str,
+            "liquidation": int,
+            "status": str,
+            "reason": str,
+            "filled": str,
+            "updated": str,
+        },
+        pk="client_order_id",
+        foreign_keys=runs_fk,
+        not_null=[
+            "run_id",
+            "strategy",
+            "strategy_sha256",
+            "symbol",
+            "side",
+            "quantity",
+            "type",
+            "created",
+            "liquidation",
+            "status",
+            "filled",
+            "updated",
+        ],
+    )
+    db.table("orders").create_index(["run_id", "strategy"])
+    db.table("fills").create(
+        {
+            "id": int,
+            "run_id": str,
+            "client_order_id": str,
+            "strategy": str,
+            "strategy_sha256": str,
+            "signer": str,
+            "symbol": str,
+            "side": str,
+            "quantity": str,
+            "price": str,
+            "commission": str,
+            "ts": str,
+        },
+        pk="id",
+        foreign_keys=[*runs_fk, ("client_order_id", "orders", "client_order_id")],
+        not_null=[
+            "run_id",
+            "client_order_id",
+            "strategy",
+            "strategy_sha256",
+            "symbol",
+            "side",
+            "quantity",
+            "price",
+            "commission",
+            "ts",
+        ],
+    )
+    db.table("fills").create_index(["run_id", "strategy"])
+    db.table("fills").create_index(["client_order_id"])
+    db.table("positions").create(
+        {
+            "run_id": str,
+            "strategy": str,
+            "symbol": str,
+            "quantity": str,
+            "avg_price": str,
+            "realized": str,
+        },
+        pk=("run_id", "strategy", "symbol"),
+        foreign_keys=runs_fk,
+        not_null=["quantity", "avg_price", "realized"],
+    )
+    db.table("equity").create(
+        {"run_id": str, "strategy": str, "ts": str, "equity": float},
+        foreign_keys=runs_fk,
+        not_null=["run_id", "strategy", "ts"],
+    )
+    db.table("equity").create_index(["run_id", "strategy", "ts"])
+    # AUTOINCREMENT (sqlite_sequence) and triggers are beyond sqlite-utils' create().
+    for statement in _AUDIT_SQL:
+        db.conn.execute(statement)
+    db.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+_AUDIT_HEAD_SQL: Final = (
+    "SELECT (SELECT max(id) FROM audit), "
+    "(SELECT hash FROM audit ORDER BY id DESC LIMIT 1), "
+    "(SELECT seq FROM sqlite_sequence WHERE name = 'audit')"
+)
+
+_INSERT_SQL: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
+def _insert(conn: sqlite3.Connection, table: str, row: Mapping[str, Any]) -> int:
+    """One row through a cached, prepared ``INSERT``; returns its rowid.
+
+    The per-order hot path (orders, fills, audit records) uses this rather than
+    ``sqlite_utils.Table.insert``, which costs about three times as much per row
+    (schema look-ups, a savepoint, value conversion) for values that are already
+    exactly what is to be stored.  Bulk writes still go through sqlite-utils.
+    """
+    columns = tuple(row)
+    sql = _INSERT_SQL.get((table, columns))
+    if sql is None:
+        # Table and column names are this module's own constants, never user input.
+        names = ", ".join(columns)
+        marks = ", ".join("?" for _ in columns)
+        sql = f"INSERT INTO {table} ({names}) VALUES ({marks})"  # noqa: S608
+        _INSERT_SQL[(table, columns)] = sql
+    rowid = conn.execute(sql, tuple(row.values())).lastrowid
+    assert rowid is not None
+    return rowid
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class SQLiteStore:
+    """The ``sqlite`` store (see the module docstring).  Create with :meth:`open`."""
+
+    def __init__(self, path: Path, db: sqlite_utils.Database) -> None:
+        self.path = path
+        self.location = str(path)
+        self._db = db
+        self._conn = db.conn
+        self._lock = threading.RLock()
+        self._in_write = False
+        self._synchronous = "NORMAL"
+        self._closed = False
+
+    # ----------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, data_dir: Path) -> SQLiteStore:
+        """Open (creating if needed) ``data_dir / "bastion.db"``."""
+        data_dir = Path(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = data_dir / DB_NAME
+        if not path.exists():
+            # Owner-only from the start; SQLite gives -wal and -shm the same mode.
+            with suppress(FileExistsError):
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        try:
+            conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise BastionError(f"cannot open {path}: {exc}") from None
+        try:
+            db = sqlite_utils.Database(conn, execute_plugins=False)
+            store = cls(path, db)
+            store._prepare()
+        except BastionError:
+            conn.close()
+            raise
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            raise BastionError(f"cannot open {path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise FormatError(
+                f"{path} is not a usable SQLite database ({exc}); "
+                "move it aside or choose another data directory"
+            ) from None
+        return store
+
+    def _prepare(self) -> None:
+        version = self._user_version()
+        if version > SCHEMA_VERSION:
+            raise FormatError(
+                f"{self.path} uses storage schema {version}, but Bastion {__version__} "
+                f"understands schema {SCHEMA_VERSION} at most; upgrade Bastion to read it"
+            )
+        self._db.enable_wal()
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        self._conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        if version == SCHEMA_VERSION:
+            return
+        with self._write():
+            version = self._user_version()  # another process may have just created it
+            if version == SCHEMA_VERSION:
+                return
+            tables = self._conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+            ).fetchone()[0]
+            if tables:
+                raise FormatError(
+                    f"{self.path} is a SQLite database but not a Bastion store "
+                    "(it has tables but no Bastion schema version); move it aside"
+                )
+            _create_schema(self._db)
+
+    def _user_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # ----------------------------------------------------------------- transactions
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding SQLite's write lock from the start.
+
+        ``BEGIN IMMEDIATE`` matters for the audit chain: the last record read
+        inside the transaction is still the last one when the new one is added,
+        even with other processes writing to the same file.
+        """
+        with self._lock:
+            if self._in_write:
+                raise RuntimeError("nested write transaction")
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._in_write = True
+            try:
+                yield self._conn
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._conn.execute("COMMIT")
+            finally:
+                self._in_write = False
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One consistent snapshot for several SELECTs."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                if self._conn.in_transaction:
+                    self._conn.execute("COMMIT")
+
+    def _set_synchronous(self, level: str) -> None:
+        self._conn.execute(f"PRAGMA synchronous = {level}")
+
+    # ----------------------------------------------------------------- audit
+
+    def _append_audit(self, event: str, payload: Mapping[str, Any]) -> None:
+        """Add one record to the chain; the caller holds a write transaction."""
+        if not event:
+            raise ValueError("an audit event needs a name")
+        last_id, last_hash, seq = self._conn.execute(_AUDIT_HEAD_SQL).fetchone()
+        # After the highest id ever written: records cut from the end leave a visible gap.
+        record_id = max(int(seq or 0), int(last_id or 0)) + 1
+        prev_hash = str(last_hash) if last_hash is not None else GENESIS_HASH
+        ts = _now()
+        text = _dumps(dict(payload))
+        _insert(
+            self._conn,
+            "audit",
+            {
+                "id": record_id,
+                "ts": ts,
+                "event": event,
+                "payload": text,
+                "prev_hash": prev_hash,
+                "hash": audit_hash(record_id, ts, event, text, prev_hash),
+            },
+        )
+
+    def audit(self, event: str, payload: Mapping[str, Any]) -> None:
+        with self._write():
+            self._append_audit(event, payload)
+
+    def verify_audit(self) -> AuditCheck:
+        """Recompute the whole chain in id order; report the first record that fails it."""
+        with self._read() as conn:
+            total = int(conn.execute("SELECT count(*) FROM audit").fetchone()[0])
+            seq_row = conn.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'audit'"
+            ).fetchone()
+            highest = int(seq_row[0]) if seq_row else 0
+
+            def broken(record: int, reason: str) -> AuditCheck:
+                return AuditCheck(ok=False, records=total, first_broken=record, reason=reason)
+
+            prev_id = 0
+            prev_hash = GENESIS_HASH
+            rows = conn.execute(
+                "SELECT id, ts, event, payload, prev_hash, hash FROM audit ORDER BY id"
+            )
+            for record_id, ts, event, payload, stored_prev, stored_hash in rows:
+                if record_id != prev_id + 1:
+                    where = (
+                        f"between {prev_id} and {record_id}" if prev_id else f"before {record_id}"
+                    )
+                    return broken(record_id, f"records missing {where}")
+                if stored_prev != prev_hash:
+                    link = f"record {prev_id}" if prev_id else "the start of the log (64 zeros)"
+                    return broken(
+                        record_id, f"record {record_id}: prev_hash does not link to {link}"
+                    )
+                if stored_hash != audit_hash(record_id, ts, event, payload, stored_prev):
+                    return broken(
+                        record_id, f"record {record_id}: hash does not match its contents"
+                    )
+                prev_id, prev_hash = record_id, stored_hash
+            if highest > prev_id:
+                where = f"after {prev_id}" if prev_id else "from the start"
+                return broken(
+                    prev_id + 1,
+                    f"records missing {where} (the log reached record {highest})",
+                )
+        return AuditCheck(ok=True, records=total, first_broken=None, reason=None)
+
+    # ----------------------------------------------------------------- runs
+
+    def begin_run(self, run: RunInfo, strategies: Sequence[StrategyRecord]) -> None:
+        """Store the run (``running``, this pid) and its strategies in one transaction."""
+        # Orders of a paper or live run reach a real broker: fsync every commit.
+        self._synchronous = "NORMAL" if run.kind == "backtest" else "FULL"
+        with self._lock:
+            self._set_synchronous(self._synchronous)
+        config = _dumps(dict(run.config))
+        started = _ts(run.started)
+        pid = os.getpid()
+        names = [s.name for s in strategies]
+        if len(set(names)) != len(names):
+            raise ValueError(f"run {run.run_id}: strategy names are not unique: {names}")
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run.run_id,)).fetchone():
+                raise ValueError(f"run {run.run_id!r} is already stored in {self.location}")
+            self._db.table("runs").insert(
+                {
+                    "run_id": run.run_id,
+                    "kind": run.kind,
+                    "environment": run.environment,
+                    "status": "running",
+                    "started": started,
+                    "finished": None,
+                    "bastion_version": run.bastion_version,
+                    "config": config,
+                    "error": None,
+                    "pid": pid,
+                }
+            )
+            self._db.table("run_strategies").insert_all(
+                {
+                    "run_id": run.run_id,
+                    "name": s.name,
+                    "sha256": s.sha256,
+                    "signer": s.signer,
+                    "signer_name": s.signer_name,
+                    "whitelist_version": s.whitelist_version,
+                    "unsigned": int(s.unsigned),
+                    "params": _dumps(dict(s.params)),
+                    "metrics": None,
+                    "quarantined": None,
+                }
+                for s in strategies
+            )
+            self._append_audit(
+                "run_started",
+                {
+                    "run_id": run.run_id,
+                    "kind": run.kind,
+                    "environment": run.environment,
+                    "started": started,
+                    "bastion_version": run.bastion_version,
+                    "pid": pid,
+                    "config": json.loads(config),
+                    "strategies": [
+                        {
+                            "name": s.name,
+                            "sha256": s.sha256,
+                            "signer": s.signer,
+                            "signer_name": s.signer_name,
+                            "whitelist_version": s.whitelist_version,
+                            "unsigned": s.unsigned,
+                        }
+                        for s in strategies
+                    ],
+                },
+            )
+
+    def finish_run(self, run_id: str, status: str, error: str | None) -> None:
+        """Close the run; everything stored for it is on disk when this returns."""
+        if status not in FINISHED_RUN_STATUSES:
+            raise ValueError(
+                f"a run finishes as one of {sorted(FINISHED_RUN_STATUSES)}, not {status!r}"
+            )
+        finished = _now()
+        with self._lock:
+            self._set_synchronous("FULL")  # this commit fsyncs the WAL: all earlier ones too
+            try:
+                with self._write() as conn:
+                    updated = conn.execute(
+                        "UPDATE runs SET status = ?, finished = ?, error = ? WHERE run_id = ?",
+                        (status, finished, error, run_id),
+                    ).rowcount
+                    if not updated:
+                        raise ValueError(f"no run {run_id!r} in {self.location}")
+                    orders = conn.execute(
+                        "SELECT count(*) FROM orders WHERE run_id = ?", (run_id,)
+                    ).fetchone()[0]
+                    fills = conn.execute(
+                        "SELECT count(*) FROM fills WHERE run_id = ?", (run_id,)
+                    ).fetchone()[0]
+                    self._append_audit(
+                        "run_finished",
+                        {
+                            "run_id": run_id,
+                            "status": status,
+                            "error": error,
+                            "finished": finished,
+                            "orders": orders,
+                            "fills": fills,
+                        },
+                    )
+            finally:
+                self._set_synchronous(self._synchronous)
+
+    # ----------------------------------------------------------------- orders and fills
+
+    def record_order(self, run_id: str, order: Order, status: str, reason: str | None) -> None:
+        """Store a new order; committed (the client order id is durable) on return."""
+        _check_order_status(status)
+        now = _now()
+        intent = order.intent
+        row = {
+            "client_order_id": order.client_order_id,
+            "run_id": run_id,
+            "strategy": order.strategy,
+            "strategy_sha256": order.strategy_sha256,
+            "signer": order.signer,
+            "symbol": intent.symbol,
+            "side": intent.side.value,
+            "quantity": _num(intent.quantity),
+            "type": intent.type.value,
+            "limit_price": _dec(intent.limit_price),
+            "stop_price": _dec(intent.stop_price),
+            "tag": intent.tag,
+            "created": _ts(order.created),
+            "liquidation": int(order.liquidation),
+            "status": status,
+            "reason": reason,
+            "filled": "0",
+            "updated": now,
+        }
+        with self._write() as conn:
+            try:
+                _insert(conn, "orders", row)
+            except sqlite3.IntegrityError as exc:
+                if "UNIQUE" in str(exc):
+                    raise ValueError(
+                        f"client order id {order.client_order_id!r} is already stored; "
+                        "an order id is never reused"
+                    ) from None
+                raise ValueError(f"no run {run_id!r} in {self.location}") from None
+            payload = {k: v for k, v in row.items() if k not in ("filled", "updated")}
+            payload["liquidation"] = order.liquidation
+            self._append_audit("order", payload)
+
+    def update_order(
+        self,
+        run_id: str,
+        client_order_id: str,
+        status: str,
+        reason: str | None,
+        filled: Decimal,
+    ) -> None:
+        """Change an order's status; a final status (filled, rejected, cancelled) is audited."""
+        _check_order_status(status)
+        with self._write() as conn:
+            updated = conn.execute(
+                "UPDATE orders SET status = ?, reason = ?, filled = ?, updated = ? "
+                "WHERE client_order_id = ? AND run_id = ?",
+                (status, reason, _num(filled), _now(), client_order_id, run_id),
+            ).rowcount
+            if not updated:
+                raise ValueError(f"run {run_id!r} has no order {client_order_id!r}")
+            if status in FINAL_ORDER_STATUSES:
+                self._append_audit(
+                    "order_status",
+                    {
+                        "run_id": run_id,
+                        "client_order_id": client_order_id,
+                        "status": status,
+                        "reason": reason,
+                        "filled": _num(filled),
+                    },
+                )
+
+    def record_fill(self, run_id: str, fill: Fill, order: Order) -> None:
+        """Store one execution, naming the strategy's SHA-256 and signer, and audit it."""
+        if fill.order_id != order.client_order_id:
+            raise ValueError(
+                f"fill for order {fill.order_id!r} recorded against order {order.client_order_id!r}"
+            )
+        row: dict[str, Any] = {
+            "run_id": run_id,
+            "client_order_id": order.client_order_id,
+            "strategy": order.strategy,
+            "strategy_sha256": order.strategy_sha256,
+            "signer": order.signer,
+            "symbol": fill.symbol,
+            "side": fill.side.value,
+            "quantity": _num(fill.quantity),
+            "price": _num(fill.price),
+            "commission": _num(fill.commission),
+            "ts": _ts(fill.ts),
+        }
+        with self._write() as conn:
+            cursor = conn.execute(
+                "SELECT run_id FROM orders WHERE client_order_id = ?", (order.client_order_id,)
+            ).fetchone()
+            if cursor is None or cursor[0] != run_id:
+                raise ValueError(f"run {run_id!r} has no order {order.client_order_id!r}")
+            fill_id = _insert(conn, "fills", row)
+            self._append_audit("fill", {"fill_id": fill_id, **row})
+
+    # ----------------------------------------------------------------- results
+
+    def record_equity(self, run_id: str, strategy: str, points: Sequence[EquityPoint]) -> None:
+        """Append equity points (already down-sampled by the engine)."""
+        with self._write():
+            self._db.table("equity").insert_all(
+                (
+                    {"run_id": run_id, "strategy": strategy, "ts": _ts(ts), "equity": float(value)}
+                    for ts, value in points
+                ),
+                batch_size=500,
+            )
+
+    def record_positions(self, run_id: str, strategy: str, positions: Sequence[Position]) -> None:
+        """Replace the strategy's stored end-of-run positions with ``positions``."""
+        with self._write() as conn:
+            conn.execute(
+                "DELETE FROM positions WHERE run_id = ? AND strategy = ?", (run_id, strategy)
+            )
+            self._db.table("positions").insert_all(
+                {
+                    "run_id": run_id,
+                    "strategy": strategy,
+                    "symbol": p.symbol,
+                    "quantity": _num(p.quantity),
+                    "avg_price": _num(p.avg_price),
+                    "realized": _num(p.realized),
+                }
+                for p in positions
+            )
+
+    def record_result(
+        self,
+        run_id: str,
+        strategy: str,
+        metrics: Mapping[str, float | int | None],
+        quarantined: str | None,
+    ) -> None:
+        with self._write() as conn:
+            updated = conn.execute(
+                "UPDATE run_strategies SET metrics = ?, quarantined = ? "
+                "WHERE run_id = ? AND name = ?",
+                (_dumps(dict(metrics)), quarantined, run_id, strategy),
+            ).rowcount
+            if not updated:
+                raise ValueError(f"run {run_id!r} has no strategy {strategy!r}")
+
+    # ----------------------------------------------------------------- reading
+
+    def list_runs(self) -> list[RunRow]:
+        """Every run, newest first; a ``running`` run whose process is gone is ``interrupted``."""
+        with self._read() as conn:
+            names: dict[str, list[str]] = {}
+            for run_id, name in conn.execute(
+                "SELECT run_id, name FROM run_strategies ORDER BY rowid"
+            ):
+                names.setdefault(run_id, []).append(name)
+            rows = conn.execute(
+                "SELECT run_id, kind, environment, status, started, finished, error, pid "
+                "FROM runs ORDER BY started DESC, rowid DESC"
+            ).fetchall()
+        return [self._row(tuple(r), tuple(names.get(r[0], ()))) for r in rows]
+
+    @staticmethod
+    def _row(r: tuple[Any, ...], strategies: tuple[str, ...]) -> RunRow:
+        run_id, kind, environment, status, started, finished, error, pid = r
+        if (
+            status == "running"
+            and pid is not None
+            and pid != os.getpid()
+            and not _pid_alive(int(pid))
+        ):
+            status = "interrupted"
+        return RunRow(
+            run_id=run_id,
+            kind=kind,
+            environment=environment,
+            status=status,
+            started=_parse_ts(started),
+            finished=_parse_ts(finished) if finished else None,
+            strategies=strategies,
+            error=error,
+        )
+
+    def _resolve(self, conn: sqlite3.Connection, run_id: str) -> str:
+        if run_id and conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
+            return run_id
+        matches: list[str] = (
+            [
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id",
+                    (len(run_id), run_id),
+                )
+            ]
+            if run_id
+            else []
+        )
+        if not matches:
+            raise ConfigError(f"no run '{run_id}' in {self.location}; 'bastion runs' lists them")
+        if len(matches) > 1:
+            shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+            raise ConfigError(
+                f"run id '{run_id}' is ambiguous in {self.location}: it starts "
+                f"{len(matches)} runs ({shown}); give more of it"
+            )
+        return matches[0]
+
+    def load_run(self, run_id: str) -> RunData:
+        """Everything stored for one run (``run_id`` may be a unique prefix)."""
+        with self._read() as conn:
+            run_id = self._resolve(conn, run_id)
+            (kind, environment, status, started, finished, version, config, error, pid) = (
+                conn.execute(
+                    "SELECT kind, environment, status, started, finished, bastion_version, "
+                    "config, error, pid FROM runs WHERE run_id = ?",
+                    (run_id,),
+                ).fetchone()
+            )
+            strategy_rows = conn.execute(
+                "SELECT name, sha256, signer, signer_name, whitelist_version, unsigned, params, "
+                "metrics, quarantined FROM run_strategies WHERE run_id = ? ORDER BY rowid",
+                (run_id,),
+            ).fetchall()
+            strategies = [self._strategy(conn, run_id, tuple(r)) for r in strategy_rows]
+        row = self._row(
+            (run_id, kind, environment, status, started, finished, error, pid),
+            tuple(s.record.name for s in strategies),
+        )
+        info = RunInfo(
+            run_id=run_id,
+            kind=kind,
+            environment=environment,
+            started=_parse_ts(started),
+            bastion_version=version,
+            config=json.loads(config),
+        )
+        return RunData(row=row, info=info, strategies=strategies)
+
+    @staticmethod
+    def _strategy(conn: sqlite3.Connection, run_id: str, r: tuple[Any, ...]) -> StrategyRunData:
+        name, sha256, signer, signer_name, wl_version, unsigned, params, metrics, quarantined = r
+        key = (run_id, name)
+        equity: list[EquityPoint] = [
+            (_parse_ts(ts), float("nan") if value is None else float(value))
+            for ts, value in conn.execute(
+                "SELECT ts, equity FROM equity WHERE run_id = ? AND strategy = ? "
+                "ORDER BY ts, rowid",
+                key,
+            )
+        ]
+        positions = [
+            Position(
+                symbol=symbol,
+                quantity=Decimal(quantity),
+                avg_price=Decimal(avg_price),
+                realized=Decimal(realized),
+            )
+            for symbol, quantity, avg_price, realized in conn.execute(
+                "SELECT symbol, quantity, avg_price, realized FROM positions "
+                "WHERE run_id = ? AND strategy = ? ORDER BY symbol",
+                key,
+            )
+        ]
+        orders = conn.execute(
+            "SELECT count(*) FROM orders WHERE run_id = ? AND strategy = ?", key
+        ).fetchone()[0]
+        fills = conn.execute(
+            "SELECT count(*) FROM fills WHERE run_id = ? AND strategy = ?", key
+        ).fetchone()[0]
+        record = StrategyRecord(
+            name=name,
+            sha256=sha256,
+            signer=signer,
+            signer_name=signer_name,
+            whitelist_version=wl_version,
+            unsigned=bool(unsigned),
+            params=json.loads(params),
+        )
+        return StrategyRunData(
+            record=record,
+            metrics=json.loads(metrics) if metrics else {},
+            equity=equity,
+            positions=positions,
+            orders=int(orders),
+            fills=int(fills),
+            quarantined=quarantined,
+        )
+
+    # ----------------------------------------------------------------- closing
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.location!r})"
+
+
+def _check_order_status(status: str) -> None:
+    if status not in _ORDER_STATUSES:
+        raise ValueError(f"order status must be one of {sorted(_ORDER_STATUSES)}, not {status!r}")

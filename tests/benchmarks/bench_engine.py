@@ -1,0 +1,210 @@
+"""Bars per second: Bastion's engine vs a bare Python loop vs backtrader, in one run.
+
+    .venv/bin/pip install -e '.[bench]'      # backtrader (optional)
+    .venv/bin/python tests/benchmarks/bench_engine.py [--bars 200000] [--repeat 3]
+
+All three process the same synthetic bars (1 symbol, seeded) with the same
+SMA(10)/SMA(30) crossover holding 100 shares while fast > slow:
+
+* ``engine``: the signed example ``strategies/sma_cross.py``, admitted through
+  the real door, run in-process by the engine with the ``sim`` broker and the
+  ``sqlite`` store (orders, fills, equity curve and results are written);
+* ``bare_loop``: the same running-sum SMA arithmetic and position switching,
+  in a plain ``for`` loop over the same Bar objects, no kernel at all;
+* ``backtrader``: ``bt.ind.SMA`` crossover with ``order_target_size``, on the
+  same prices (skipped with a note if backtrader is not installed).
+
+Bars are generated before timing; each figure is the best of ``--repeat`` runs.
+Prints one JSON object.  Not part of the test suite (no timed assertions there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bastion import Gate, Kernel, Workspace
+from bastion._engine import Engine, EngineConfig
+from bastion.interfaces import RunInfo, StrategyRecord
+from bastion.models import Bar
+from bastion.plugins.sim import SimBroker
+from bastion.plugins.sqlite_store import SQLiteStore
+from bastion.plugins.synthetic import SyntheticSource
+
+REPO = Path(__file__).resolve().parents[2]
+FAST, SLOW, QUANTITY = 10, 30, 100
+
+
+def make_bars(n: int) -> list[Bar]:
+    # Intraday spacing so 200k bars stay in a realistic date range.
+    return list(SyntheticSource.open(f"{n},symbols=1,seed=7,interval=1m").bars())
+
+
+def bench_engine(bars: list[Bar]) -> tuple[float, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        shutil.copytree(REPO / "strategies", home / "strategies")
+        shutil.copytree(REPO / "signatures", home / "signatures")
+        workspace = Workspace(home)
+        kernel = Kernel(entry_points=False)
+        strategy = Gate(workspace).admit(home / "strategies" / "sma_cross.py")
+        assert not hasattr(strategy, "status"), strategy
+        store = SQLiteStore.open(workspace.ensure_data_dir())
+        run_id = "bench"
+        store.begin_run(
+            RunInfo(run_id, "backtest", "development", datetime.now(UTC), "bench", {}),
+            [
+                StrategyRecord(
+                    "sma_cross.py",
+                    strategy.info.sha256,
+                    strategy.info.signer,  # type: ignore[union-attr]
+                    None,
+                    None,
+                    False,
+                    dict(strategy.params),
+                )
+            ],  # type: ignore[union-attr]
+        )
+        params = dict(strategy.params)  # type: ignore[union-attr]
+        params.update(fast=FAST, slow=SLOW, quantity=QUANTITY)
+        engine = Engine(
+            kernel,
+            SimBroker.open("commission=none,slippage=0,participation=1"),
+            store,
+            [(strategy, params)],  # type: ignore[list-item]
+            EngineConfig(
+                run_id=run_id,
+                environment="development",
+                cash=Decimal(10**7),
+                symbols=frozenset({bars[0].symbol}),
+            ),
+        )
+        started = time.perf_counter()
+        result = engine.run(bars)
+        store.finish_run(run_id, "completed", None)
+        elapsed = time.perf_counter() - started
+        store.close()
+        return elapsed, result.strategies[0].fills
+
+
+def bench_bare(bars: list[Bar]) -> tuple[float, int]:
+    started = time.perf_counter()
+    closes: deque[float] = deque(maxlen=SLOW + 1)
+    fast_sum = slow_sum = 0.0
+    held = 0
+    switches = 0
+    for bar in bars:
+        close = bar.close
+        closes.append(close)
+        fast_sum += close
+        slow_sum += close
+        n = len(closes)
+        if n > FAST:
+            fast_sum -= closes[-FAST - 1]
+        if n > SLOW:
+            slow_sum -= closes[0]
+        if n < SLOW:
+            continue
+        if fast_sum * SLOW > slow_sum * FAST:
+            if held <= 0:
+                held = QUANTITY
+                switches += 1
+        elif held > 0:
+            held = 0
+            switches += 1
+    return time.perf_counter() - started, switches
+
+
+def bench_backtrader(bars: list[Bar]) -> tuple[float, int] | str:
+    try:
+        import backtrader as bt  # type: ignore[import-untyped]
+    except ImportError:
+        return "backtrader not installed: .venv/bin/pip install -e '.[bench]'"
+    rows = [(b.ts.replace(tzinfo=None), b.open, b.high, b.low, b.close, b.volume) for b in bars]
+
+    class Feed(bt.feeds.DataBase):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.i = 0
+
+        def _load(self) -> bool:
+            if self.i >= len(rows):
+                return False
+            ts, o, h, lo, c, v = rows[self.i]
+            self.i += 1
+            line = self.lines
+            line.datetime[0] = bt.date2num(ts)
+            line.open[0], line.high[0], line.low[0], line.close[0] = o, h, lo, c
+            line.volume[0], line.openinterest[0] = v, 0
+            return True
+
+    trades = [0]
+
+    class Cross(bt.Strategy):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.fast = bt.ind.SMA(period=FAST)
+            self.slow = bt.ind.SMA(period=SLOW)
+
+        def next(self) -> None:
+            if self.fast[0] > self.slow[0]:
+                if self.position.size <= 0:
+                    self.order_target_size(target=QUANTITY)
+                    trades[0] += 1
+            elif self.position.size > 0:
+                self.order_target_size(target=0)
+                trades[0] += 1
+
+    cerebro = bt.Cerebro(stdstats=False)
+    cerebro.adddata(Feed())
+    cerebro.addstrategy(Cross)
+    cerebro.broker.setcash(10**7)
+    started = time.perf_counter()
+    cerebro.run()
+    return time.perf_counter() - started, trades[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bars", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-backtrader", action="store_true")
+    args = parser.parse_args(argv)
+    if args.bars < SLOW + 1 or args.repeat < 1:
+        parser.error("--bars must exceed the slow window and --repeat be >= 1")
+    bars = make_bars(args.bars)
+    engine = min(bench_engine(bars) for _ in range(args.repeat))
+    bare = min(bench_bare(bars) for _ in range(args.repeat))
+    report: dict[str, Any] = {
+        "bars": len(bars),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "engine_bars_per_s": round(len(bars) / engine[0]),
+        "engine_fills": engine[1],
+        "bare_loop_bars_per_s": round(len(bars) / bare[0]),
+        "bare_loop_switches": bare[1],
+        "engine_vs_bare_loop_slowdown": round(engine[0] / bare[0], 2),
+    }
+    if not args.no_backtrader:
+        outcome = bench_backtrader(bars)
+        if isinstance(outcome, str):
+            report["backtrader"] = outcome
+        else:
+            report["backtrader_bars_per_s"] = round(len(bars) / outcome[0])
+            report["backtrader_orders"] = outcome[1]
+            report["engine_vs_backtrader_speedup"] = round(outcome[0] / engine[0], 1)
+    json.dump(report, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

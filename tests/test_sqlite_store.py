@@ -1,0 +1,658 @@
+"""The built-in ``sqlite`` store: exact round trips, durability, and the hash-chained audit log."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bastion import ConfigError, FormatError, hookspecs
+from bastion.interfaces import RunInfo, Store, StrategyRecord
+from bastion.models import Fill, Order, OrderIntent, OrderStatus, OrderType, Position, Side
+from bastion.plugins import sqlite_store
+from bastion.plugins.sqlite_store import GENESIS_HASH, SQLiteStore, audit_hash
+
+T0 = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+def run_info(run_id: str = "20240301-143000-abcd", kind: str = "backtest", **kw: Any) -> RunInfo:
+    defaults: dict[str, Any] = {
+        "run_id": run_id,
+        "kind": kind,
+        "environment": "development",
+        "started": T0,
+        "bastion_version": "0.1.0",
+        "config": {"source": "csv:data", "broker": "sim", "cash": "100000.00", "symbols": ["X"]},
+    }
+    defaults.update(kw)
+    return RunInfo(**defaults)
+
+
+SIGNED = StrategyRecord(
+    name="momentum.py",
+    sha256=SHA_A,
+    signer="RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3",
+    signer_name="alice",
+    whitelist_version=4,
+    unsigned=False,
+    params={"fast": 10, "slow": 30, "threshold": 0.25},
+)
+UNSIGNED = StrategyRecord(
+    name="scratch.py",
+    sha256=SHA_B,
+    signer=None,
+    signer_name=None,
+    whitelist_version=None,
+    unsigned=True,
+    params={},
+)
+
+
+def make_order(
+    coid: str,
+    strategy: StrategyRecord = SIGNED,
+    *,
+    side: str = "buy",
+    quantity: str = "10",
+    order_type: OrderType = OrderType.MARKET,
+    limit: str | None = None,
+    stop: str | None = None,
+    minutes: int = 0,
+) -> Order:
+    intent = OrderIntent(
+        symbol="X",
+        side=Side(side),
+        quantity=Decimal(quantity),
+        type=order_type,
+        limit_price=None if limit is None else Decimal(limit),
+        stop_price=None if stop is None else Decimal(stop),
+        tag="entry",
+    )
+    return Order(
+        client_order_id=coid,
+        strategy=strategy.name,
+        strategy_sha256=strategy.sha256,
+        signer=strategy.signer,
+        intent=intent,
+        created=T0 + timedelta(minutes=minutes),
+    )
+
+
+def make_fill(order: Order, quantity: str, price: str, commission: str = "0.35") -> Fill:
+    return Fill(
+        order_id=order.client_order_id,
+        symbol=order.symbol,
+        side=order.side,
+        quantity=Decimal(quantity),
+        price=Decimal(price),
+        commission=Decimal(commission),
+        ts=order.created + timedelta(minutes=1),
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore.open(tmp_path / "data")
+    yield s
+    s.close()
+
+
+def raw(store: SQLiteStore) -> sqlite3.Connection:
+    """A second, independent connection to the same file (what another process would see)."""
+    return sqlite3.connect(store.location)
+
+
+def audit_rows(store: SQLiteStore) -> list[tuple[Any, ...]]:
+    with raw(store) as conn:
+        rows = conn.execute(
+            "SELECT id, ts, event, payload, prev_hash, hash FROM audit ORDER BY id"
+        ).fetchall()
+    conn.close()
+    return rows
+
+
+def tamper(store: SQLiteStore, *statements: str) -> None:
+    """Run SQL through a raw connection with the append-only triggers dropped."""
+    conn = raw(store)
+    conn.execute("DROP TRIGGER audit_no_update")
+    conn.execute("DROP TRIGGER audit_no_delete")
+    for sql in statements:
+        conn.execute(sql)
+    conn.commit()
+    conn.close()
+
+
+def small_run(store: SQLiteStore) -> None:
+    """One run: 2 orders (one filled, one cancelled), 1 fill: 6 audit records."""
+    store.begin_run(run_info(), [SIGNED])  # 1 run_started
+    filled = make_order("o-1")
+    store.record_order("20240301-143000-abcd", filled, "pending", None)  # 2 order
+    store.record_fill("20240301-143000-abcd", make_fill(filled, "10", "101.5"), filled)  # 3
+    store.update_order("20240301-143000-abcd", "o-1", "filled", None, Decimal("10"))  # 4
+    cancelled = make_order("o-2", minutes=5)
+    store.record_order("20240301-143000-abcd", cancelled, "pending", None)  # 5
+    store.update_order("20240301-143000-abcd", "o-2", "cancelled", "end of run", Decimal(0))  # 6
+    store.finish_run("20240301-143000-abcd", "completed", None)  # 7
+
+
+# --------------------------------------------------------------------------- plugin
+
+
+def test_plugin_offers_sqlite_storage_through_the_hook(tmp_path: Path) -> None:
+    """``register_storages`` validates against the hookspec and offers a factory taking a dir."""
+    pm = pluggy.PluginManager("bastion")
+    pm.add_hookspecs(hookspecs)
+    pm.register(sqlite_store)
+    offered = pm.hook.register_storages()
+    assert offered == [{"sqlite": SQLiteStore.open}]
+    s = offered[0]["sqlite"](tmp_path / "env" / "data")
+    try:
+        assert isinstance(s, Store)
+        assert s.location == str(tmp_path / "env" / "data" / "bastion.db")
+        assert (tmp_path / "env" / "data").stat().st_mode & 0o777 == 0o700
+        assert Path(s.location).stat().st_mode & 0o077 == 0
+    finally:
+        s.close()
+
+
+def test_database_is_in_wal_mode_with_foreign_keys_enforced(store: SQLiteStore) -> None:
+    """The file is in WAL mode; rows referring to unknown runs or orders are refused."""
+    conn = raw(store)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_store.SCHEMA_VERSION
+    conn.close()
+    with pytest.raises(ValueError, match="no run 'ghost'"):
+        store.record_order("ghost", make_order("o-1"), "pending", None)
+    store.begin_run(run_info(), [SIGNED])
+    order = make_order("o-unknown")
+    with pytest.raises(ValueError, match="has no order 'o-unknown'"):
+        store.record_fill("20240301-143000-abcd", make_fill(order, "1", "2"), order)
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+def test_a_run_reads_back_exactly_as_it_was_written(store: SQLiteStore) -> None:
+    """begin → orders → fills → equity → positions → result → finish; load_run returns it all,
+    decimals exact (trailing zeros and tiny quantities kept), times as UTC datetimes."""
+    info = run_info(started=datetime(2024, 3, 1, 9, 30, tzinfo=timezone(timedelta(hours=-5))))
+    run_id = info.run_id
+    store.begin_run(info, [SIGNED, UNSIGNED])
+
+    limit = make_order("o-1", order_type=OrderType.LIMIT, limit="101.2500", quantity="0.00000001")
+    stop = make_order("o-2", side="sell", order_type=OrderType.STOP, stop="99.10", minutes=3)
+    scratch = make_order("o-3", UNSIGNED, quantity="3", minutes=4)
+    for order in (limit, stop, scratch):
+        store.record_order(run_id, order, "pending", None)
+    store.update_order(run_id, "o-1", "accepted", None, Decimal(0))
+    store.record_fill(run_id, make_fill(limit, "0.00000001", "101.2500", "0.000"), limit)
+    store.update_order(run_id, "o-1", "filled", None, Decimal("0.00000001"))
+    store.record_fill(run_id, make_fill(scratch, "1", "100.10"), scratch)
+    store.record_fill(run_id, make_fill(scratch, "2", "100.20"), scratch)
+    store.update_order(run_id, "o-3", "filled", None, Decimal("3"))
+    store.update_order(run_id, "o-2", "rejected", "risk: max position", Decimal(0))
+
+    equity = [(T0 + timedelta(days=i), 100000.0 + i * 12.5) for i in range(50)]
+    store.record_equity(run_id, SIGNED.name, equity[:20])
+    store.record_equity(run_id, SIGNED.name, equity[20:])
+    store.record_equity(run_id, UNSIGNED.name, [(T0, 5000.0)])
+    first = [Position("X", Decimal("1"), Decimal("1"), Decimal("0"))]
+    store.record_positions(run_id, SIGNED.name, first)
+    positions = [
+        Position("X", Decimal("0.00000001"), Decimal("101.2500"), Decimal("0.00")),
+        Position("Y", Decimal("-25"), Decimal("7.125"), Decimal("-13.370")),
+    ]
+    store.record_positions(run_id, SIGNED.name, positions)  # replaces the first snapshot
+    metrics: dict[str, float | int | None] = {"sharpe": 1.375, "trades": 2, "sortino": None}
+    store.record_result(run_id, SIGNED.name, metrics, None)
+    store.record_result(run_id, UNSIGNED.name, {"trades": 1}, "loss limit: -5% in one day")
+    store.finish_run(run_id, "completed", None)
+
+    data = store.load_run(run_id)
+    assert data.info == info
+    assert data.info.started.tzinfo == UTC
+    assert data.info.config == info.config
+    assert data.row.status == "completed"
+    assert data.row.finished is not None and data.row.finished >= data.row.started
+    assert data.row.strategies == ("momentum.py", "scratch.py")
+    assert data.row.error is None
+
+    signed, unsigned = data.strategies
+    assert signed.record == SIGNED
+    assert unsigned.record == UNSIGNED
+    assert signed.metrics == metrics
+    assert signed.equity == equity
+    assert all(ts.tzinfo == UTC for ts, _ in signed.equity)
+    assert list(signed.positions) == positions
+    assert [str(p.avg_price) for p in signed.positions] == ["101.2500", "7.125"]
+    assert str(signed.positions[1].realized) == "-13.370"
+    assert (signed.orders, signed.fills, signed.quarantined) == (2, 1, None)
+    assert unsigned.metrics == {"trades": 1}
+    assert list(unsigned.equity) == [(T0, 5000.0)]
+    assert list(unsigned.positions) == []
+    assert (unsigned.orders, unsigned.fills) == (1, 2)
+    assert unsigned.quarantined == "loss limit: -5% in one day"
+
+    conn = raw(store)
+    order_row = conn.execute(
+        "SELECT quantity, limit_price, stop_price, status, filled, type, created "
+        "FROM orders WHERE client_order_id = 'o-1'"
+    ).fetchone()
+    assert order_row == (
+        "0.00000001",
+        "101.2500",
+        None,
+        "filled",
+        "0.00000001",
+        "limit",
+        "2024-03-01T14:30:00.000000Z",
+    )
+    assert conn.execute(
+        "SELECT status, reason, stop_price FROM orders WHERE client_order_id = 'o-2'"
+    ).fetchone() == ("rejected", "risk: max position", "99.10")
+    assert conn.execute("SELECT price, commission FROM fills ORDER BY id").fetchall() == [
+        ("101.2500", "0.000"),
+        ("100.10", "0.35"),
+        ("100.20", "0.35"),
+    ]
+    conn.close()
+
+
+def test_finished_run_is_visible_and_failed_runs_keep_their_error(store: SQLiteStore) -> None:
+    """finish_run is committed on return: another connection sees the status and the error."""
+    store.begin_run(run_info(), [SIGNED])
+    store.finish_run("20240301-143000-abcd", "failed", "source: bad bar at data/X.csv:17")
+    conn = raw(store)
+    row = conn.execute("SELECT status, error, finished FROM runs").fetchone()
+    conn.close()
+    assert row[:2] == ("failed", "source: bad bar at data/X.csv:17")
+    assert row[2].endswith("Z")
+    assert store.list_runs()[0].error == "source: bad bar at data/X.csv:17"
+    with pytest.raises(ValueError, match="finishes as one of"):
+        store.finish_run("20240301-143000-abcd", "done", None)
+
+
+@pytest.mark.parametrize("kind", ["backtest", "paper", "live"])
+def test_order_row_is_committed_before_record_order_returns(store: SQLiteStore, kind: str) -> None:
+    """Right after record_order, an independent connection already reads the order row —
+    so the client order id is durable before the caller submits the order."""
+    store.begin_run(run_info(kind=kind), [SIGNED])
+    store.record_order("20240301-143000-abcd", make_order("coid-42"), "pending", None)
+    conn = raw(store)
+    row = conn.execute(
+        "SELECT run_id, status, quantity FROM orders WHERE client_order_id = 'coid-42'"
+    ).fetchone()
+    conn.close()
+    assert row == ("20240301-143000-abcd", "pending", "10")
+
+
+def test_a_client_order_id_is_never_stored_twice(store: SQLiteStore) -> None:
+    """Recording the same client order id again is refused and leaves the first row intact."""
+    store.begin_run(run_info(), [SIGNED])
+    store.record_order("20240301-143000-abcd", make_order("dup"), "pending", None)
+    with pytest.raises(ValueError, match="'dup' is already stored"):
+        store.record_order(
+            "20240301-143000-abcd", make_order("dup", quantity="99"), "pending", None
+        )
+    conn = raw(store)
+    assert conn.execute("SELECT quantity FROM orders").fetchall() == [("10",)]
+    conn.close()
+    assert store.verify_audit().ok
+
+
+def test_every_order_and_fill_row_names_the_strategy_hash_and_signer(store: SQLiteStore) -> None:
+    """Each stored order and fill carries the SHA-256 of the code and the signer key id."""
+    run_id = "20240301-143000-abcd"
+    store.begin_run(run_info(), [SIGNED, UNSIGNED])
+    for i, strategy in enumerate((SIGNED, UNSIGNED, SIGNED)):
+        order = make_order(f"o-{i}", strategy, minutes=i)
+        store.record_order(run_id, order, "pending", None)
+        store.record_fill(run_id, make_fill(order, "10", "100"), order)
+    conn = raw(store)
+    for table in ("orders", "fills"):
+        rows = conn.execute(f"SELECT strategy, strategy_sha256, signer FROM {table}").fetchall()
+        assert sorted(rows) == sorted(
+            [
+                (SIGNED.name, SIGNED.sha256, SIGNED.signer),
+                (UNSIGNED.name, UNSIGNED.sha256, None),
+                (SIGNED.name, SIGNED.sha256, SIGNED.signer),
+            ]
+        )
+    conn.close()
+    payloads = [json.loads(r[3]) for r in audit_rows(store) if r[2] in ("order", "fill")]
+    assert len(payloads) == 6
+    assert all(p["strategy_sha256"] in (SHA_A, SHA_B) and "signer" in p for p in payloads)
+
+
+# --------------------------------------------------------------------------- audit log
+
+
+def test_a_clean_audit_log_verifies_and_records_each_step(store: SQLiteStore) -> None:
+    """run start, each order, each fill, each final order status and the run end are audited,
+    and an untouched log verifies."""
+    small_run(store)
+    events = [r[2] for r in audit_rows(store)]
+    assert events == [
+        "run_started",
+        "order",
+        "fill",
+        "order_status",
+        "order",
+        "order_status",
+        "run_finished",
+    ]
+    check = store.verify_audit()
+    assert (check.ok, check.records, check.first_broken, check.reason) == (True, 7, None, None)
+
+
+def test_non_final_order_updates_are_not_audited(store: SQLiteStore) -> None:
+    """accepted/partial changes (OrderStatus or plain text) update the order row only;
+    the audit log is for final states; unknown statuses are refused."""
+    store.begin_run(run_info(), [SIGNED])
+    store.record_order("20240301-143000-abcd", make_order("o-1"), "pending", None)
+    store.update_order("20240301-143000-abcd", "o-1", OrderStatus.ACCEPTED, None, Decimal(0))
+    store.update_order("20240301-143000-abcd", "o-1", OrderStatus.PARTIAL, None, Decimal("4"))
+    assert [r[2] for r in audit_rows(store)] == ["run_started", "order"]
+    conn = raw(store)
+    assert conn.execute("SELECT status, filled FROM orders").fetchone() == ("partial", "4")
+    conn.close()
+    with pytest.raises(ValueError, match="order status must be one of"):
+        store.update_order("20240301-143000-abcd", "o-1", "submitted", None, Decimal(0))
+
+
+def test_audit_chain_format_is_sha256_over_canonical_fields(store: SQLiteStore) -> None:
+    """The first record links to 64 zeros; each hash is audit_hash(id, ts, event, payload,
+    prev_hash) and each prev_hash is the previous record's hash; payloads are canonical JSON."""
+    store.audit("kill_switch", {"z": 1, "a": [Decimal("1.10"), T0], "why": "operator"})
+    store.audit("note", {})
+    rows = audit_rows(store)
+    assert rows[0][4] == GENESIS_HASH
+    assert rows[0][3] == '{"a":["1.10","2024-03-01T14:30:00.000000Z"],"why":"operator","z":1}'
+    for previous, (rid, ts, event, payload, prev_hash, digest) in zip(
+        [None, *rows], rows, strict=False
+    ):
+        assert digest == audit_hash(rid, ts, event, payload, prev_hash)
+        assert prev_hash == (previous[5] if previous else GENESIS_HASH)
+    assert [r[0] for r in rows] == [1, 2]
+
+
+def test_a_changed_payload_is_reported_at_that_record(store: SQLiteStore) -> None:
+    """Editing one record's payload (triggers dropped) makes verify name exactly that record."""
+    small_run(store)
+    tamper(store, """UPDATE audit SET payload = replace(payload, '101.5', '99.5') WHERE id = 3""")
+    check = store.verify_audit()
+    assert not check.ok
+    assert check.first_broken == 3
+    assert check.reason == "record 3: hash does not match its contents"
+    assert check.records == 7
+
+
+def test_a_rehashed_record_breaks_the_link_from_the_next(store: SQLiteStore) -> None:
+    """Editing a payload and recomputing its hash is caught where the next record links to it."""
+    small_run(store)
+    rid, ts, event, payload, prev_hash, _ = audit_rows(store)[3]
+    assert (rid, event) == (4, "order_status")
+    forged = payload.replace('"filled"', '"cancelled"')
+    assert forged != payload
+    conn = raw(store)
+    conn.execute("DROP TRIGGER audit_no_update")
+    conn.execute(
+        "UPDATE audit SET payload = ?, hash = ? WHERE id = ?",
+        (forged, audit_hash(rid, ts, event, forged, prev_hash), rid),
+    )
+    conn.commit()
+    conn.close()
+    check = store.verify_audit()
+    assert (check.ok, check.first_broken) == (False, 5)
+    assert check.reason == "record 5: prev_hash does not link to record 4"
+
+
+def test_a_deleted_middle_record_is_reported_as_a_gap(store: SQLiteStore) -> None:
+    """Removing a record from the middle makes verify name the gap and the record after it."""
+    small_run(store)
+    tamper(store, "DELETE FROM audit WHERE id = 4")
+    check = store.verify_audit()
+    assert (check.ok, check.records, check.first_broken) == (False, 6, 5)
+    assert check.reason == "records missing between 3 and 5"
+
+
+def test_records_cut_from_the_end_are_noticed(store: SQLiteStore) -> None:
+    """Truncating the tail is caught (the highest id ever written is remembered), and so is
+    appending after a truncation (the next id leaves a gap)."""
+    small_run(store)
+    tamper(store, "DELETE FROM audit WHERE id > 5")
+    check = store.verify_audit()
+    assert (check.ok, check.first_broken) == (False, 6)
+    assert check.reason == "records missing after 5 (the log reached record 7)"
+    store.audit("note", {"after": "truncation"})
+    assert audit_rows(store)[-1][0] == 8
+    assert store.verify_audit().reason == "records missing between 5 and 8"
+
+
+def test_sql_cannot_update_delete_or_reorder_audit_records(store: SQLiteStore) -> None:
+    """Triggers abort UPDATE, DELETE and out-of-order INSERT on the audit table via plain SQL."""
+    small_run(store)
+    before = audit_rows(store)
+    conn = raw(store)
+    for sql in (
+        "UPDATE audit SET payload = '{}' WHERE id = 2",
+        "DELETE FROM audit WHERE id = 7",
+        "DELETE FROM audit",
+        "INSERT OR REPLACE INTO audit VALUES (3, 't', 'e', '{}', 'p', 'h')",
+    ):
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute(sql)
+        conn.rollback()
+    conn.close()
+    assert audit_rows(store) == before
+    assert store.verify_audit().ok
+
+
+def test_the_chain_continues_across_reopening(tmp_path: Path) -> None:
+    """Closing and reopening the store appends to the same chain, which still verifies."""
+    first = SQLiteStore.open(tmp_path)
+    first.audit("one", {"n": 1})
+    first.close()
+    second = SQLiteStore.open(tmp_path)
+    try:
+        second.audit("two", {"n": 2})
+        check = second.verify_audit()
+        assert (check.ok, check.records) == (True, 2)
+        rows = audit_rows(second)
+        assert rows[1][4] == rows[0][5]
+    finally:
+        second.close()
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+_events = st.lists(
+    st.tuples(
+        st.text(min_size=1, max_size=12),
+        st.dictionaries(st.text(max_size=6), _json_values, max_size=4),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(events=_events, data=st.data())
+def test_any_audit_sequence_verifies_and_any_single_edit_is_pinpointed(
+    events: list[tuple[str, dict[str, Any]]], data: st.DataObject
+) -> None:
+    """Property: for any sequence of audit events the log verifies; replacing any one record's
+    payload with different text makes verify fail at exactly that record."""
+    with tempfile.TemporaryDirectory() as tmp:
+        s = SQLiteStore.open(Path(tmp))
+        try:
+            for event, payload in events:
+                s.audit(event, payload)
+            check = s.verify_audit()
+            assert (check.ok, check.records) == (True, len(events))
+
+            victim = data.draw(st.integers(1, len(events)), label="record")
+            old = audit_rows(s)[victim - 1][3]
+            new = data.draw(
+                st.dictionaries(st.text(max_size=6), _json_values, max_size=4)
+                .map(lambda d: json.dumps(d, sort_keys=True, separators=(",", ":")))
+                .filter(lambda text: text != old),
+                label="new payload",
+            )
+            conn = raw(s)
+            conn.execute("DROP TRIGGER audit_no_update")
+            conn.execute("UPDATE audit SET payload = ? WHERE id = ?", (new, victim))
+            conn.commit()
+            conn.close()
+            check = s.verify_audit()
+            assert not check.ok
+            assert check.first_broken == victim
+            assert check.reason == f"record {victim}: hash does not match its contents"
+        finally:
+            s.close()
+
+
+# --------------------------------------------------------------------------- listing and loading
+
+
+def test_list_runs_is_newest_first_with_strategy_names(store: SQLiteStore) -> None:
+    """list_runs orders by start time, newest first, and names each run's strategies in order."""
+    store.begin_run(run_info("old", started=T0), [SIGNED])
+    store.begin_run(run_info("new", started=T0 + timedelta(hours=1)), [UNSIGNED, SIGNED])
+    store.begin_run(run_info("mid", started=T0 + timedelta(minutes=5)), [])
+    store.finish_run("old", "completed", None)
+    rows = store.list_runs()
+    assert [r.run_id for r in rows] == ["new", "mid", "old"]
+    assert rows[0].strategies == ("scratch.py", "momentum.py")
+    assert rows[1].strategies == ()
+    # still running in this very process: not interrupted
+    assert [r.status for r in rows] == ["running", "running", "completed"]
+
+
+def test_a_running_row_of_a_dead_process_is_reported_interrupted(tmp_path: Path) -> None:
+    """A process that dies mid-run leaves a consistent database: its committed orders are
+    there, the audit log verifies, and list_runs/load_run report the run as interrupted."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        from datetime import UTC, datetime
+        from decimal import Decimal
+        from pathlib import Path
+        from bastion.interfaces import RunInfo, StrategyRecord
+        from bastion.models import Order, OrderIntent
+        from bastion.plugins.sqlite_store import SQLiteStore
+
+        store = SQLiteStore.open(Path({str(tmp_path)!r}))
+        now = datetime(2024, 1, 1, tzinfo=UTC)
+        store.begin_run(
+            RunInfo("crashed", "paper", "paper", now, "0.1.0", {{}}),
+            [StrategyRecord("s.py", "{SHA_A}", None, None, None, True, {{}})],
+        )
+        intent = OrderIntent("X", "buy", Decimal("5"))
+        order = Order("crashed-1", "s.py", "{SHA_A}", None, intent, now)
+        store.record_order("crashed", order, "pending", None)
+        os._exit(3)  # no finish_run, no close: the process just dies
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True)
+    assert done.returncode == 3, done.stderr.decode()
+    s = SQLiteStore.open(tmp_path)
+    try:
+        s.begin_run(run_info("alive"), [SIGNED])
+        statuses = {r.run_id: r.status for r in s.list_runs()}
+        assert statuses == {"crashed": "interrupted", "alive": "running"}
+        data = s.load_run("crashed")
+        assert data.row.status == "interrupted"
+        assert data.strategies[0].orders == 1
+        assert s.verify_audit().ok
+    finally:
+        s.close()
+
+
+def test_unknown_and_ambiguous_run_ids_are_one_line_config_errors(store: SQLiteStore) -> None:
+    """An unknown id or an ambiguous prefix is a ConfigError naming the database;
+    a unique prefix selects the run."""
+    store.begin_run(run_info("20240301-aaaa"), [SIGNED])
+    store.begin_run(run_info("20240301-abcd"), [SIGNED])
+    with pytest.raises(ConfigError) as unknown:
+        store.load_run("nope")
+    assert str(unknown.value) == f"no run 'nope' in {store.location}; 'bastion runs' lists them"
+    with pytest.raises(ConfigError, match="no run ''"):
+        store.load_run("")
+    with pytest.raises(ConfigError) as ambiguous:
+        store.load_run("20240301-a")
+    message = str(ambiguous.value)
+    assert "ambiguous" in message and store.location in message and "\n" not in message
+    assert "20240301-aaaa" in message and "20240301-abcd" in message
+    assert store.load_run("20240301-ab").info.run_id == "20240301-abcd"
+    assert store.load_run("20240301-aaaa").info.run_id == "20240301-aaaa"
+    with pytest.raises(ConfigError, match="no run '20240301-%'"):
+        store.load_run("20240301-%")
+
+
+# --------------------------------------------------------------------------- bad files
+
+
+def test_a_file_that_is_not_a_database_is_a_format_error(tmp_path: Path) -> None:
+    """A bastion.db that is not SQLite is refused with a one-line FormatError naming it."""
+    path = tmp_path / "bastion.db"
+    path.write_bytes(b"this is a text file, not a database\n" * 50)
+    with pytest.raises(FormatError) as caught:
+        SQLiteStore.open(tmp_path)
+    message = str(caught.value)
+    assert str(path) in message and "not a usable SQLite database" in message
+    assert "\n" not in message
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A store written by a newer Bastion (higher user_version) is a FormatError, not data loss."""
+    SQLiteStore.open(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / "bastion.db")
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(FormatError) as caught:
+        SQLiteStore.open(tmp_path)
+    assert str(tmp_path / "bastion.db") in str(caught.value)
+    assert "schema 99" in str(caught.value)
+
+
+def test_some_other_sqlite_database_is_refused(tmp_path: Path) -> None:
+    """A SQLite file with foreign tables and no Bastion schema version is not taken over."""
+    conn = sqlite3.connect(tmp_path / "bastion.db")
+    conn.execute("CREATE TABLE recipes (name TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(FormatError, match="not a Bastion store"):
+        SQLiteStore.open(tmp_path)
+    conn = sqlite3.connect(tmp_path / "bastion.db")
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    conn.close()
+    assert names == ["recipes"]
+
+
+def test_naive_timestamps_are_refused(store: SQLiteStore) -> None:
+    """Equity timestamps without a time zone are refused instead of stored ambiguously."""
+    store.begin_run(run_info(), [SIGNED])
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.record_equity("20240301-143000-abcd", SIGNED.name, [(datetime(2024, 1, 1), 1.0)])
+    assert store.load_run("20240301-143000-abcd").strategies[0].equity == []
