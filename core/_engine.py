@@ -124,6 +124,9 @@ class Engine:
         self._ts: list[datetime] = []
         self._seq = 0
         self._log = get_logger(run_id=config.run_id)
+        hooks = kernel.hook
+        self._order_event = hooks.order_event if hooks.order_event.get_hookimpls() else None
+        self._fill_event = hooks.fill_event if hooks.fill_event.get_hookimpls() else None
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -245,7 +248,8 @@ class Engine:
                 self._rejected(slot, order, reason, depth)
                 continue
             self.store.record_order(self.config.run_id, order, OrderStatus.PENDING, None)
-            self.kernel.hook.order_event(order=order, status="submitted", reason=None)
+            if self._order_event is not None:
+                self._order_event(order=order, status="submitted", reason=None)
             account = slot.portfolio.snapshot(self._last, also=(intent.symbol,))
             reason = self.broker.submit(order, account)
             if reason is not None:
@@ -265,7 +269,8 @@ class Engine:
                     None,
                     Decimal(0),
                 )
-                self.kernel.hook.order_event(order=order, status="accepted", reason=None)
+                if self._order_event is not None:
+                    self._order_event(order=order, status="accepted", reason=None)
 
     def _new_order(
         self, slot: _Slot, intent: OrderIntent, ts: datetime, *, liquidation: bool = False
@@ -304,7 +309,8 @@ class Engine:
         return self.kernel.check_order(intent, slot.info, self.config.environment)
 
     def _rejected(self, slot: _Slot, order: Order, reason: str, depth: int) -> None:
-        self.kernel.hook.order_event(order=order, status="rejected", reason=reason)
+        if self._order_event is not None:
+            self._order_event(order=order, status="rejected", reason=reason)
         self._reject_intent(slot, order.intent, reason, order.created, depth)
 
     def _reject_intent(
@@ -348,9 +354,10 @@ class Engine:
         run_id = self.config.run_id
         self.store.record_fill(run_id, fill, order)
         self.store.update_order(run_id, order.client_order_id, status, None, filled)
-        self.kernel.hook.fill_event(fill=fill, strategy=slot.info)
-        if status is OrderStatus.FILLED:
-            self.kernel.hook.order_event(order=order, status="filled", reason=None)
+        if self._fill_event is not None:
+            self._fill_event(fill=fill, strategy=slot.info)
+        if status is OrderStatus.FILLED and self._order_event is not None:
+            self._order_event(order=order, status="filled", reason=None)
         if slot.margin_call and not portfolio.quantities_f:
             slot.margin_call = False
         self._call(
@@ -418,7 +425,8 @@ class Engine:
                 reason,
                 self._filled.get(order.client_order_id, Decimal(0)),
             )
-            self.kernel.hook.order_event(order=order, status="cancelled", reason=reason)
+            if self._order_event is not None:
+                self._order_event(order=order, status="cancelled", reason=reason)
 
     # -- quarantine and the end ---------------------------------------------------------------
 

@@ -1,4 +1,9 @@
-"""Built-in observer: every kernel event becomes a JSON line in the environment's log."""
+"""Built-in observer: strategy admissions and refusals become JSON lines in the log.
+
+Orders and fills are not repeated here: the store records every one of them
+(with the strategy's SHA-256 and signer) and the audit chain covers them; the
+engine logs rejections, margin calls and quarantines itself.
+"""
 
 from __future__ import annotations
 
@@ -31,13 +36,3 @@ def strategy_refused(refusal: Any) -> None:
         status=str(refusal.status),
         reason=refusal.reason,
     )
-
-
-@hookimpl
-def order_event(order: Any, status: str, reason: str | None) -> None:
-    get_logger().info("order", status=status, reason=reason, order=repr(order))
-
-
-@hookimpl
-def fill_event(fill: Any, strategy: Any) -> None:
-    get_logger().info("fill", fill=repr(fill), strategy=strategy.name, sha256=strategy.sha256)

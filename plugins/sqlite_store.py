@@ -5,13 +5,16 @@ quantities are stored as decimal *text* (never binary floats) and timestamps
 as ISO-8601 UTC text, so everything reads back exactly as it went in.
 
 Durability
-    Every write method commits before it returns; in particular
-    :meth:`SQLiteStore.record_order` commits the client order id before the
-    caller submits the order.  A commit in WAL mode survives the process dying
-    at any point.  For paper and live runs every commit is also fsynced
-    (``synchronous=FULL``) so it survives a power cut; backtests, which send
-    nothing to a real broker, use ``synchronous=NORMAL`` and are fsynced once,
-    by :meth:`SQLiteStore.finish_run`.
+    For paper and live runs every write method commits, fsynced
+    (``synchronous=FULL``), before it returns; in particular
+    :meth:`SQLiteStore.record_order` makes the client order id durable before
+    the caller submits the order, so a restart can reconcile with the broker.
+    A backtest sends nothing to a real broker, so there is nothing to
+    reconcile: its writes are group-committed (each write in its own
+    savepoint, a commit every :data:`BATCH_WRITES` writes) and everything is
+    committed and fsynced by :meth:`SQLiteStore.finish_run` (or ``close``).  A
+    backtest killed mid-run keeps what was committed and shows as
+    ``interrupted``.  Writes outside a run (``audit``) always commit at once.
 
 Audit log
     ``audit`` is append-only (triggers abort any ``UPDATE`` or ``DELETE`` and any
@@ -131,6 +134,34 @@ def audit_hash(record_id: int, ts: str, event: str, payload: str, prev_hash: str
         [record_id, ts, event, payload, prev_hash], separators=(",", ":"), ensure_ascii=False
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+_ORDER_COLUMNS = (
+    "client_order_id, run_id, strategy, strategy_sha256, signer, symbol, side, quantity, type, "
+    "limit_price, stop_price, tag, created, liquidation, status, reason, filled"
+)
+_FILL_COLUMNS = (
+    "id, run_id, client_order_id, strategy, strategy_sha256, signer, symbol, side, quantity, "
+    "price, commission, ts"
+)
+
+
+def _trades_digest(conn: sqlite3.Connection, run_id: str) -> str:
+    """SHA-256 over a run's order and fill rows (all columns but wall-clock ``updated``)."""
+    digest = hashlib.sha256()
+    for table, columns, key in (
+        ("orders", _ORDER_COLUMNS, "client_order_id"),
+        ("fills", _FILL_COLUMNS, "id"),
+    ):
+        digest.update(table.encode())
+        rows = conn.execute(
+            f"SELECT {columns} FROM {table} WHERE run_id = ? ORDER BY {key}",  # noqa: S608
+            (run_id,),
+        )
+        for row in rows:
+            digest.update(json.dumps(row, separators=(",", ":")).encode())
+            digest.update(b"\n")
+    return digest.hexdigest()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -334,6 +365,9 @@ def _insert(conn: sqlite3.Connection, table: str, row: Mapping[str, Any]) -> int
 # --------------------------------------------------------------------------- the store
 
 
+BATCH_WRITES = 2000
+
+
 class SQLiteStore:
     """The ``sqlite`` store (see the module docstring).  Create with :meth:`open`."""
 
@@ -346,6 +380,8 @@ class SQLiteStore:
         self._in_write = False
         self._synchronous = "NORMAL"
         self._closed = False
+        self._batching = False  # group commits during a backtest
+        self._batched = 0
 
     # ----------------------------------------------------------------- opening
 
@@ -423,6 +459,10 @@ class SQLiteStore:
         with self._lock:
             if self._in_write:
                 raise RuntimeError("nested write transaction")
+            if self._batching:
+                with self._batched_write() as conn:
+                    yield conn
+                return
             self._conn.execute("BEGIN IMMEDIATE")
             self._in_write = True
             try:
@@ -437,9 +477,46 @@ class SQLiteStore:
                 self._in_write = False
 
     @contextmanager
+    def _batched_write(self) -> Iterator[sqlite3.Connection]:
+        """A write inside the open batch transaction: its own savepoint, so a failed
+        write is undone alone; the batch commits every BATCH_WRITES writes."""
+        conn = self._conn
+        if not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
+        conn.execute("SAVEPOINT w")
+        self._in_write = True
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK TO w")
+            conn.execute("RELEASE w")
+            raise
+        else:
+            conn.execute("RELEASE w")
+            self._batched += 1
+            if self._batched >= BATCH_WRITES:
+                self._flush()
+        finally:
+            self._in_write = False
+
+    def _flush(self) -> None:
+        """Commit the open batch, if any."""
+        if self._conn.in_transaction:
+            self._conn.execute("COMMIT")
+        self._batched = 0
+
+    def _end_batch(self) -> None:
+        with self._lock:
+            self._batching = False
+            self._flush()
+
+    @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One consistent snapshot for several SELECTs."""
         with self._lock:
+            if self._conn.in_transaction:  # inside a batch: reads see its writes
+                yield self._conn
+                return
             self._conn.execute("BEGIN")
             try:
                 yield self._conn
@@ -478,6 +555,9 @@ class SQLiteStore:
     def audit(self, event: str, payload: Mapping[str, Any]) -> None:
         with self._write():
             self._append_audit(event, payload)
+        if self._batching:  # audited events (margin calls, quarantines) are never delayed
+            with self._lock:
+                self._flush()
 
     def verify_audit(self) -> AuditCheck:
         """Recompute the whole chain in id order; report the first record that fails it."""
@@ -518,6 +598,19 @@ class SQLiteStore:
                     prev_id + 1,
                     f"records missing {where} (the log reached record {highest})",
                 )
+            # Every finished run vouches for its order and fill rows by digest.
+            finished = conn.execute(
+                "SELECT id, payload FROM audit WHERE event = 'run_finished' ORDER BY id"
+            ).fetchall()
+            for record_id, payload in finished:
+                recorded = json.loads(payload)
+                digest = recorded.get("trades_sha256")
+                if digest is not None and digest != _trades_digest(conn, recorded["run_id"]):
+                    return broken(
+                        record_id,
+                        f"record {record_id}: the orders or fills of run {recorded['run_id']} "
+                        "were changed after the run finished",
+                    )
         return AuditCheck(ok=True, records=total, first_broken=None, reason=None)
 
     # ----------------------------------------------------------------- runs
@@ -589,6 +682,8 @@ class SQLiteStore:
                     ],
                 },
             )
+        # The run row is committed; a backtest's own writes are group-committed.
+        self._batching = run.kind == "backtest"
 
     def finish_run(self, run_id: str, status: str, error: str | None) -> None:
         """Close the run; everything stored for it is on disk when this returns."""
@@ -596,6 +691,7 @@ class SQLiteStore:
             raise ValueError(
                 f"a run finishes as one of {sorted(FINISHED_RUN_STATUSES)}, not {status!r}"
             )
+        self._end_batch()
         finished = _now()
         with self._lock:
             self._set_synchronous("FULL")  # this commit fsyncs the WAL: all earlier ones too
@@ -622,6 +718,7 @@ class SQLiteStore:
                             "finished": finished,
                             "orders": orders,
                             "fills": fills,
+                            "trades_sha256": _trades_digest(conn, run_id),
                         },
                     )
             finally:
@@ -666,7 +763,8 @@ class SQLiteStore:
                 raise ValueError(f"no run {run_id!r} in {self.location}") from None
             payload = {k: v for k, v in row.items() if k not in ("filled", "updated")}
             payload["liquidation"] = order.liquidation
-            self._append_audit("order", payload)
+            if not self._batching:  # a backtest's orders are audited by digest
+                self._append_audit("order", payload)
 
     def update_order(
         self,
@@ -686,7 +784,7 @@ class SQLiteStore:
             ).rowcount
             if not updated:
                 raise ValueError(f"run {run_id!r} has no order {client_order_id!r}")
-            if status in FINAL_ORDER_STATUSES:
+            if status in FINAL_ORDER_STATUSES and not self._batching:
                 self._append_audit(
                     "order_status",
                     {
@@ -724,7 +822,8 @@ class SQLiteStore:
             if cursor is None or cursor[0] != run_id:
                 raise ValueError(f"run {run_id!r} has no order {order.client_order_id!r}")
             fill_id = _insert(conn, "fills", row)
-            self._append_audit("fill", {"fill_id": fill_id, **row})
+            if not self._batching:
+                self._append_audit("fill", {"fill_id": fill_id, **row})
 
     # ----------------------------------------------------------------- results
 
@@ -920,6 +1019,7 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             if not self._closed:
+                self._end_batch()
                 self._closed = True
                 self._conn.close()
 

@@ -30,7 +30,7 @@ SHA_A = "a" * 64
 SHA_B = "b" * 64
 
 
-def run_info(run_id: str = "20240301-143000-abcd", kind: str = "backtest", **kw: Any) -> RunInfo:
+def run_info(run_id: str = "20240301-143000-abcd", kind: str = "paper", **kw: Any) -> RunInfo:
     defaults: dict[str, Any] = {
         "run_id": run_id,
         "kind": kind,
@@ -287,7 +287,7 @@ def test_finished_run_is_visible_and_failed_runs_keep_their_error(store: SQLiteS
         store.finish_run("20240301-143000-abcd", "done", None)
 
 
-@pytest.mark.parametrize("kind", ["backtest", "paper", "live"])
+@pytest.mark.parametrize("kind", ["paper", "live"])
 def test_order_row_is_committed_before_record_order_returns(store: SQLiteStore, kind: str) -> None:
     """Right after record_order, an independent connection already reads the order row —
     so the client order id is durable before the caller submits the order."""
@@ -656,3 +656,57 @@ def test_naive_timestamps_are_refused(store: SQLiteStore) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         store.record_equity("20240301-143000-abcd", SIGNED.name, [(datetime(2024, 1, 1), 1.0)])
     assert store.load_run("20240301-143000-abcd").strategies[0].equity == []
+
+
+RUN_ID = run_info().run_id
+
+
+def test_backtest_writes_are_group_committed_and_durable_at_finish(store: SQLiteStore) -> None:
+    """A backtest's order rows are committed in batches, and all of them by finish_run."""
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    order = make_order("o-1")
+    store.record_order(RUN_ID, order, "pending", None)
+    other = raw(store)
+    assert other.execute("SELECT count(*) FROM orders").fetchone()[0] == 0  # not yet committed
+    store.update_order(RUN_ID, order.client_order_id, "accepted", None, Decimal(0))
+    store.record_fill(RUN_ID, make_fill(order, "10", "101.5"), order)
+    store.finish_run(RUN_ID, "completed", None)
+    assert other.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
+    assert other.execute("SELECT count(*) FROM fills").fetchone()[0] == 1
+    assert store.load_run(RUN_ID).row.status == "completed"
+
+
+def test_backtest_trades_are_audited_by_digest(store: SQLiteStore) -> None:
+    """A backtest adds no audit record per order; run_finished carries a digest of them all."""
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    order = make_order("o-1")
+    store.record_order(RUN_ID, order, "pending", None)
+    store.record_fill(RUN_ID, make_fill(order, "10", "101.5"), order)
+    store.update_order(RUN_ID, order.client_order_id, "filled", None, Decimal(10))
+    store.finish_run(RUN_ID, "completed", None)
+    events = [row[2] for row in audit_rows(store)]
+    assert events == ["run_started", "run_finished"]
+    assert store.verify_audit().ok
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE fills SET price = '99.5'",
+        "UPDATE orders SET quantity = '1000'",
+        "DELETE FROM fills",
+    ],
+)
+def test_changed_trades_after_finish_are_detected(store: SQLiteStore, statement: str) -> None:
+    """Editing a finished run's orders or fills is named at its run_finished record."""
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    order = make_order("o-1")
+    store.record_order(RUN_ID, order, "pending", None)
+    store.record_fill(RUN_ID, make_fill(order, "10", "101.5"), order)
+    store.finish_run(RUN_ID, "completed", None)
+    finished_id = audit_rows(store)[-1][0]
+    tamper(store, statement)
+    check = store.verify_audit()
+    assert not check.ok
+    assert check.first_broken == finished_id
+    assert "changed after the run finished" in (check.reason or "")
