@@ -18,7 +18,9 @@ from bastion._backtest import BacktestRequest, parse_cash, parse_date, prepare_b
 from bastion._trust import format_time
 from bastion.cli import App, console, err_console, pass_app, workspace_options
 from bastion.interfaces import Store
-from bastion.plugins.reports import render_report, summary_table
+
+# The report module pulls in matplotlib (half a second); only commands that
+# render import it, so 'bastion --help' and 'bastion verify' stay quick.
 
 
 def _emit_json(data: object) -> None:
@@ -98,6 +100,8 @@ def backtest_command(
     as_json: bool,
 ) -> None:
     """Backtest STRATEGIES (default: every verified strategy) on historical bars."""
+    from bastion.plugins.reports import render_report, summary_table
+
     request = BacktestRequest(
         strategies=strategies,
         source=source,
@@ -231,6 +235,8 @@ def runs_command(app: App, storage: str, as_json: bool) -> None:
 @pass_app
 def report_command(app: App, run_id: str, storage: str, out: Path | None) -> None:
     """Re-render the report of RUN_ID (or a unique prefix) from the store alone."""
+    from bastion.plugins.reports import render_report, summary_table
+
     store = _store(app, storage)
     try:
         run = store.load_run(run_id)

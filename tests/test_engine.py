@@ -1,0 +1,407 @@
+"""The event loop: time order, no look-ahead, fills back to strategies, quarantine, risk."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from bastion import Kernel, Strategy, hookimpl
+from bastion._context import StrategyRunner
+from bastion._engine import Engine, EngineConfig, OrderLimits, RunResult
+from bastion.interfaces import RunInfo, StrategyRecord
+from bastion.models import Bar
+from bastion.plugins.sim import SimBroker
+from bastion.plugins.sqlite_store import SQLiteStore
+
+from .conftest import WS
+
+T0 = datetime(2024, 1, 1, 21, tzinfo=UTC)
+RUN = "run-1"
+
+
+def bar(symbol: str, day: int, price: float, *, volume: float = 1e6, spread: float = 1.0) -> Bar:
+    return Bar(
+        symbol=symbol,
+        ts=T0 + timedelta(days=day),
+        open=price,
+        high=price + spread,
+        low=max(price - spread, 0.01),
+        close=price,
+        volume=volume,
+    )
+
+
+def admit(ws: WS, name: str, source: str) -> Strategy:
+    ws.write(name, source)
+    ws.sign(name)
+    outcome = ws.admit(name)
+    assert isinstance(outcome, Strategy), outcome
+    return outcome
+
+
+class Harness:
+    def __init__(self, ws: WS, kernel: Kernel | None = None) -> None:
+        self.ws = ws
+        self.kernel = kernel or Kernel(entry_points=False)
+        self.store = SQLiteStore.open(ws.workspace.ensure_data_dir())
+
+    def run(
+        self,
+        strategies: list[Strategy],
+        bars: list[Bar],
+        *,
+        cash: str = "100000",
+        broker: str = "commission=none,slippage=0",
+        symbols: set[str] | None = None,
+        limits: OrderLimits = OrderLimits(),
+        params: dict[str, Any] | None = None,
+    ) -> RunResult:
+        self.store.begin_run(
+            RunInfo(RUN, "backtest", "development", T0, "test", {}),
+            [
+                StrategyRecord(s.name, s.info.sha256, s.info.signer, None, None, False, {})
+                for s in strategies
+            ],
+        )
+        self.engine = Engine(
+            self.kernel,
+            SimBroker.open(broker),
+            self.store,
+            [(s, {**s.params, **(params or {})}) for s in strategies],
+            EngineConfig(
+                run_id=RUN,
+                environment="development",
+                cash=Decimal(cash),
+                symbols=frozenset(symbols or {b.symbol for b in bars}),
+                limits=limits,
+            ),
+        )
+        result = self.engine.run(iter(bars))
+        self.store.finish_run(RUN, "completed", None)
+        return result
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.store.path)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def h(ws: WS) -> Iterator[Harness]:
+    harness = Harness(ws)
+    yield harness
+    harness.store.close()
+
+
+BUY_FIRST = """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order(bar.symbol, 10)
+
+@strategy.hook
+def on_fill(ctx, fill):
+    ctx.state.setdefault("fills", []).append((fill.ts, str(fill.price), ctx.position(fill.symbol)))
+"""
+
+
+def test_order_fills_at_next_bar_open_never_the_same_bar(ws: WS, h: Harness) -> None:
+    """An order asked for on bar t fills at bar t+1's open, and on_fill sees the new position."""
+    s = admit(ws, "buy_first.py", BUY_FIRST)
+    bars = [bar("AAA", 0, 100.0), bar("AAA", 1, 105.0), bar("AAA", 2, 110.0)]
+    h.run([s], bars)
+    ctx = h.engine.slots[0].runner.ctx
+    assert ctx.state["fills"] == [(bars[1].ts, "105.0000", Decimal(10))]
+    ((price, ts),) = h.rows("SELECT price, ts FROM fills")
+    assert Decimal(price) == Decimal(105)
+
+
+def test_strategy_cannot_see_the_future(
+    ws: WS, h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a strategy handles bar i, no later bar has been read from the source yet,
+    and its history ends with bar i."""
+    s = admit(
+        ws,
+        "watch.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    history = ctx.history(bar.symbol)
+    assert history[-1] is bar
+    assert all(b.ts <= bar.ts for b in history)
+""",
+    )
+    bars = [bar("AAA", d, 100.0 + d) for d in range(50)]
+    yielded: list[int] = []
+    seen_at_call: list[int] = []
+
+    def source() -> Iterator[Bar]:
+        for item in bars:
+            yielded.append(1)
+            yield item
+
+    real_bar = StrategyRunner.bar
+
+    def spy(self: StrategyRunner, item: Bar) -> Any:
+        seen_at_call.append(len(yielded))
+        return real_bar(self, item)
+
+    monkeypatch.setattr(StrategyRunner, "bar", spy)
+    h.store.begin_run(
+        RunInfo(RUN, "backtest", "development", T0, "t", {}),
+        [StrategyRecord(s.name, s.info.sha256, s.info.signer, None, None, False, {})],
+    )
+    engine = Engine(
+        h.kernel,
+        SimBroker.open(""),
+        h.store,
+        [(s, {})],
+        EngineConfig(
+            run_id=RUN, environment="development", cash=Decimal(1000), symbols=frozenset({"AAA"})
+        ),
+    )
+    result = engine.run(source())
+    assert seen_at_call == list(range(1, 51))
+    assert result.strategies[0].quarantined is None  # its own assertions held
+
+
+def test_bars_of_several_symbols_arrive_in_time_order(ws: WS, h: Harness) -> None:
+    s = admit(
+        ws,
+        "log.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    ctx.state.setdefault("seen", []).append((bar.ts, bar.symbol))
+""",
+    )
+    bars = sorted(
+        [bar("AAA", d, 100.0) for d in range(5)] + [bar("BBB", d, 50.0) for d in range(5)],
+        key=lambda b: (b.ts, b.symbol),
+    )
+    h.run([s], bars)
+    seen = h.engine.slots[0].runner.ctx.state["seen"]
+    assert seen == sorted(seen) and len(seen) == 10
+
+
+def test_cross_symbol_order_waits_for_a_later_bar(ws: WS, h: Harness) -> None:
+    """An order for BBB placed on AAA's bar at t does not fill on BBB's bar at the same t."""
+    s = admit(
+        ws,
+        "cross.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if bar.symbol == "AAA" and not ctx.state.get("done") and "BBB" in ctx.state.get("px", {}):
+        ctx.state["done"] = True
+        ctx.order("BBB", 5)
+    ctx.state.setdefault("px", {})[bar.symbol] = bar.close
+""",
+    )
+    bars = [
+        bar("AAA", 0, 10.0),
+        bar("BBB", 0, 50.0),
+        bar("AAA", 1, 10.0),
+        bar("BBB", 1, 51.0),
+        bar("AAA", 2, 10.0),
+        bar("BBB", 2, 52.0),
+    ]
+    h.run([s], bars)
+    ((ts, price),) = h.rows("SELECT ts, price FROM fills")
+    assert Decimal(price) == Decimal(52)  # ordered on AAA day 1, fills on BBB day 2, not day 1
+    assert ts.startswith("2024-01-03")
+
+
+def test_crashing_strategy_is_quarantined_others_carry_on(ws: WS, h: Harness) -> None:
+    """A strategy that raises is stopped with the reason; the other finishes; its orders cancel."""
+    bad = admit(
+        ws,
+        "bad.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    ctx.order(bar.symbol, 1, limit=1)
+    if bar.ts.day == 4:
+        raise ZeroDivisionError("boom")
+""",
+    )
+    good = admit(ws, "good2.py", BUY_FIRST)
+    result = h.run([bad, good], [bar("AAA", d, 100.0) for d in range(6)])
+    by_name = {r.name: r for r in result.strategies}
+    assert by_name["bad.py"].quarantined == "on_bar: raised ZeroDivisionError: boom"
+    assert by_name["good2.py"].quarantined is None and by_name["good2.py"].fills == 1
+    statuses = {s for (s,) in h.rows("SELECT status FROM orders WHERE strategy = 'bad.py'")}
+    assert statuses == {"cancelled"}
+    assert h.store.verify_audit().ok
+    assert any(r[0] == "strategy_quarantined" for r in h.rows("SELECT event FROM audit"))
+
+
+def test_rejection_reaches_on_reject_and_is_stored(ws: WS, h: Harness) -> None:
+    """Over-leveraged orders are rejected with a reason, stored, and told to the strategy."""
+    s = admit(
+        ws,
+        "greedy.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order(bar.symbol, 10_000)
+
+@strategy.hook
+def on_reject(ctx, intent, reason):
+    ctx.state["rejected"] = (str(intent.quantity), reason)
+""",
+    )
+    h.run([s], [bar("AAA", d, 100.0) for d in range(3)], cash="1000")
+    quantity, reason = h.engine.slots[0].runner.ctx.state["rejected"]
+    assert quantity == "10000" and "buying power" in reason
+    ((status, stored_reason),) = h.rows("SELECT status, reason FROM orders")
+    assert status == "rejected" and stored_reason == reason
+
+
+def test_risk_plugin_veto_keeps_order_from_broker(ws: WS) -> None:
+    """A check_order hook that vetoes stops the order before the broker sees it."""
+
+    class NoBBB:
+        @hookimpl
+        def check_order(self, intent: Any) -> str | None:
+            return "no trading AAA today" if intent.symbol == "AAA" else None
+
+    kernel = Kernel(entry_points=False)
+    kernel.pm.register(NoBBB(), name="no-aaa")
+    h = Harness(ws, kernel)
+    s = admit(ws, "buy.py", BUY_FIRST)
+    result = h.run([s], [bar("AAA", d, 100.0) for d in range(3)])
+    assert result.strategies[0].fills == 0
+    assert h.rows("SELECT status, reason FROM orders") == [("rejected", "no trading AAA today")]
+    h.store.close()
+
+
+def test_environment_limits(ws: WS, h: Harness) -> None:
+    s = admit(ws, "buy3.py", BUY_FIRST)
+    h.run(
+        [s],
+        [bar("AAA", d, 100.0) for d in range(3)],
+        limits=OrderLimits(max_order_quantity=Decimal(5)),
+    )
+    ((status, reason),) = h.rows("SELECT status, reason FROM orders")
+    assert status == "rejected" and "exceeds the development limit of 5" in reason
+
+
+def test_unknown_symbol_and_orders_before_first_bar_are_rejected(ws: WS, h: Harness) -> None:
+    s = admit(
+        ws,
+        "odd.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_start(ctx):
+    ctx.order("AAA", 1)
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order("ZZZ", 1)
+
+@strategy.hook
+def on_reject(ctx, intent, reason):
+    ctx.state.setdefault("reasons", []).append(reason)
+""",
+    )
+    h.run([s], [bar("AAA", d, 100.0) for d in range(2)])
+    reasons = h.engine.slots[0].runner.ctx.state["reasons"]
+    assert reasons[0] == "orders cannot be placed before the first bar"
+    assert "unknown symbol 'ZZZ'" in reasons[1]
+
+
+def test_margin_call_liquidates(ws: WS, h: Harness) -> None:
+    """A short squeezed below maintenance margin is liquidated at market on the next bar."""
+    s = admit(
+        ws,
+        "short.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order(bar.symbol, -1800)
+""",
+    )
+    prices = [100.0, 100.0, 120.0, 140.0, 150.0, 150.0]
+    result = h.run([s], [bar("AAA", d, p) for d, p in enumerate(prices)])
+    orders = h.rows("SELECT liquidation, side, quantity, status FROM orders ORDER BY created")
+    assert orders[0] == (0, "sell", "1800", "filled")
+    assert (1, "buy", "1800", "filled") in orders
+    assert h.engine.slots[0].portfolio.quantity("AAA") == 0
+    events = [e for (e,) in h.rows("SELECT event FROM audit")]
+    assert "margin_call" in events
+    assert result.strategies[0].equity > 0
+
+
+def test_equity_curve_ends_at_the_ledger(ws: WS, h: Harness) -> None:
+    """The float equity curve's last point equals the exact ledger marked at the last prices."""
+    s = admit(
+        ws,
+        "flip.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    ctx.order(bar.symbol, 3 if ctx.position(bar.symbol) <= 0 else -6)
+""",
+    )
+    bars = [bar("AAA", d, 100.0 + (d % 7) * 1.37) for d in range(40)]
+    result = h.run([s], bars, broker="commission=bps:1,slippage=3")
+    slot = h.engine.slots[0]
+    curve = h.engine.equity_curve(slot)
+    exact = slot.portfolio.equity({"AAA": bars[-1].close})
+    assert curve[-1][1] == pytest.approx(float(exact), abs=1e-6)
+    assert result.strategies[0].equity == exact
+    assert len(curve) == len(bars)
+
+
+def test_client_order_id_is_stored_before_submission(
+    ws: WS, h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the broker receives an order, its row (client order id, pending) already exists."""
+    seen: list[tuple[Any, ...]] = []
+    real_submit = SimBroker.submit
+
+    def spy(self: SimBroker, order: Any, account: Any) -> Any:
+        seen.append(
+            h.store._conn.execute(
+                "SELECT status FROM orders WHERE client_order_id = ?", (order.client_order_id,)
+            ).fetchone()
+        )
+        return real_submit(self, order, account)
+
+    monkeypatch.setattr(SimBroker, "submit", spy)
+    h.run([admit(ws, "buy4.py", BUY_FIRST)], [bar("AAA", d, 100.0) for d in range(3)])
+    assert seen == [("pending",)]
