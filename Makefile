@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh clone:
-#   make demo   - create .venv if missing, then run the main job
+#   make demo   - create .venv if missing, then run the main job: a backtest of the
+#                 signed example strategies on the bundled sample data
 #   make test   - create .venv if missing, then run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,7 +17,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/bastion verify
-	$(BIN)/bastion strategies
+	$(BIN)/bastion backtest --source csv:sample
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python tests/benchmarks/bench_engine.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

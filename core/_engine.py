@@ -127,6 +127,7 @@ class Engine:
         hooks = kernel.hook
         self._order_event = hooks.order_event if hooks.order_event.get_hookimpls() else None
         self._fill_event = hooks.fill_event if hooks.fill_event.get_hookimpls() else None
+        self._risk = bool(hooks.check_order.get_hookimpls())
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -306,6 +307,8 @@ class Engine:
                     f"notional {notional:,.2f} exceeds the {self.config.environment} limit "
                     f"of {limits.max_order_notional:,.2f}"
                 )
+        if not self._risk:
+            return None
         return self.kernel.check_order(intent, slot.info, self.config.environment)
 
     def _rejected(self, slot: _Slot, order: Order, reason: str, depth: int) -> None:

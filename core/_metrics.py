@@ -90,7 +90,27 @@ class TradeRecord:
 
 
 def _validated(equity: EquitySeries) -> list[tuple[datetime, float]]:
-    """The series as ``(ts, float)``; raises ``ValueError`` on bad values or order."""
+    """The series as ``(ts, float)``; raises ``ValueError`` on bad values or order.
+
+    The common case (floats, finite, in order) is checked with builtins over the
+    whole series; the point-by-point loop runs only to word an error.
+    """
+    try:
+        timestamps = [ts for ts, _ in equity]
+        values = [value for _, value in equity]
+        if (
+            all(type(v) is float for v in values)
+            and all(map(math.isfinite, values))
+            and all(type(ts) is datetime for ts in timestamps)
+            and all(a <= b for a, b in itertools.pairwise(timestamps))
+        ):
+            return list(zip(timestamps, values, strict=True))
+    except (TypeError, ValueError):
+        pass
+    return _validated_slowly(equity)
+
+
+def _validated_slowly(equity: EquitySeries) -> list[tuple[datetime, float]]:
     out: list[tuple[datetime, float]] = []
     previous: datetime | None = None
     for index, point in enumerate(equity):
@@ -146,11 +166,15 @@ def drawdown_series(equity: EquitySeries) -> list[tuple[datetime, float]]:
     Equity below zero gives a drawdown below ``-1``: more than everything lost.
     Raises ``ValueError`` for non-finite equity or timestamps out of order.
     """
-    points = _validated(equity)
+    return _drawdowns(_validated(equity))
+
+
+def _drawdowns(points: Sequence[tuple[datetime, float]]) -> list[tuple[datetime, float]]:
     out: list[tuple[datetime, float]] = []
     peak = -math.inf
     for ts, value in points:
-        peak = max(peak, value)
+        if value > peak:
+            peak = value
         out.append((ts, value / peak - 1.0 if peak > 0 else 0.0))
     return out
 
@@ -269,14 +293,15 @@ def compute_metrics(
     returns = _returns(values)
     per_year = periods_per_year([ts for ts, _ in points])
     if len(returns) >= 2 and per_year is not None:
-        stdev = statistics.stdev(returns)
+        mean = math.fsum(returns) / len(returns)
+        stdev = math.sqrt(math.fsum((r - mean) ** 2 for r in returns) / (len(returns) - 1))
         volatility = stdev * math.sqrt(per_year)
         if stdev > _ZERO_STDEV:
-            sharpe = statistics.fmean(returns) / stdev * math.sqrt(per_year)
+            sharpe = mean / stdev * math.sqrt(per_year)
         else:
             volatility = 0.0
 
-    drawdowns = drawdown_series(points)
+    drawdowns = _drawdowns(points)
     max_drawdown = max((-dd for _, dd in drawdowns), default=0.0)
     duration = _max_drawdown_duration(points)
 

@@ -10,8 +10,8 @@ Durability
     :meth:`SQLiteStore.record_order` makes the client order id durable before
     the caller submits the order, so a restart can reconcile with the broker.
     A backtest sends nothing to a real broker, so there is nothing to
-    reconcile: its writes are group-committed (each write in its own
-    savepoint, a commit every :data:`BATCH_WRITES` writes) and everything is
+    reconcile: its writes are group-committed (a commit every
+    :data:`BATCH_WRITES` writes) and everything is
     committed and fsynced by :meth:`SQLiteStore.finish_run` (or ``close``).  A
     backtest killed mid-run keeps what was committed and shows as
     ``interrupted``.  Writes outside a run (``audit``) always commit at once.
@@ -478,26 +478,22 @@ class SQLiteStore:
 
     @contextmanager
     def _batched_write(self) -> Iterator[sqlite3.Connection]:
-        """A write inside the open batch transaction: its own savepoint, so a failed
-        write is undone alone; the batch commits every BATCH_WRITES writes."""
+        """A write inside the open batch transaction; the batch commits every
+        BATCH_WRITES writes.  Order and fill writes check first and then run one
+        statement, so a failing one changes nothing.  A multi-row write that
+        fails half-way (equity, positions) is a programming error that fails
+        the run, which is then marked ``failed``: no savepoint per write."""
         conn = self._conn
         if not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")
-        conn.execute("SAVEPOINT w")
         self._in_write = True
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK TO w")
-            conn.execute("RELEASE w")
-            raise
-        else:
-            conn.execute("RELEASE w")
-            self._batched += 1
-            if self._batched >= BATCH_WRITES:
-                self._flush()
         finally:
             self._in_write = False
+        self._batched += 1
+        if self._batched >= BATCH_WRITES:
+            self._flush()
 
     def _flush(self) -> None:
         """Commit the open batch, if any."""
