@@ -122,6 +122,7 @@ def resolve_params(
         if not sep:
             raise ConfigError(f"--param {item!r}: use KEY=VALUE or STRATEGY.KEY=VALUE")
         stem, dot, key = target.rpartition(".")
+        stem = stem.removesuffix(".py")
         names = [by_stem[stem]] if dot and stem in by_stem else [] if dot else list(result)
         if dot and not names:
             raise ConfigError(f"--param {item!r}: no strategy {stem!r} in this run")
@@ -273,11 +274,12 @@ def prepare_backtest(
     strategies: list[Strategy] = []
     refusals: list[Refusal] = []
     if request.strategies:
-        for name in request.strategies:
-            path = gate.resolve(name)
+        # Named twice (sma_cross and sma_cross.py) is the same file: run it once.
+        named = {gate.resolve(name): name for name in reversed(request.strategies)}
+        for path in dict.fromkeys(gate.resolve(name) for name in request.strategies):
             if not path.exists() and not path.is_symlink():
                 raise ConfigError(
-                    f"unknown strategy {name!r}: no {path.name} in {workspace.strategies}; "
+                    f"unknown strategy {named[path]!r}: no {path.name} in {workspace.strategies}; "
                     "'bastion strategies' lists them"
                 )
             outcome = gate.admit(path)

@@ -42,6 +42,11 @@ def _store(app: App, storage: str) -> Store:
     return store
 
 
+def _check_out(out: Path | None) -> None:
+    if out is not None and out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; the report needs a folder")
+
+
 def _report_dir(app: App, run_id: str, out: Path | None) -> Path:
     return out if out is not None else app.workspace.data_dir / "reports" / run_id
 
@@ -102,6 +107,7 @@ def backtest_command(
     """Backtest STRATEGIES (default: every verified strategy) on historical bars."""
     from bastion.plugins.reports import render_report, summary_table
 
+    _check_out(out)
     request = BacktestRequest(
         strategies=strategies,
         source=source,
@@ -144,6 +150,7 @@ def backtest_command(
                 "bars": result.bars,
                 "seconds": round(result.seconds, 3),
                 "bars_per_second": round(result.bars / result.seconds) if result.seconds else None,
+                "sandbox": "in-process",
                 "store": store.location,
                 "report": str(report_path) if report_path else None,
                 "strategies": [
@@ -207,7 +214,8 @@ def runs_command(app: App, storage: str, as_json: bool) -> None:
         )
         return
     table = Table(title=f"Runs ({app.environment})")
-    for column in ("run id", "kind", "status", "started", "strategies", "error"):
+    table.add_column("run id", no_wrap=True)
+    for column in ("kind", "status", "started", "strategies", "error"):
         table.add_column(column, overflow="fold")
     for r in rows:
         style = {"completed": "green", "failed": "red"}.get(r.status, "yellow")
@@ -237,6 +245,7 @@ def report_command(app: App, run_id: str, storage: str, out: Path | None) -> Non
     """Re-render the report of RUN_ID (or a unique prefix) from the store alone."""
     from bastion.plugins.reports import render_report, summary_table
 
+    _check_out(out)
     store = _store(app, storage)
     try:
         run = store.load_run(run_id)
