@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal, InvalidOperation
 
 import attrs
 
@@ -61,6 +61,13 @@ def _bps(rate: Decimal) -> CommissionModel:
     return commission
 
 
+def _rate(text: str, default: str) -> Decimal:
+    value = Decimal(text or default)
+    if not value.is_finite() or value < 0:
+        raise InvalidOperation
+    return value
+
+
 def parse_commission(text: str) -> CommissionModel:
     kind, _, rest = text.partition(":")
     try:
@@ -68,14 +75,14 @@ def parse_commission(text: str) -> CommissionModel:
             return lambda quantity, price: ZERO
         if kind == "per-share":
             rate, _, minimum = rest.partition(":")
-            return _per_share(Decimal(rate or "0.005"), Decimal(minimum or "1"))
+            return _per_share(_rate(rate, "0.005"), _rate(minimum, "1"))
         if kind == "bps":
-            return _bps(Decimal(rest or "1"))
+            return _bps(_rate(rest, "1"))
     except InvalidOperation:
         pass
     raise ConfigError(
         f"sim broker: commission {text!r} not understood; "
-        "use none, per-share:RATE[:MIN] or bps:RATE"
+        "use none, per-share:RATE[:MIN] or bps:RATE with non-negative numbers"
     )
 
 
@@ -118,6 +125,8 @@ class SimOptions:
                 raise ConfigError(f"sim broker: {key} must be a non-negative number")
             if key == "participation" and not 0 < number <= 1:
                 raise ConfigError("sim broker: participation must be in (0, 1]")
+            if key == "slippage" and number >= 10_000:
+                raise ConfigError("sim broker: slippage must be below 10000 bps (100%)")
             if key == "maintenance" and not number < 1:
                 raise ConfigError("sim broker: maintenance must be below 1")
             if key in ("long_leverage", "short_leverage") and number <= 0:
@@ -133,10 +142,6 @@ class _Working:
     triggered: bool = False  # stop orders become market orders once triggered
 
 
-def _to_price(value: float) -> Decimal:
-    return Decimal(repr(value)).quantize(PRICE_STEP)
-
-
 class SimBroker:
     """A simulated broker (see the module docstring for its rules)."""
 
@@ -146,7 +151,8 @@ class SimBroker:
         self.options = options
         self.maintenance_margin: float | None = options.maintenance or None
         self._commission = parse_commission(options.commission)
-        self._slip = options.slippage_bps / 10_000
+        self._slip = Decimal(repr(options.slippage_bps)) / 10_000
+        self._participation = Decimal(repr(options.participation))
         self._working: dict[str, list[_Working]] = {}
         self._symbols: frozenset[str] = frozenset()
         self._last_price: dict[str, float] = {}
@@ -180,12 +186,12 @@ class SimBroker:
             long_value += after * price
         elif after < 0:
             short_value += -after * price
-        equity = account.equity
-        if equity <= 0:
-            return f"account equity is {equity:.2f}; no new orders"
-        # Reducing a position is always allowed.
+        # Reducing a position is always allowed, whatever the account's state.
         if abs(after) <= abs(held) and (after == 0 or (after > 0) == (held > 0)):
             return None
+        equity = account.equity
+        if equity <= 0:
+            return f"account equity is {equity:.2f}; only orders that reduce positions"
         long_limit = equity * Decimal(repr(self.options.long_leverage))
         short_limit = equity * Decimal(repr(self.options.short_leverage))
         if long_value > long_limit:
@@ -253,7 +259,7 @@ class SimBroker:
         if not orders:
             return ()
         fills: list[Fill] = []
-        capacity = Decimal(int(bar.volume * self.options.participation))
+        capacity = (Decimal(repr(bar.volume)) * self._participation).to_integral_value(ROUND_FLOOR)
         keep: list[_Working] = []
         for working in orders:
             if working.order.created >= bar.ts:  # asked for on this bar or later: not yet
@@ -292,30 +298,47 @@ class SimBroker:
         return fills
 
     def _fill_price(self, working: _Working, bar: Bar) -> Decimal | None:
+        """The fill price in exact Decimal, from the bar's own numbers.
+
+        Open, limit and stop prices are used exactly.  Only slippage makes a
+        price inexact; it is then rounded to 0.0001 *against* the order (buys
+        up, sells down), so a buy never fills below the open and a sell never
+        above it.  Limit fills take no slippage and never breach the limit.
+        """
         intent = working.order.intent
         buy = intent.side is Side.BUY
         if intent.type is OrderType.LIMIT:
             assert intent.limit_price is not None
-            limit = float(intent.limit_price)
-            if buy and bar.low <= limit:
-                return _to_price(min(bar.open, limit))
-            if not buy and bar.high >= limit:
-                return _to_price(max(bar.open, limit))
+            limit = intent.limit_price
+            if buy and Decimal(repr(bar.low)) <= limit:
+                return min(Decimal(repr(bar.open)), limit)
+            if not buy and Decimal(repr(bar.high)) >= limit:
+                return max(Decimal(repr(bar.open)), limit)
             return None
+        open_ = Decimal(repr(bar.open))
         if intent.type is OrderType.STOP and not working.triggered:
             assert intent.stop_price is not None
-            stop = float(intent.stop_price)
-            if buy and bar.high >= stop:
+            stop = intent.stop_price
+            if buy and Decimal(repr(bar.high)) >= stop:
                 working.triggered = True
-                base = max(bar.open, stop)
-            elif not buy and bar.low <= stop:
+                base = max(open_, stop)
+            elif not buy and Decimal(repr(bar.low)) <= stop:
                 working.triggered = True
-                base = min(bar.open, stop)
+                base = min(open_, stop)
             else:
                 return None
         else:
-            base = bar.open
-        return _to_price(base * (1 + self._slip) if buy else base * (1 - self._slip))
+            base = open_
+        return self._slipped(base, buy)
+
+    def _slipped(self, base: Decimal, buy: bool) -> Decimal:
+        if not self._slip:
+            return base
+        if buy:
+            return (base * (1 + self._slip)).quantize(PRICE_STEP, rounding=ROUND_CEILING)
+        price = (base * (1 - self._slip)).quantize(PRICE_STEP, rounding=ROUND_FLOOR)
+        # A sub-tick price would round to zero: keep the exact slipped price instead.
+        return price if price > 0 else base * (1 - self._slip)
 
 
 @hookimpl

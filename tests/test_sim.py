@@ -1,0 +1,1129 @@
+"""The built-in ``sim`` broker: options, no look-ahead, fill prices, costs, capacity, margin."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bastion import ConfigError
+from bastion.interfaces import Broker
+from bastion.models import AccountSnapshot, Bar, Fill, Order, OrderIntent, OrderType, Side
+from bastion.plugins.sim import SimBroker, SimOptions, parse_commission, register_brokers
+
+T0 = datetime(2024, 1, 2, 21, tzinfo=UTC)
+TICK = Decimal("0.0001")
+FREE = "commission=none,slippage=0"  # no costs: fill prices and quantities are easy to read
+
+_ids = itertools.count(1)
+
+
+def at(day: int) -> datetime:
+    return T0 + timedelta(days=day)
+
+
+def bar(
+    day: int = 1,
+    open: float = 100.0,
+    *,
+    symbol: str = "X",
+    high: float | None = None,
+    low: float | None = None,
+    close: float | None = None,
+    volume: float = 1e6,
+    ts: datetime | None = None,
+) -> Bar:
+    close = open if close is None else close
+    return Bar(
+        symbol=symbol,
+        ts=at(day) if ts is None else ts,
+        open=open,
+        high=max(open, close) + 1 if high is None else high,
+        low=max(min(open, close) - 1, 0.01) if low is None else low,
+        close=close,
+        volume=volume,
+    )
+
+
+def order(
+    side: str = "buy",
+    quantity: int | str | Decimal = 100,
+    *,
+    symbol: str = "X",
+    type: str = "market",
+    limit: str | None = None,
+    stop: str | None = None,
+    created: datetime = T0,
+    strategy: str = "s.py",
+    liquidation: bool = False,
+) -> Order:
+    return Order(
+        client_order_id=f"o-{next(_ids)}",
+        strategy=strategy,
+        strategy_sha256="a" * 64,
+        signer="K",
+        intent=OrderIntent(
+            symbol=symbol,
+            side=side,
+            quantity=quantity,
+            type=type,
+            limit_price=limit,
+            stop_price=stop,
+        ),
+        created=created,
+        liquidation=liquidation,
+    )
+
+
+def account(
+    equity: str | int = 100_000,
+    *,
+    positions: Mapping[str, str | int] | None = None,
+    prices: Mapping[str, str | int] | None = None,
+) -> AccountSnapshot:
+    """A snapshot whose long/short values are the positions marked at ``prices``."""
+    held = {s: Decimal(q) for s, q in (positions or {}).items()}
+    marks = {s: Decimal(p) for s, p in ({"X": 100} if prices is None else prices).items()}
+    values = {s: q * marks.get(s, Decimal(0)) for s, q in held.items()}
+    long_value = sum((v for v in values.values() if v > 0), Decimal(0))
+    short_value = sum((-v for v in values.values() if v < 0), Decimal(0))
+    worth = Decimal(equity)
+    return AccountSnapshot(
+        cash=worth - long_value + short_value,
+        equity=worth,
+        positions=held,
+        prices=marks,
+        long_value=long_value,
+        short_value=short_value,
+    )
+
+
+def working(spec: str = FREE, *orders: Order) -> SimBroker:
+    """A broker with ``orders`` submitted against a roomy account (all must be accepted)."""
+    broker = SimBroker.open(spec)
+    for o in orders:
+        roomy = account(10**9, prices={"X": 100, "Y": 100, "Z": 100})
+        assert broker.submit(o, roomy) is None
+    return broker
+
+
+def fill_one(broker: SimBroker, b: Bar) -> Fill:
+    fills = broker.on_bar(b)
+    assert len(fills) == 1, fills
+    return fills[0]
+
+
+def slipped(open: float, bps: float, side: str) -> Decimal:
+    """The price ``bps`` basis points against the order, rounded to the 0.0001 grid
+    against the order too (buys up, sells down)."""
+    factor = Decimal(repr(bps)) / 10_000
+    base = Decimal(repr(open))
+    if side == "buy":
+        return (base * (1 + factor)).quantize(TICK, rounding=ROUND_CEILING)
+    return (base * (1 - factor)).quantize(TICK, rounding=ROUND_FLOOR)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_options_defaults() -> None:
+    """No options means per-share 0.005 (min 1) commission, 1 bp slippage, 10% participation,
+    1.5x long and 2x short leverage and 25% maintenance margin."""
+    options = SimOptions.parse("")
+    assert options == SimOptions()
+    assert options.commission == "per-share:0.005:1"
+    assert options.slippage_bps == 1.0
+    assert options.participation == 0.1
+    assert options.long_leverage == 1.5
+    assert options.short_leverage == 2.0
+    assert options.maintenance == 0.25
+    broker = SimBroker.open()
+    assert broker.options == options
+    assert broker.name == "sim"
+    assert broker.maintenance_margin == 0.25
+
+
+def test_options_every_key() -> None:
+    """Each documented key sets its option; ``slippage`` is in basis points."""
+    options = SimOptions.parse(
+        "commission=bps:2,slippage=3.5,participation=0.05,"
+        "long_leverage=2,short_leverage=3,maintenance=0.3"
+    )
+    assert options == SimOptions(
+        commission="bps:2",
+        slippage_bps=3.5,
+        participation=0.05,
+        long_leverage=2.0,
+        short_leverage=3.0,
+        maintenance=0.3,
+    )
+    assert SimBroker.open("maintenance=0.4").maintenance_margin == 0.4
+
+
+def test_options_tolerate_spaces_and_empty_parts() -> None:
+    """Blanks around parts and empty parts between commas are ignored; unset keys keep
+    their defaults."""
+    options = SimOptions.parse(" slippage=2 ,, participation=1 ,")
+    assert options == SimOptions(slippage_bps=2.0, participation=1.0)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "value"),
+    [
+        ("participation=1", "participation", 1.0),
+        ("slippage=0", "slippage_bps", 0.0),
+        ("maintenance=0", "maintenance", 0.0),
+        ("maintenance=0.99", "maintenance", 0.99),
+        ("long_leverage=0.5", "long_leverage", 0.5),
+        ("commission=none", "commission", "none"),
+        ("commission=per-share", "commission", "per-share"),
+        ("commission=per-share:0.01", "commission", "per-share:0.01"),
+        ("commission=bps", "commission", "bps"),
+    ],
+)
+def test_options_boundary_values_accepted(spec: str, field: str, value: object) -> None:
+    """Values at the edges of their ranges are accepted: participation 1, slippage 0,
+    maintenance 0 (or just below 1), leverage below 1, and short commission specs."""
+    assert getattr(SimOptions.parse(spec), field) == value
+
+
+def test_maintenance_zero_disables_margin_calls() -> None:
+    """``maintenance=0`` reports no maintenance margin (the kernel then never margin-calls)."""
+    assert SimBroker.open("maintenance=0").maintenance_margin is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        ("colour=red", "colour"),
+        ("slippage", "slippage"),
+        ("Slippage=1", "Slippage"),
+        ("slippage=abc", "slippage"),
+        ("participation=", "participation"),
+        ("long_leverage=1.5x", "long_leverage"),
+        ("slippage=-1", "slippage"),
+        ("long_leverage=-2", "long_leverage"),
+        ("short_leverage=-0.5", "short_leverage"),
+        ("maintenance=-0.1", "maintenance"),
+        ("participation=-0.1", "participation"),
+        ("slippage=nan", "slippage"),
+        ("slippage=inf", "slippage"),
+        ("participation=0", "participation"),
+        ("participation=1.01", "participation"),
+        ("participation=2", "participation"),
+        ("maintenance=1", "maintenance"),
+        ("maintenance=1.5", "maintenance"),
+        ("long_leverage=0", "long_leverage"),
+        ("short_leverage=0", "short_leverage"),
+        ("commission=", "commission"),
+        ("commission=flat:1", "commission"),
+        ("commission=bps:abc", "commission"),
+        ("commission=per-share:x", "commission"),
+        ("commission=per-share:0.005:y", "commission"),
+        ("commission=per-share:0.005:1:2", "commission"),
+        ("slippage=2,participation=0", "participation"),
+    ],
+)
+def test_bad_option_is_a_one_line_config_error_naming_it(spec: str, named: str) -> None:
+    """Every unknown key, non-number, out-of-range value or unreadable commission spec is a
+    one-line ``ConfigError`` that names the offending option (from parse and from open)."""
+    with pytest.raises(ConfigError) as caught:
+        SimOptions.parse(spec)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("sim broker:")
+    assert named in message
+    with pytest.raises(ConfigError):
+        SimBroker.open(spec)
+
+
+def test_unknown_option_message_lists_the_valid_keys() -> None:
+    """The error for an unknown key lists every valid key, so the user can correct it."""
+    with pytest.raises(ConfigError) as caught:
+        SimOptions.parse("slipage=2")
+    for key in (
+        "commission",
+        "slippage",
+        "participation",
+        "long_leverage",
+        "short_leverage",
+        "maintenance",
+    ):
+        assert key in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "commission=bps:-1",
+        "commission=bps:nan",
+        "commission=bps:inf",
+        "commission=per-share:-0.01:-1",
+    ],
+)
+def test_negative_or_non_finite_commission_rate_is_a_config_error(spec: str) -> None:
+    """A commission rate or minimum that is negative, NaN or infinite is a bad commission
+    spec: a ``ConfigError`` naming ``commission`` at parse time, not a crash mid-run."""
+    with pytest.raises(ConfigError, match="commission"):
+        SimOptions.parse(spec)
+
+
+def test_slippage_of_100_percent_or_more_never_crashes_a_sell() -> None:
+    """``slippage=10000`` (100%) is either refused as an option or still gives a sell a
+    positive fill price; it never makes ``on_bar`` raise."""
+    try:
+        broker = SimBroker.open("commission=none,slippage=10000")
+    except ConfigError as exc:
+        assert "slippage" in str(exc)
+        return
+    assert broker.submit(order("sell", 10), account()) is None
+    fills = broker.on_bar(bar(1, 100.0))
+    assert all(f.price > 0 for f in fills)
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def test_sim_broker_implements_the_broker_protocol() -> None:
+    """``SimBroker`` satisfies ``bastion.interfaces.Broker`` and is registered as ``sim``."""
+    assert isinstance(SimBroker.open(), Broker)
+    factories = register_brokers()
+    assert set(factories) == {"sim"}
+    broker = factories["sim"]("slippage=3")
+    assert isinstance(broker, SimBroker)
+    assert broker.options.slippage_bps == 3.0
+
+
+# --------------------------------------------------------------------------- no look-ahead
+
+
+@pytest.mark.parametrize(
+    ("kind", "limit", "stop"),
+    [("market", None, None), ("limit", "150", None), ("stop", None, "50")],
+)
+def test_order_never_fills_on_the_bar_it_was_created_on(
+    kind: str, limit: str | None, stop: str | None
+) -> None:
+    """An order created at bar time t does not fill on the bar stamped t, even when that
+    bar's range would satisfy it (market, limit or stop)."""
+    o = order("buy", 10, type=kind, limit=limit, stop=stop, created=at(0))
+    broker = working(FREE, o)
+    assert not broker.on_bar(bar(0, 100.0))
+    assert broker.working_symbols() == {"X"}
+
+
+def test_order_never_fills_on_a_second_bar_with_the_same_timestamp() -> None:
+    """Another bar of the same symbol with the same timestamp (ts <= t) does not fill it."""
+    broker = working(FREE, order(created=at(0)))
+    assert not broker.on_bar(bar(0, 100.0))
+    assert not broker.on_bar(bar(0, 99.0))
+    assert fill_one(broker, bar(1, 98.0)).price == Decimal("98.0000")
+
+
+def test_order_never_fills_on_an_earlier_bar() -> None:
+    """A bar stamped before the order's creation (a late or replayed bar) does not fill it."""
+    broker = working(FREE, order(created=at(5)))
+    assert not broker.on_bar(bar(4, 100.0))
+    assert not broker.on_bar(bar(5, 100.0))
+    assert fill_one(broker, bar(6, 101.0)).ts == at(6)
+
+
+def test_same_instant_in_another_timezone_is_not_later() -> None:
+    """Creation time and bar time are compared as instants: a bar stamped at the same
+    instant in another time zone is not strictly later."""
+    eastern = timezone(timedelta(hours=-5))
+    broker = working(FREE, order(created=at(0)))
+    assert not broker.on_bar(bar(ts=at(0).astimezone(eastern)))
+    assert broker.on_bar(bar(ts=at(0) + timedelta(microseconds=1)))
+
+
+def test_order_fills_on_the_next_later_bar_of_its_own_symbol_only() -> None:
+    """Bars of other symbols never fill an order; the first strictly later bar of its own
+    symbol does, at that bar's open and time."""
+    broker = working(FREE, order("buy", 10, symbol="X", created=at(0)))
+    assert not broker.on_bar(bar(1, 50.0, symbol="Y"))
+    assert not broker.on_bar(bar(2, 60.0, symbol="Z"))
+    fill = fill_one(broker, bar(3, 70.0, symbol="X"))
+    assert (fill.symbol, fill.ts, fill.price, fill.quantity) == (
+        "X",
+        at(3),
+        Decimal("70.0000"),
+        Decimal(10),
+    )
+    assert broker.working_symbols() == frozenset()
+    assert not broker.on_bar(bar(4, 71.0))
+
+
+def test_bar_without_working_orders_gives_no_fills() -> None:
+    """``on_bar`` for a symbol nobody has an order in returns nothing."""
+    assert not SimBroker.open(FREE).on_bar(bar(1))
+
+
+# --------------------------------------------------------------------------- market orders
+
+
+def test_market_order_with_zero_slippage_fills_exactly_at_the_open() -> None:
+    """With ``slippage=0`` a market order fills at the next bar's open, whatever the rest
+    of the bar does, exactly as the bar gave it."""
+    for side in ("buy", "sell"):
+        o = order(side, 10)
+        fill = fill_one(working(FREE, o), bar(1, 123.4567, high=130, low=120, close=125))
+        assert fill.price == Decimal("123.4567")
+        assert isinstance(fill.price, Decimal)
+        assert (fill.order_id, fill.side, fill.quantity) == (o.client_order_id, side, 10)
+
+
+def test_market_buy_pays_slippage_above_the_open() -> None:
+    """A market buy fills exactly ``slippage`` basis points above the open."""
+    fill = fill_one(working("commission=none,slippage=10", order("buy")), bar(1, 100.0))
+    assert fill.price == Decimal("100.1000")
+
+
+def test_market_sell_gets_slippage_below_the_open() -> None:
+    """A market sell fills exactly ``slippage`` basis points below the open."""
+    fill = fill_one(working("commission=none,slippage=10", order("sell")), bar(1, 100.0))
+    assert fill.price == Decimal("99.9000")
+
+
+def test_default_slippage_is_one_basis_point() -> None:
+    """Without a slippage option a buy at open 100 pays 100.01 and a sell gets 99.99."""
+    buy = fill_one(working("commission=none", order("buy")), bar(1, 100.0))
+    sell = fill_one(working("commission=none", order("sell")), bar(1, 100.0))
+    assert (buy.price, sell.price) == (Decimal("100.0100"), Decimal("99.9900"))
+
+
+@pytest.mark.parametrize(
+    ("open_", "bps", "buy", "sell"),
+    [
+        (100.0, 1, "100.0100", "99.9900"),
+        (57.31, 2.5, "57.3244", "57.2956"),
+        (12.3456, 7, "12.3543", "12.3369"),
+        (0.5, 20, "0.5010", "0.4990"),
+        (4321.0, 0.3, "4321.1297", "4320.8703"),
+    ],
+)
+def test_slippage_is_exactly_the_basis_points_quantized(
+    open_: float, bps: float, buy: str, sell: str
+) -> None:
+    """Buy fills at open x (1 + bps/10000) rounded up, sell at open x (1 - bps/10000)
+    rounded down, to 0.0001: rounding never favours the trader."""
+    spec = f"commission=none,slippage={bps}"
+    buy_fill = fill_one(working(spec, order("buy")), bar(1, open_))
+    sell_fill = fill_one(working(spec, order("sell")), bar(1, open_))
+    assert buy_fill.price == Decimal(buy) == slipped(open_, bps, "buy")
+    assert sell_fill.price == Decimal(sell) == slipped(open_, bps, "sell")
+    assert buy_fill.price.as_tuple().exponent == sell_fill.price.as_tuple().exponent == -4
+
+
+def test_market_buy_never_fills_below_an_open_with_more_than_four_decimals() -> None:
+    """With no slippage, a market buy on a bar opening at 10.00014 (e.g. adjusted data) pays
+    at least the open, and a sell at 10.00016 gets at most the open: rounding to the tick
+    never works in the order's favour."""
+    buy = fill_one(working(FREE, order("buy")), bar(1, 10.00014))
+    sell = fill_one(working(FREE, order("sell")), bar(1, 10.00016))
+    assert buy.price >= Decimal("10.00014")
+    assert sell.price <= Decimal("10.00016")
+
+
+def test_sub_tick_prices_do_not_crash_on_bar() -> None:
+    """A market order on a bar priced below 0.00005 (valid per ``Bar``) never makes
+    ``on_bar`` raise; any fill it gives has a positive price."""
+    broker = working(FREE, order("buy", 10))
+    fills = broker.on_bar(bar(1, 0.00004, high=0.00004, low=0.00004, close=0.00004))
+    assert all(f.price > 0 for f in fills)
+
+
+# --------------------------------------------------------------------------- limit orders
+
+
+@pytest.mark.parametrize(
+    ("open_", "low", "price"),
+    [
+        (100.0, 98.0, "99.0000"),  # the range reaches the limit: filled at the limit
+        (100.0, 99.0, "99.0000"),  # the low touching the limit is enough
+        (97.0, 96.0, "97.0000"),  # opens through the limit: the better open
+    ],
+)
+def test_limit_buy_fills_at_the_lower_of_open_and_limit(
+    open_: float, low: float, price: str
+) -> None:
+    """A limit buy fills at min(open, limit) once the bar's low reaches the limit."""
+    o = order("buy", 10, type="limit", limit="99")
+    fill = fill_one(working(FREE, o), bar(1, open_, high=open_ + 1, low=low))
+    assert fill.price == Decimal(price)
+
+
+@pytest.mark.parametrize(
+    ("open_", "high", "price"),
+    [
+        (100.0, 102.0, "101.0000"),
+        (100.0, 101.0, "101.0000"),
+        (103.0, 104.0, "103.0000"),
+    ],
+)
+def test_limit_sell_fills_at_the_higher_of_open_and_limit(
+    open_: float, high: float, price: str
+) -> None:
+    """A limit sell fills at max(open, limit) once the bar's high reaches the limit."""
+    o = order("sell", 10, type="limit", limit="101")
+    fill = fill_one(working(FREE, o), bar(1, open_, high=high, low=open_ - 1))
+    assert fill.price == Decimal(price)
+
+
+def test_limit_fills_carry_no_slippage() -> None:
+    """Slippage applies to market and stop fills only: a limit order fills at its price."""
+    spec = "commission=none,slippage=50"
+    buy = order("buy", 10, type="limit", limit="99")
+    sell = order("sell", 10, type="limit", limit="101")
+    assert fill_one(working(spec, buy), bar(1, 100.0, high=100.5, low=98)).price == 99
+    assert fill_one(working(spec, sell), bar(1, 100.0, high=102, low=99.5)).price == 101
+
+
+def test_limit_buy_keeps_working_until_the_low_reaches_it() -> None:
+    """A limit buy whose limit is below every bar's low stays working, bar after bar,
+    and fills on the first bar whose low reaches it."""
+    broker = working(FREE, order("buy", 10, type="limit", limit="95"))
+    for day in range(1, 6):
+        assert not broker.on_bar(bar(day, 100.0, high=101, low=95.01))
+        assert broker.working_symbols() == {"X"}
+    fill = fill_one(broker, bar(6, 96.0, high=97, low=94))
+    assert (fill.ts, fill.price) == (at(6), Decimal("95.0000"))
+    assert broker.working_symbols() == frozenset()
+
+
+def test_limit_sell_keeps_working_until_the_high_reaches_it() -> None:
+    """A limit sell whose limit is above every bar's high stays working until a bar's
+    high reaches it."""
+    broker = working(FREE, order("sell", 10, type="limit", limit="105"))
+    for day in range(1, 4):
+        assert not broker.on_bar(bar(day, 100.0, high=104.99, low=99))
+    assert fill_one(broker, bar(4, 104.0, high=106, low=103)).price == Decimal("105.0000")
+
+
+def test_limit_fill_never_breaches_an_off_tick_limit() -> None:
+    """A limit sell at 100.72385 never fills below 100.72385 and a limit buy at 99.00015
+    never fills above 99.00015, even though fill prices are on the 0.0001 grid."""
+    sell = order("sell", 10, type="limit", limit="100.72385")
+    buy = order("buy", 10, type="limit", limit="99.00015")
+    sell_fill = fill_one(working(FREE, sell), bar(1, 100.0, high=101, low=99))
+    buy_fill = fill_one(working(FREE, buy), bar(1, 100.0, high=101, low=98))
+    assert sell_fill.price >= Decimal("100.72385")
+    assert buy_fill.price <= Decimal("99.00015")
+
+
+# --------------------------------------------------------------------------- stop orders
+
+
+@pytest.mark.parametrize(
+    ("open_", "high", "price"),
+    [
+        (103.0, 106.0, "105.1050"),  # the range reaches the stop: the stop plus 10 bp
+        (103.0, 105.0, "105.1050"),  # the high touching the stop triggers it
+        (107.0, 108.0, "107.1070"),  # opens through the stop: the worse open plus 10 bp
+    ],
+)
+def test_stop_buy_fills_at_the_higher_of_open_and_stop_plus_slippage(
+    open_: float, high: float, price: str
+) -> None:
+    """A stop buy triggers when the high reaches the stop and fills at max(open, stop)
+    plus slippage."""
+    o = order("buy", 10, type="stop", stop="105")
+    fill = fill_one(working("commission=none,slippage=10", o), bar(1, open_, high=high))
+    assert fill.price == Decimal(price)
+
+
+@pytest.mark.parametrize(
+    ("open_", "low", "price"),
+    [
+        (97.0, 94.0, "94.9050"),
+        (97.0, 95.0, "94.9050"),
+        (93.0, 92.0, "92.9070"),
+    ],
+)
+def test_stop_sell_fills_at_the_lower_of_open_and_stop_minus_slippage(
+    open_: float, low: float, price: str
+) -> None:
+    """A stop sell triggers when the low reaches the stop and fills at min(open, stop)
+    minus slippage."""
+    o = order("sell", 10, type="stop", stop="95")
+    fill = fill_one(working("commission=none,slippage=10", o), bar(1, open_, low=low))
+    assert fill.price == Decimal(price)
+
+
+def test_untriggered_stops_keep_working() -> None:
+    """A stop buy stays working while every high is below the stop, and a stop sell while
+    every low is above it."""
+    broker = working(
+        FREE,
+        order("buy", 10, type="stop", stop="110", symbol="X"),
+        order("sell", 10, type="stop", stop="90", symbol="Y"),
+    )
+    for day in range(1, 4):
+        assert not broker.on_bar(bar(day, 100.0, symbol="X", high=109.99, low=80))
+        assert not broker.on_bar(bar(day, 100.0, symbol="Y", high=120, low=90.01))
+    assert broker.working_symbols() == {"X", "Y"}
+
+
+def test_triggered_stop_partly_filled_continues_as_market() -> None:
+    """Once triggered, the unfilled rest of a stop order fills at later bars' opens (plus
+    slippage) like a market order, even when those bars never reach the stop again."""
+    o = order("buy", 150, type="stop", stop="105")
+    broker = working("commission=none,slippage=10,participation=0.1", o)
+    first = fill_one(broker, bar(1, 103.0, high=106, volume=1000))
+    assert (first.quantity, first.price) == (100, Decimal("105.1050"))
+    second = fill_one(broker, bar(2, 100.0, high=101, low=99, volume=1000))
+    assert (second.quantity, second.price) == (50, Decimal("100.1000"))
+    assert broker.working_symbols() == frozenset()
+
+
+def test_triggered_stop_sell_partly_filled_continues_as_market() -> None:
+    """The rest of a triggered stop sell fills at the next open minus slippage even when
+    that bar stays above the stop."""
+    o = order("sell", 150, type="stop", stop="95")
+    broker = working("commission=none,slippage=10,participation=0.1", o)
+    assert fill_one(broker, bar(1, 97.0, low=94, volume=1000)).quantity == 100
+    second = fill_one(broker, bar(2, 100.0, high=101, low=99, volume=1000))
+    assert (second.quantity, second.price) == (50, Decimal("99.9000"))
+
+
+# --------------------------------------------------------------------------- commission
+
+
+@pytest.mark.parametrize(
+    ("spec", "quantity", "price", "expected"),
+    [
+        # per-share: rate x shares, at least the minimum, at most 1% of notional
+        ("per-share:0.005:1", "1000", "50", "5.0000"),
+        ("per-share:0.005:1", "100", "50", "1.0000"),  # 0.50 raised to the minimum
+        ("per-share:0.005:1", "10", "5", "0.5000"),  # minimum capped at 1% of 50
+        ("per-share:0.005:1", "1000", "0.20", "2.0000"),  # 5.00 capped at 1% of 200
+        ("per-share:0.0035:0.35", "37", "12.34", "0.3500"),
+        ("per-share:0.0035:0.35", "301", "12.34", "1.0535"),
+        ("per-share", "1000", "50", "5.0000"),  # defaults: 0.005 per share, minimum 1
+        ("per-share", "10", "500", "1.0000"),
+        ("per-share:0.01", "50", "100", "1.0000"),  # minimum defaults to 1
+        ("per-share:0.01", "500", "100", "5.0000"),
+        # bps: of notional
+        ("bps:1", "100", "100", "1.0000"),
+        ("bps:2.5", "37", "123.45", "1.1419"),
+        ("bps:10", "3", "33.3333", "0.1000"),
+        ("bps", "1000", "100", "10.0000"),  # default 1 bp
+        # none
+        ("none", "1000", "100", "0"),
+    ],
+)
+def test_commission_models_are_exact_decimals(
+    spec: str, quantity: str, price: str, expected: str
+) -> None:
+    """Each commission model gives the exact Decimal amount, rounded to 0.0001."""
+    charged = parse_commission(spec)(Decimal(quantity), Decimal(price))
+    assert isinstance(charged, Decimal)
+    assert charged == Decimal(expected)
+    if spec != "none":
+        assert charged.as_tuple().exponent == -4
+
+
+def test_fill_commission_uses_the_fill_price_and_quantity() -> None:
+    """A fill's commission is the model applied to that fill's quantity and (slipped) price."""
+    bps = fill_one(working("commission=bps:10,slippage=0", order("buy", 100)), bar(1, 100.0))
+    assert bps.commission == Decimal("10.0000")
+    default = fill_one(working("", order("buy", 2000)), bar(1, 50.0))
+    assert default.price == Decimal("50.0050")
+    assert default.commission == Decimal("10.0000")  # 2000 x 0.005
+    small = fill_one(working("", order("sell", 10)), bar(1, 6.0))
+    assert small.price == Decimal("5.9994")
+    assert small.commission == Decimal("0.5999")  # minimum 1 capped at 1% of 59.994
+    free = fill_one(working(FREE, order("buy", 100)), bar(1, 100.0))
+    assert free.commission == 0
+
+
+def test_each_partial_fill_pays_commission_on_its_own_quantity() -> None:
+    """Partial fills are charged separately, each on its own quantity and price."""
+    broker = working("commission=bps:10,slippage=0,participation=0.1", order("buy", 150))
+    first = fill_one(broker, bar(1, 100.0, volume=1000))
+    second = fill_one(broker, bar(2, 200.0, volume=1000))
+    assert (first.quantity, first.commission) == (100, Decimal("10.0000"))
+    assert (second.quantity, second.commission) == (50, Decimal("10.0000"))
+
+
+# --------------------------------------------------------------------------- partial fills
+
+
+def test_participation_caps_each_bar_and_the_rest_fills_later() -> None:
+    """At most participation x volume fills per bar; the remainder keeps working and fills
+    on later bars until the order is complete."""
+    broker = working("commission=none,slippage=0,participation=0.1", order("buy", 250))
+    quantities = []
+    for day in (1, 2, 3):
+        assert broker.working_symbols() == {"X"}
+        quantities.append(fill_one(broker, bar(day, 100.0, volume=1000)).quantity)
+    assert quantities == [100, 100, 50]
+    assert broker.working_symbols() == frozenset()
+    assert not broker.on_bar(bar(4, 100.0, volume=1000))
+
+
+def test_bar_capacity_is_whole_shares() -> None:
+    """A bar's capacity is rounded down to whole shares (10% of 1009 is 100)."""
+    broker = working("commission=none,slippage=0,participation=0.1", order("buy", 500))
+    fill = fill_one(broker, bar(1, 100.0, volume=1009))
+    assert fill.quantity == Decimal(100)
+    assert fill.quantity == fill.quantity.to_integral_value()
+
+
+def test_fractional_quantity_within_capacity_fills_in_full() -> None:
+    """An order for a fractional quantity that fits in the bar's capacity fills in full."""
+    broker = working("commission=none,slippage=0,participation=0.1", order("buy", "2.5"))
+    assert fill_one(broker, bar(1, 100.0, volume=1000)).quantity == Decimal("2.5")
+
+
+def test_fractional_remainder_fills_once_it_fits() -> None:
+    """A fractional order larger than capacity fills whole shares first, then the
+    fractional remainder."""
+    broker = working("commission=none,slippage=0,participation=0.1", order("buy", "10.5"))
+    assert fill_one(broker, bar(1, 100.0, volume=50)).quantity == Decimal(5)
+    assert fill_one(broker, bar(2, 100.0, volume=50)).quantity == Decimal(5)
+    assert fill_one(broker, bar(3, 100.0, volume=50)).quantity == Decimal("0.5")
+
+
+def test_orders_on_one_symbol_share_the_bar_capacity_in_arrival_order() -> None:
+    """Several orders on one symbol share one bar's capacity, first submitted first; the
+    rest of the later order fills on the next bar."""
+    a, b = order("buy", 80), order("sell", 50)
+    broker = working("commission=none,slippage=0,participation=0.1", a, b)
+    fills = broker.on_bar(bar(1, 100.0, volume=1000))
+    assert [(f.order_id, f.quantity) for f in fills] == [
+        (a.client_order_id, 80),
+        (b.client_order_id, 20),
+    ]
+    assert sum(f.quantity for f in fills) == 100
+    rest = fill_one(broker, bar(2, 100.0, volume=1000))
+    assert (rest.order_id, rest.quantity) == (b.client_order_id, 30)
+
+
+def test_unfillable_limit_order_does_not_use_capacity() -> None:
+    """A working limit order that the bar does not reach leaves the bar's capacity to the
+    orders behind it."""
+    limit = order("buy", 100, type="limit", limit="50")
+    market = order("buy", 100)
+    broker = working("commission=none,slippage=0,participation=0.1", limit, market)
+    fill = fill_one(broker, bar(1, 100.0, volume=1000))
+    assert (fill.order_id, fill.quantity) == (market.client_order_id, 100)
+    assert broker.working_symbols() == {"X"}
+
+
+def test_orders_of_different_symbols_have_separate_capacity() -> None:
+    """Capacity is per bar, so each symbol's bar fills its own orders in full."""
+    x, y = order("buy", 100, symbol="X"), order("buy", 100, symbol="Y")
+    broker = working("commission=none,slippage=0,participation=0.1", x, y)
+    assert fill_one(broker, bar(1, 100.0, symbol="X", volume=1000)).quantity == 100
+    assert fill_one(broker, bar(1, 100.0, symbol="Y", volume=1000)).quantity == 100
+
+
+@pytest.mark.parametrize("volume", [0.0, 5.0, 9.99])
+def test_bar_with_too_little_volume_fills_nothing(volume: float) -> None:
+    """A bar with no volume (or less than one whole share of capacity) fills nothing and
+    the order keeps working."""
+    broker = working("commission=none,slippage=0,participation=0.1", order("buy", 10))
+    assert not broker.on_bar(bar(1, 100.0, volume=volume))
+    assert broker.working_symbols() == {"X"}
+    assert fill_one(broker, bar(2, 100.0, volume=1000)).quantity == 10
+
+
+def test_participation_one_allows_the_whole_volume() -> None:
+    """``participation=1`` lets one bar fill up to its whole volume."""
+    broker = working("commission=none,slippage=0,participation=1", order("buy", 1000))
+    assert fill_one(broker, bar(1, 100.0, volume=750)).quantity == 750
+
+
+def test_capacity_is_the_exact_product_of_participation_and_volume() -> None:
+    """With participation 0.29 a bar of volume 100 fills exactly 29 shares."""
+    broker = working("commission=none,slippage=0,participation=0.29", order("buy", 1000))
+    assert fill_one(broker, bar(1, 100.0, volume=100)).quantity == 29
+
+
+# --------------------------------------------------------------------------- buying power
+
+
+def test_long_exposure_up_to_the_limit_is_accepted() -> None:
+    """A buy that takes long exposure to exactly long_leverage x equity is accepted."""
+    broker = SimBroker.open(FREE)
+    assert broker.submit(order("buy", 1500), account(100_000)) is None
+    assert broker.working_symbols() == {"X"}
+
+
+def test_long_exposure_beyond_the_limit_is_rejected_with_the_numbers() -> None:
+    """A buy that takes long exposure past long_leverage x equity is rejected with a
+    one-line reason giving the exposure, the leverage and the limit; it is not worked."""
+    broker = SimBroker.open(FREE)
+    reason = broker.submit(order("buy", 1501), account(100_000))
+    assert reason is not None
+    assert "\n" not in reason
+    assert "150,100.00" in reason
+    assert "1.5x" in reason
+    assert "150,000.00" in reason
+    assert broker.working_symbols() == frozenset()
+    assert not broker.on_bar(bar(1))
+
+
+def test_existing_long_exposure_counts_against_the_limit() -> None:
+    """Long positions already held in other symbols count towards the long limit."""
+    broker = SimBroker.open(FREE)
+    held = account(100_000, positions={"Y": 1000}, prices={"X": 100, "Y": 100})
+    assert broker.submit(order("buy", 500), held) is None  # 100k + 50k = 150k
+    reason = broker.submit(order("buy", 600), held)  # 100k + 60k = 160k
+    assert reason is not None and "160,000.00" in reason
+
+
+def test_adding_to_a_long_position_counts_the_whole_position() -> None:
+    """Buying more of a held symbol is checked on the whole resulting position."""
+    broker = SimBroker.open(FREE)
+    held = account(100_000, positions={"X": 1000})
+    assert broker.submit(order("buy", 500), held) is None
+    reason = broker.submit(order("buy", 501), held)
+    assert reason is not None and "150,100.00" in reason
+
+
+def test_long_leverage_option_sets_the_limit() -> None:
+    """``long_leverage`` changes the long limit (1x equity here)."""
+    broker = SimBroker.open("commission=none,slippage=0,long_leverage=1")
+    assert broker.submit(order("buy", 1000), account(100_000)) is None
+    reason = broker.submit(order("buy", 1001), account(100_000))
+    assert reason is not None and "100,100.00" in reason and "100,000.00" in reason
+
+
+def test_short_exposure_up_to_the_limit_is_accepted() -> None:
+    """A sell that takes short exposure to exactly short_leverage x equity is accepted."""
+    assert SimBroker.open(FREE).submit(order("sell", 2000), account(100_000)) is None
+
+
+def test_short_exposure_beyond_the_limit_is_rejected_with_the_numbers() -> None:
+    """A sell that takes short exposure past short_leverage x equity is rejected with a
+    one-line reason giving the exposure, the leverage and the limit."""
+    broker = SimBroker.open(FREE)
+    reason = broker.submit(order("sell", 2001), account(100_000))
+    assert reason is not None
+    assert "\n" not in reason
+    assert "short" in reason
+    assert "200,100.00" in reason
+    assert "2.0x" in reason
+    assert "200,000.00" in reason
+    assert broker.working_symbols() == frozenset()
+
+
+def test_short_leverage_option_sets_the_limit() -> None:
+    """``short_leverage`` changes the short limit (0.5x equity here)."""
+    broker = SimBroker.open("commission=none,slippage=0,short_leverage=0.5")
+    assert broker.submit(order("sell", 500), account(100_000)) is None
+    reason = broker.submit(order("sell", 501), account(100_000))
+    assert reason is not None and "50,100.00" in reason and "50,000.00" in reason
+
+
+def test_flipping_from_long_to_short_is_checked_as_new_short_exposure() -> None:
+    """Selling through a long position into a short is new exposure: the resulting short
+    must fit the short limit (the old long no longer counts)."""
+    broker = SimBroker.open(FREE)
+    held = account(10_000, positions={"X": 100})  # long 10k, equity 10k
+    assert broker.submit(order("sell", 300), held) is None  # short 20k = 2x
+    reason = broker.submit(order("sell", 301), held)  # short 20.1k
+    assert reason is not None and "20,100.00" in reason and "20,000.00" in reason
+
+
+@pytest.mark.parametrize(
+    ("positions", "side", "quantity"),
+    [
+        ({"X": 1000}, "sell", 500),  # reduce a long
+        ({"X": 1000}, "sell", 1000),  # close a long
+        ({"X": -1000}, "buy", 400),  # reduce a short
+        ({"X": -1000}, "buy", 1000),  # close a short
+    ],
+)
+def test_reducing_or_closing_is_accepted_even_when_over_leveraged(
+    positions: dict[str, int], side: str, quantity: int
+) -> None:
+    """An order that only reduces or closes a position is accepted even when the account
+    is far beyond its leverage limits (10x here)."""
+    over = account(10_000, positions=positions)
+    assert over.long_value + over.short_value == 100_000
+    assert SimBroker.open(FREE).submit(order(side, quantity), over) is None
+
+
+def test_adding_to_an_over_leveraged_position_is_rejected() -> None:
+    """While over the limit, an order that adds exposure is still rejected."""
+    over = account(10_000, positions={"X": 1000})
+    assert SimBroker.open(FREE).submit(order("buy", 1), over) is not None
+
+
+@pytest.mark.parametrize("equity", [0, -100])
+def test_no_new_exposure_when_equity_is_not_positive(equity: int) -> None:
+    """With equity <= 0 any order that adds exposure is rejected, saying so with the
+    equity figure."""
+    broker = SimBroker.open(FREE)
+    for side in ("buy", "sell"):
+        reason = broker.submit(order(side, 1), account(equity))
+        assert reason is not None
+        assert "equity" in reason and f"{equity:.2f}" in reason
+    assert broker.working_symbols() == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("positions", "side", "quantity"),
+    [({"X": 100}, "sell", 100), ({"X": 100}, "sell", 40), ({"X": -100}, "buy", 100)],
+)
+def test_closing_is_accepted_when_equity_is_not_positive(
+    positions: dict[str, int], side: str, quantity: int
+) -> None:
+    """Reducing or closing a position is always accepted, even with equity <= 0 (it adds
+    no exposure)."""
+    broke = account(-100, positions=positions)
+    assert SimBroker.open(FREE).submit(order(side, quantity), broke) is None
+
+
+def test_market_order_without_a_known_price_is_rejected_with_a_reason() -> None:
+    """A market order in a symbol with no price seen yet is rejected, naming the symbol."""
+    broker = SimBroker.open(FREE)
+    reason = broker.submit(order("buy", 1, symbol="NEW"), account(prices={}))
+    assert reason is not None
+    assert "NEW" in reason and "price" in reason
+    assert broker.working_symbols() == frozenset()
+
+
+def test_limit_and_stop_orders_are_valued_at_their_own_price() -> None:
+    """Limit and stop orders are checked at their limit or stop price, so they need no
+    price seen yet and a high limit counts at that price."""
+    broker = SimBroker.open(FREE)
+    no_prices = account(100_000, prices={})
+    assert broker.submit(order("buy", 1000, type="limit", limit="150"), no_prices) is None
+    assert broker.submit(order("buy", 1000, type="stop", stop="150"), no_prices) is None
+    reason = broker.submit(order("buy", 1000, type="limit", limit="151"), no_prices)
+    assert reason is not None and "151,000.00" in reason
+
+
+def test_liquidation_orders_are_never_rejected() -> None:
+    """An order marked ``liquidation=True`` is accepted whatever the account: no equity,
+    no price, far beyond any limit."""
+    broker = SimBroker.open(FREE)
+    broke = account(-50_000, positions={"Y": 10}, prices={})
+    for side in ("buy", "sell"):
+        assert broker.submit(order(side, 10**6, liquidation=True), broke) is None
+    assert broker.working_symbols() == {"X"}
+
+
+# --------------------------------------------------------------------------- margin call
+
+
+def test_margin_call_liquidates_every_non_zero_position() -> None:
+    """``margin_call`` returns one market liquidation order per non-zero position, on the
+    opposite side for the full quantity, owned by the strategy and created at ``ts``."""
+    snapshot = account(
+        -1_000,
+        positions={"B": 100, "A": -50, "Z": 0, "C": "2.5"},
+        prices={"A": 10, "B": 10, "C": 10, "Z": 10},
+    )
+    ts = at(3)
+    orders = SimBroker.open().margin_call("s.py", snapshot, ts)
+    assert [(o.symbol, o.side, o.quantity) for o in orders] == [
+        ("A", Side.BUY, Decimal(50)),
+        ("B", Side.SELL, Decimal(100)),
+        ("C", Side.SELL, Decimal("2.5")),
+    ]
+    for o in orders:
+        assert o.liquidation is True
+        assert o.strategy == "s.py"
+        assert o.created == ts
+        assert o.intent.type is OrderType.MARKET
+        assert o.intent.tag == "margin-call"
+    assert len({o.client_order_id for o in orders}) == len(orders)
+
+
+def test_margin_call_without_positions_returns_nothing() -> None:
+    """No positions (or only zero ones) means no liquidation orders."""
+    broker = SimBroker.open()
+    assert list(broker.margin_call("s.py", account(), at(1))) == []
+    assert list(broker.margin_call("s.py", account(positions={"X": 0}), at(1))) == []
+
+
+def test_margin_call_orders_are_accepted_and_fill_at_market_on_the_next_bar() -> None:
+    """Liquidation orders are accepted even with negative equity and fill in full at the
+    next later bar's open (not on the bar of the margin call)."""
+    broker = SimBroker.open("commission=none,slippage=10")
+    snapshot = account(-500, positions={"X": 100, "Y": -40}, prices={"X": 100, "Y": 50})
+    orders = broker.margin_call("s.py", snapshot, at(0))
+    for o in orders:
+        assert broker.submit(o, snapshot) is None
+    assert broker.working_symbols() == {"X", "Y"}
+    assert not broker.on_bar(bar(0, 100.0, symbol="X"))
+    x = fill_one(broker, bar(1, 90.0, symbol="X"))
+    y = fill_one(broker, bar(1, 60.0, symbol="Y"))
+    assert (x.side, x.quantity, x.price) == (Side.SELL, 100, Decimal("89.9100"))
+    assert (y.side, y.quantity, y.price) == (Side.BUY, 40, Decimal("60.0600"))
+    assert broker.working_symbols() == frozenset()
+
+
+# --------------------------------------------------------------------------- cancelling
+
+
+def test_cancel_strategy_removes_only_that_strategys_orders() -> None:
+    """``cancel_strategy`` returns exactly that strategy's working orders and removes them;
+    other strategies' orders keep working and still fill."""
+    a1 = order("buy", 10, symbol="X", strategy="a.py")
+    a2 = order("sell", 10, symbol="Y", strategy="a.py")
+    b1 = order("buy", 10, symbol="X", strategy="b.py")
+    broker = working(FREE, a1, b1, a2)
+    cancelled = broker.cancel_strategy("a.py")
+    assert {o.client_order_id for o in cancelled} == {a1.client_order_id, a2.client_order_id}
+    assert broker.working_symbols() == {"X"}
+    assert not broker.on_bar(bar(1, symbol="Y"))
+    fill = fill_one(broker, bar(1, symbol="X"))
+    assert fill.order_id == b1.client_order_id
+    assert broker.cancel_strategy("a.py") == []
+
+
+def test_cancel_strategy_of_unknown_strategy_changes_nothing() -> None:
+    """Cancelling a strategy with no working orders returns nothing and leaves the rest."""
+    broker = working(FREE, order(strategy="a.py"))
+    assert broker.cancel_strategy("nobody.py") == []
+    assert broker.working_symbols() == {"X"}
+
+
+def test_cancel_strategy_returns_partly_filled_orders() -> None:
+    """A partly filled order is still working, so cancelling its strategy returns it and
+    no further fills come."""
+    o = order("buy", 250, strategy="a.py")
+    broker = working("commission=none,slippage=0,participation=0.1", o)
+    fill_one(broker, bar(1, volume=1000))
+    assert broker.cancel_strategy("a.py") == [o]
+    assert broker.working_symbols() == frozenset()
+    assert not broker.on_bar(bar(2, volume=1000))
+
+
+def test_cancel_all_returns_every_working_order() -> None:
+    """``cancel_all`` returns every working order of every strategy and symbol, and no
+    order fills afterwards."""
+    orders = [
+        order("buy", 10, symbol="X", strategy="a.py"),
+        order("sell", 10, symbol="Y", strategy="b.py"),
+        order("buy", 10, symbol="Y", type="limit", limit="1", strategy="a.py"),
+    ]
+    broker = working(FREE, *orders)
+    cancelled = broker.cancel_all("run ended")
+    assert sorted(o.client_order_id for o in cancelled) == sorted(o.client_order_id for o in orders)
+    assert broker.working_symbols() == frozenset()
+    assert not broker.on_bar(bar(1, symbol="X"))
+    assert not broker.on_bar(bar(1, symbol="Y"))
+    assert broker.cancel_all("again") == []
+
+
+def test_working_symbols_follow_the_working_orders() -> None:
+    """``working_symbols`` is empty at first, gains a symbol per accepted order, keeps it
+    while an order is partly filled or unfilled, and drops it once nothing works there;
+    rejected orders never add one."""
+    broker = SimBroker.open("commission=none,slippage=0,participation=0.1")
+    assert broker.working_symbols() == frozenset()
+    assert broker.submit(order("buy", 10, symbol="NEW"), account(prices={})) is not None
+    assert broker.working_symbols() == frozenset()
+    big = account(10**9, prices={"X": 100, "Y": 100})
+    assert broker.submit(order("buy", 150, symbol="X"), big) is None
+    assert broker.submit(order("buy", 10, symbol="Y", type="limit", limit="1"), big) is None
+    assert broker.working_symbols() == {"X", "Y"}
+    fill_one(broker, bar(1, symbol="X", volume=1000))
+    assert broker.working_symbols() == {"X", "Y"}
+    fill_one(broker, bar(2, symbol="X", volume=1000))
+    assert broker.working_symbols() == {"Y"}
+    broker.on_bar(bar(2, symbol="Y"))
+    assert broker.working_symbols() == {"Y"}
+
+
+# --------------------------------------------------------------------------- property
+
+
+_SYMBOLS = ("A", "B")
+
+
+@st.composite
+def _tick_bar(draw: st.DrawFn, symbol: str, ts: datetime) -> Bar:
+    """A valid OHLC bar with prices on the 0.0001 grid."""
+    low, a, b, high = sorted(draw(st.lists(st.integers(10_000, 5_000_000), min_size=4, max_size=4)))
+    open_, close = draw(st.permutations([a, b]))
+    volume = draw(
+        st.one_of(
+            st.just(0.0),
+            st.integers(0, 100_000).map(float),
+            st.floats(0, 1e6, allow_nan=False, allow_infinity=False),
+        )
+    )
+    return Bar(symbol, ts, open_ / 10_000, high / 10_000, low / 10_000, close / 10_000, volume)
+
+
+@st.composite
+def _session(draw: st.DrawFn) -> list[tuple[str, object]]:
+    """A time-ordered mix of bars (some sharing a timestamp) and market orders created at
+    the current time."""
+    ts = T0
+    events: list[tuple[str, object]] = []
+    for _ in range(draw(st.integers(1, 40))):
+        if draw(st.booleans()):
+            ts += timedelta(minutes=draw(st.sampled_from([0, 0, 1, 5])))
+            events.append(("bar", draw(_tick_bar(draw(st.sampled_from(_SYMBOLS)), ts))))
+        else:
+            quantity = draw(
+                st.one_of(
+                    st.integers(1, 5_000).map(Decimal),
+                    st.decimals(Decimal("0.01"), Decimal(500), places=2),
+                )
+            )
+            side = draw(st.sampled_from(["buy", "sell"]))
+            symbol = draw(st.sampled_from(_SYMBOLS))
+            events.append(("order", order(side, quantity, symbol=symbol, created=ts)))
+    return events
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _session(),
+    st.sampled_from([0, 0.5, 1, 2.5, 10, 50]),
+    st.sampled_from([0.01, 0.1, 0.25, 0.5, 1]),
+)
+def test_market_fills_never_overfill_look_ahead_or_beat_the_open(
+    events: list[tuple[str, object]], slippage: float, participation: float
+) -> None:
+    """For any sequence of valid bars and market orders: an order never fills more than its
+    quantity, every fill is strictly after the order's creation on a bar of its symbol, a
+    buy never fills below that bar's open nor a sell above it, a bar never fills more than
+    participation x volume, and exactly the unfinished orders are still working."""
+    broker = SimBroker.open(f"commission=bps:1,slippage={slippage},participation={participation}")
+    snapshot = account(10**12, prices=dict.fromkeys(_SYMBOLS, 100))
+    orders: dict[str, Order] = {}
+    filled: dict[str, Decimal] = {}
+    for kind, item in events:
+        if kind == "order":
+            assert isinstance(item, Order)
+            assert broker.submit(item, snapshot) is None
+            orders[item.client_order_id] = item
+            filled[item.client_order_id] = Decimal(0)
+            continue
+        assert isinstance(item, Bar)
+        fills = broker.on_bar(item)
+        volume_cap = Decimal(repr(item.volume)) * Decimal(repr(participation))
+        assert sum((f.quantity for f in fills), Decimal(0)) <= volume_cap
+        open_ = Decimal(repr(item.open))
+        for fill in fills:
+            placed = orders[fill.order_id]
+            filled[fill.order_id] += fill.quantity
+            assert filled[fill.order_id] <= placed.quantity
+            assert fill.ts == item.ts > placed.created
+            assert fill.symbol == placed.symbol == item.symbol
+            assert fill.side == placed.side
+            assert fill.price.as_tuple().exponent >= -4  # bars and slippage on the tick grid
+            assert fill.commission >= 0
+            if fill.side is Side.BUY:
+                assert fill.price >= open_
+            else:
+                assert fill.price <= open_
+    unfinished = {cid for cid, o in orders.items() if filled[cid] < o.quantity}
+    assert broker.working_symbols() == {orders[cid].symbol for cid in unfinished}
+    assert {o.client_order_id for o in broker.cancel_all("end")} == unfinished
