@@ -122,7 +122,7 @@ def test_order_fills_at_next_bar_open_never_the_same_bar(ws: WS, h: Harness) -> 
     bars = [bar("AAA", 0, 100.0), bar("AAA", 1, 105.0), bar("AAA", 2, 110.0)]
     h.run([s], bars)
     ctx = h.engine.slots[0].runner.ctx
-    assert ctx.state["fills"] == [(bars[1].ts, "105.0000", Decimal(10))]
+    assert ctx.state["fills"] == [(bars[1].ts, "105.0", Decimal(10))]
     ((price,),) = h.rows("SELECT price FROM fills")
     assert Decimal(price) == Decimal(105)
 
