@@ -47,6 +47,18 @@ def _check_out(out: Path | None) -> None:
         raise ConfigError(f"--out {out}: is a file; the report needs a folder")
 
 
+def _aggregate(run: Any) -> dict[str, Any]:
+    """All strategies' portfolios added up: what the whole (simulated) account did."""
+    start = sum(float(s.metrics.get("start_equity") or 0) for s in run.strategies)
+    end = sum(float(s.metrics.get("end_equity") or 0) for s in run.strategies)
+    return {
+        "strategies": len(run.strategies),
+        "start_equity": round(start, 2),
+        "end_equity": round(end, 2),
+        "total_return": end / start - 1 if start else None,
+    }
+
+
 def _report_dir(app: App, run_id: str, out: Path | None) -> Path:
     return out if out is not None else app.workspace.data_dir / "reports" / run_id
 
@@ -153,6 +165,7 @@ def backtest_command(
                 "sandbox": "in-process",
                 "store": store.location,
                 "report": str(report_path) if report_path else None,
+                "aggregate": _aggregate(run),
                 "strategies": [
                     {
                         "name": s.record.name,
@@ -170,6 +183,13 @@ def backtest_command(
         )
         return
     console.print(summary_table(run))
+    total = _aggregate(run)
+    if total["total_return"] is not None and total["strategies"] > 1:
+        console.print(
+            f"aggregate of {total['strategies']} strategies: {total['start_equity']:,.2f} -> "
+            f"{total['end_equity']:,.2f} ({total['total_return']:+.2%})",
+            markup=False,
+        )
     for strategy in run.strategies:
         if strategy.quarantined:
             err_console.print(

@@ -809,3 +809,15 @@ def test_audit_log_cannot_be_edited_with_triggers_in_place(cli: CLI, examples: P
     finally:
         conn.close()
     assert cli("audit", "verify", "--home", examples).exit_code == 0
+
+
+def test_aggregate_view_adds_up_the_strategies(cli: CLI, examples: Path) -> None:
+    """The JSON carries the aggregate of all strategies' portfolios, and it adds up."""
+    r = cli("backtest", "--json", "--no-report", "--from", "2022-01-01", "--home", examples)
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    ends = [s["metrics"]["end_equity"] for s in data["strategies"]]
+    assert data["aggregate"]["strategies"] == len(ends) == 2
+    assert data["aggregate"]["end_equity"] == pytest.approx(sum(ends), abs=0.01)
+    assert data["aggregate"]["start_equity"] == pytest.approx(200_000)
+    assert data["sandbox"] == "in-process"
