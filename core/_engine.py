@@ -150,7 +150,6 @@ class Engine:
         broker = self.broker
         working = broker.working_symbols
         last = self._last
-        ts_list = self._ts
         margin = broker.maintenance_margin
         progress = self.progress
         current: datetime | None = None
@@ -159,11 +158,7 @@ class Engine:
             ts = bar.ts
             if ts != current:
                 if current is not None:
-                    ts_list.append(current)
-                    for slot in slots:
-                        slot.values.append(slot.equity_f)
-                        if slot.portfolio.quantities_f:
-                            slot.exposure += 1
+                    self._close_timestamp(current)
                 current = ts
             symbol = bar.symbol
             if symbol in working():
@@ -201,14 +196,18 @@ class Engine:
             if progress is not None and not count & 0x3FFF:
                 progress(count)
         if current is not None:
-            ts_list.append(current)
-            for slot in slots:
-                slot.values.append(slot.equity_f)
-                if slot.portfolio.quantities_f:
-                    slot.exposure += 1
+            self._close_timestamp(current)
         if progress is not None:
             progress(count)
         return count
+
+    def _close_timestamp(self, ts: datetime) -> None:
+        """Every bar of ``ts`` is processed: one equity point (and exposure) per strategy."""
+        self._ts.append(ts)
+        for slot in self.slots:
+            slot.values.append(slot.equity_f)
+            if slot.portfolio.quantities_f:
+                slot.exposure += 1
 
     # -- orders --------------------------------------------------------------------------
 
