@@ -335,12 +335,16 @@ def _summary_section(run: RunData) -> str:
             f'<td class="num">{_e(column.fmt(strategy.metrics.get(column.key)))}</td>'
             for column in _METRICS
         )
-        body.append(f"<tr><th>{_e(strategy.record.name)}</th>{cells}</tr>")
+        name = _e(strategy.record.name)
+        if strategy.quarantined:
+            name += ' <span class="bad">quarantined</span>'
+        signer = _e(_signer_short(strategy))
+        body.append(f"<tr><th>{name}</th><td><code>{signer}</code></td>{cells}</tr>")
     if not body:
         return '<section><h2>Summary</h2><p class="note">This run has no strategies.</p></section>'
     return (
         "<section><h2>Summary</h2>"
-        f"<table><tr><th>Strategy</th>{header}</tr>{''.join(body)}</table>"
+        f"<table><tr><th>Strategy</th><th>Signer</th>{header}</tr>{''.join(body)}</table>"
         '<p class="muted">Percentages are in percent; "—" marks a value that is undefined '
         "for this run (for example a Sharpe ratio with fewer than two returns).</p></section>"
     )

@@ -1,103 +1,337 @@
-"""Reports: the terminal table and the self-contained HTML + PNG, rendered from RunData alone."""
+"""Run reports: the terminal summary table, the PNG chart and the self-contained HTML page."""
 
 from __future__ import annotations
 
+import base64
 import math
+import re
+import struct
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
-from bastion._metrics import compute_metrics
+from bastion._metrics import TradeRecord, compute_metrics
 from bastion.interfaces import RunData, RunInfo, RunRow, StrategyRecord, StrategyRunData
 from bastion.models import Position
+from bastion.plugins import reports
 from bastion.plugins.reports import render_report, summary_table
 
-T0 = datetime(2022, 1, 3, 21, tzinfo=UTC)
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+T0 = datetime(2023, 1, 2, 21, tzinfo=UTC)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SHA_A = "a1" * 32
+SHA_B = "b2" * 32
+SIGNER_A = "0123456789ABCDEF"
+SIGNER_B = "FEDCBA9876543210"
 
 
-def strategy(name: str, sha: str, drift: float, *, points: int = 300) -> StrategyRunData:
-    equity = [
-        (T0 + timedelta(days=i), 100_000 * (1 + drift * i + 0.02 * math.sin(i / 9)))
-        for i in range(points)
+def curve(
+    n: int, drift: float, wobble: float, start: float = 10_000.0
+) -> list[tuple[datetime, float]]:
+    """A deterministic, wiggly daily equity curve."""
+    return [
+        (T0 + timedelta(days=i), start * (1 + drift * i) * (1 + wobble * math.sin(i / 7)))
+        for i in range(n)
     ]
+
+
+def strategy(
+    name: str,
+    sha256: str,
+    signer: str | None,
+    equity: Sequence[tuple[datetime, float]],
+    quarantined: str | None = None,
+) -> StrategyRunData:
+    trades = [
+        TradeRecord("AAPL", T0, T0 + timedelta(days=3), Decimal("12.50")),
+        TradeRecord("AAPL", T0, T0 + timedelta(days=9), Decimal("-4.00")),
+    ]
+    record = StrategyRecord(
+        name=name,
+        sha256=sha256,
+        signer=signer,
+        signer_name=None if signer is None else "alice",
+        whitelist_version=None if signer is None else 7,
+        unsigned=signer is None,
+        params={"fast": 10, "slow": 30},
+    )
     return StrategyRunData(
-        record=StrategyRecord(name, sha, "ABCDEF0123456789", "alice", 3, False, {"fast": 10}),
-        metrics=compute_metrics(equity, [], points // 2, points, 100_000.0) if equity else {},
+        record=record,
+        metrics=compute_metrics(equity, trades, len(equity) // 2, len(equity), 10_000.0),
         equity=equity,
-        positions=[Position("AAA", Decimal(10), Decimal("101.5"), Decimal("12.25"))],
-        orders=12,
-        fills=11,
-        quarantined=None,
+        positions=[Position("AAPL", Decimal("5"), Decimal("151.20"), Decimal("8.50"))],
+        orders=4,
+        fills=4,
+        quarantined=quarantined,
     )
 
 
-def run_data(*strategies: StrategyRunData) -> RunData:
-    row = RunRow(
-        "20240101T000000-abc123",
-        "backtest",
-        "development",
-        "completed",
-        T0,
-        T0 + timedelta(minutes=1),
-        tuple(s.record.name for s in strategies),
-        None,
+def run_data(
+    strategies: Sequence[StrategyRunData], config: dict[str, object] | None = None
+) -> RunData:
+    names = tuple(s.record.name for s in strategies)
+    return RunData(
+        row=RunRow(
+            run_id="run-0001",
+            kind="backtest",
+            environment="development",
+            status="completed",
+            started=T0,
+            finished=T0 + timedelta(minutes=2),
+            strategies=names,
+            error=None,
+        ),
+        info=RunInfo(
+            run_id="run-0001",
+            kind="backtest",
+            environment="development",
+            started=T0,
+            bastion_version="9.9.9-test",
+            config=config if config is not None else {"source": "csv:data", "cash": 10_000},
+        ),
+        strategies=list(strategies),
     )
-    info = RunInfo(
-        row.run_id,
-        "backtest",
-        "development",
-        T0,
-        "0.1.0",
-        {"source": "csv:sample", "cash": "100000"},
-    )
-    return RunData(row=row, info=info, strategies=list(strategies))
 
 
-def test_report_files_trace_results_to_code(tmp_path: Path) -> None:
-    """The HTML names each strategy's SHA-256 and signer, embeds the chart, and the PNG is real."""
-    run = run_data(strategy("up.py", "a" * 64, 0.001), strategy("down.py", "b" * 64, -0.0005))
-    html_path = render_report(run, tmp_path / "out")
-    png = (tmp_path / "out" / "equity.png").read_bytes()
-    assert png.startswith(PNG_MAGIC) and len(png) > 10_000
-    page = html_path.read_text()
-    for needle in (
-        "a" * 64,
-        "b" * 64,
-        "ABCDEF0123456789",
-        "up.py",
-        "down.py",
-        "data:image/png;base64,",
-        run.row.run_id,
-    ):
-        assert needle in page
+@pytest.fixture
+def two_strategies() -> RunData:
+    return run_data(
+        [
+            strategy("sma_cross.py", SHA_A, SIGNER_A, curve(300, 0.001, 0.03)),
+            strategy("mean_revert.py", SHA_B, SIGNER_B, curve(300, -0.0005, 0.05)),
+        ]
+    )
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    width, height = struct.unpack(">II", data[16:24])  # IHDR follows the signature
+    return int(width), int(height)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_render_writes_a_png_and_returns_the_html_path(
+    two_strategies: RunData, tmp_path: Path
+) -> None:
+    """equity.png is a real PNG of about 11 x 7 inches at 110 dpi; the HTML path is returned."""
+    html_path = render_report(two_strategies, tmp_path)
+    assert html_path == tmp_path / "report.html"
+    png = (tmp_path / "equity.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE)
+    assert 20_000 < len(png) < 2_000_000
+    width, height = png_size(png)
+    assert 1000 <= width <= 1400 and 600 <= height <= 900
+
+
+def test_render_creates_a_missing_directory_and_leaves_no_temp_files(
+    two_strategies: RunData, tmp_path: Path
+) -> None:
+    """out_dir is created (with parents) and holds exactly the two report files afterwards."""
+    out = tmp_path / "a" / "b" / "report"
+    render_report(two_strategies, out)
+    assert sorted(p.name for p in out.iterdir()) == ["equity.png", "report.html"]
+
+
+def test_a_failed_render_keeps_the_previous_report(
+    two_strategies: RunData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If rendering fails midway, the old report files stay intact and no partial file appears."""
+    render_report(two_strategies, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def boom(run: RunData, png: bytes) -> str:
+        raise RuntimeError("crash while rendering")
+
+    monkeypatch.setattr(reports, "render_html", boom)
+    with pytest.raises(RuntimeError, match="crash"):
+        render_report(two_strategies, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+# --------------------------------------------------------------------------- HTML content
+
+
+def test_html_traces_each_strategy_to_its_code_and_signer(
+    two_strategies: RunData, tmp_path: Path
+) -> None:
+    """Each strategy's full SHA-256, signer key id and name appear, with the run's identity."""
+    page = render_report(two_strategies, tmp_path).read_text(encoding="utf-8")
+    for sha, signer, name in [
+        (SHA_A, SIGNER_A, "sma_cross.py"),
+        (SHA_B, SIGNER_B, "mean_revert.py"),
+    ]:
+        assert sha in page
+        assert signer in page
+        assert name in page
+    assert "run-0001" in page
+    assert "development" in page
+    assert "9.9.9-test" in page
+    assert "csv:data" in page  # the configuration table
+
+
+def test_html_shows_the_metrics(two_strategies: RunData, tmp_path: Path) -> None:
+    """Return, drawdown, Sharpe, trades and end equity of each strategy appear as formatted."""
+    page = render_report(two_strategies, tmp_path).read_text(encoding="utf-8")
+    for item in two_strategies.strategies:
+        m = item.metrics
+        assert isinstance(m["total_return"], float)
+        assert isinstance(m["max_drawdown"], float)
+        assert isinstance(m["sharpe"], float)
+        assert isinstance(m["end_equity"], float)
+        assert f">{m['total_return'] * 100:,.2f}<" in page
+        assert f">{m['max_drawdown'] * 100:,.2f}<" in page
+        assert f">{m['sharpe']:.2f}<" in page
+        assert f">{m['end_equity']:,.2f}<" in page
+    assert ">50.00<" in page  # win rate: one of two trades won
+    for label in ("Return %", "CAGR %", "Sharpe", "Max DD %", "Win %", "Exposure %"):
+        assert label in page
+
+
+def test_html_embeds_the_chart_and_is_self_contained(
+    two_strategies: RunData, tmp_path: Path
+) -> None:
+    """The PNG is inlined as a base64 data URI; the page loads nothing and runs no script."""
+    page = render_report(two_strategies, tmp_path).read_text(encoding="utf-8")
+    match = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert match is not None
+    assert base64.b64decode(match.group(1)) == (tmp_path / "equity.png").read_bytes()
     assert "<script" not in page.lower()
+    assert not re.search(r'(src|href)="(?!data:)', page)
+    assert "@import" not in page and "url(" not in page
 
 
-def test_text_is_escaped(tmp_path: Path) -> None:
-    """A hostile strategy name cannot inject markup into the report."""
-    run = run_data(strategy("<script>alert(1)</script>.py", "c" * 64, 0.0))
-    page = render_report(run, tmp_path).read_text()
-    assert "<script>alert(1)" not in page and "&lt;script&gt;" in page
+def test_html_escapes_stored_text(tmp_path: Path) -> None:
+    """Strategy names, parameters, config and errors are escaped: no markup gets through."""
+    evil = "<script>alert(1)</script>.py"
+    item = strategy(evil, SHA_A, SIGNER_A, curve(30, 0.001, 0.01), quarantined="<b>hung</b>")
+    run = run_data([item], config={"note": "<img src=x onerror=alert(1)>"})
+    run = RunData(
+        row=RunRow(
+            run_id=run.row.run_id,
+            kind=run.row.kind,
+            environment=run.row.environment,
+            status="failed",
+            started=run.row.started,
+            finished=None,
+            strategies=run.row.strategies,
+            error='boom "quoted" <i>x</i>',
+        ),
+        info=run.info,
+        strategies=run.strategies,
+    )
+    page = render_report(run, tmp_path).read_text(encoding="utf-8")
+    assert "<script" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;.py" in page
+    assert "<img src=x" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "<b>hung</b>" not in page and "&lt;b&gt;hung&lt;/b&gt;" in page
+    assert "<i>x</i>" not in page and "&lt;i&gt;x&lt;/i&gt;" in page
+
+
+def test_html_marks_unsigned_and_quarantined_strategies(tmp_path: Path) -> None:
+    """An unsigned strategy says so where the signer would be; a quarantine shows its reason."""
+    item = strategy(
+        "dev.py", SHA_A, None, curve(30, 0.0, 0.01), quarantined="exceeded 2 s deadline"
+    )
+    page = render_report(run_data([item]), tmp_path).read_text(encoding="utf-8")
+    assert "unsigned (admitted in development only)" in page
+    assert "Quarantined: exceeded 2 s deadline" in page
 
 
 def test_strategy_without_equity_still_renders(tmp_path: Path) -> None:
-    run = run_data(strategy("empty.py", "d" * 64, 0.0, points=0))
-    assert render_report(run, tmp_path).exists()
+    """A strategy with no equity points gets a 'no data' note; the others are charted normally."""
+    run = run_data(
+        [
+            strategy("sma_cross.py", SHA_A, SIGNER_A, curve(300, 0.001, 0.03)),
+            strategy("silent.py", SHA_B, SIGNER_B, []),
+        ]
+    )
+    page = render_report(run, tmp_path).read_text(encoding="utf-8")
+    assert "No data: this strategy recorded no equity points" in page
+    assert SHA_B in page
+    assert (tmp_path / "equity.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
-def test_rerender_replaces_files_whole(tmp_path: Path) -> None:
-    run = run_data(strategy("up.py", "a" * 64, 0.001))
-    render_report(run, tmp_path)
-    render_report(run, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["equity.png", "report.html"]
+def test_run_without_any_data_still_renders(tmp_path: Path) -> None:
+    """A run whose only strategy has no equity, or with no strategies at all, still renders."""
+    render_report(run_data([strategy("silent.py", SHA_A, SIGNER_A, [])]), tmp_path / "one")
+    assert (tmp_path / "one" / "equity.png").read_bytes().startswith(PNG_SIGNATURE)
+    page = render_report(run_data([]), tmp_path / "none").read_text(encoding="utf-8")
+    assert "This run has no strategies." in page
 
 
-def test_summary_table_lists_every_strategy() -> None:
-    run = run_data(strategy("up.py", "a" * 64, 0.001), strategy("down.py", "b" * 64, -0.0005))
-    console = Console(record=True, width=200)
+def test_chart_shows_names_with_mathtext_characters_literally(tmp_path: Path) -> None:
+    """A '$' in a strategy name is not parsed as matplotlib mathtext (which could fail)."""
+    item = strategy("$weird$_{name}$.py", SHA_A, SIGNER_A, curve(30, 0.001, 0.01))
+    page = render_report(run_data([item]), tmp_path).read_text(encoding="utf-8")
+    assert "$weird$_{name}$.py" in page
+
+
+def test_long_series_are_downsampled_for_the_chart(tmp_path: Path) -> None:
+    """100 000 points render quickly into a normal-sized PNG (the chart is down-sampled)."""
+    points = [
+        (T0 + timedelta(minutes=i), 10_000.0 + 50 * math.sin(i / 500)) for i in range(100_000)
+    ]
+    render_report(run_data([strategy("fast.py", SHA_A, SIGNER_A, points)]), tmp_path)
+    assert len((tmp_path / "equity.png").read_bytes()) < 2_000_000
+
+
+# --------------------------------------------------------------------------- terminal table
+
+
+def table_text(run: RunData) -> str:
+    console = Console(record=True, width=200, color_system=None)
     console.print(summary_table(run))
-    text = console.export_text()
-    assert "up.py" in text and "down.py" in text and "ABCDEF0123456789" in text
+    return console.export_text()
+
+
+def test_summary_table_has_a_row_per_strategy(two_strategies: RunData) -> None:
+    """The table names each strategy and signer, shows formatted metrics and a run caption."""
+    text = table_text(two_strategies)
+    assert "sma_cross.py" in text and "mean_revert.py" in text
+    assert SIGNER_A in text and SIGNER_B in text
+    first = two_strategies.strategies[0].metrics
+    assert isinstance(first["total_return"], float)
+    assert f"{first['total_return'] * 100:,.2f}" in text
+    assert "run-0001" in text and "development" in text and "completed" in text
+    for header in ("Return %", "CAGR %", "Sharpe", "Max DD %", "Trades", "Win %", "Exposure %"):
+        assert header in text
+
+
+def test_summary_table_shows_none_as_a_dash_and_names_literally() -> None:
+    """Undefined metrics print as '—'; rich markup in a name is shown, not interpreted."""
+    item = strategy("[bold]tricky[/bold].py", SHA_A, None, [])
+    text = table_text(run_data([item]))
+    assert "[bold]tricky[/bold].py" in text
+    assert "—" in text  # CAGR and Sharpe of an empty series
+    assert "unsigned" in text
+
+
+def test_summary_table_marks_quarantine() -> None:
+    """A quarantined strategy is flagged in its row."""
+    item = strategy("hangs.py", SHA_A, SIGNER_A, curve(10, 0.0, 0.01), quarantined="deadline")
+    assert "hangs.py quarantined" in table_text(run_data([item]))
+
+
+def test_missing_metrics_show_as_dashes(tmp_path: Path) -> None:
+    """A store that kept no metrics for a strategy still yields a table and a report, with '—'."""
+    item = strategy("bare.py", SHA_A, SIGNER_A, curve(20, 0.0, 0.01))
+    bare = StrategyRunData(
+        record=item.record,
+        metrics={},
+        equity=item.equity,
+        positions=[],
+        orders=0,
+        fills=0,
+        quarantined=None,
+    )
+    run = run_data([bare])
+    row = next(line for line in table_text(run).splitlines() if "bare.py" in line)
+    assert row.count("—") == 8  # every metric column
+    page = render_report(run, tmp_path).read_text(encoding="utf-8")
+    assert "<tr><th>Return %</th><td>—</td></tr>" in page
+    assert "None (flat)." in page
