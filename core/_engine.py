@@ -22,7 +22,7 @@ from ._context import StrategyError, StrategyRunner
 from ._kernel import Kernel
 from ._loader import Strategy, StrategyInfo
 from ._logging import get_logger
-from ._metrics import compute_metrics, downsample
+from ._metrics import downsample_columns, metrics_from_columns
 from ._portfolio import Portfolio
 from .interfaces import Broker, Store
 from .models import Bar, Fill, Order, OrderIntent, OrderStatus
@@ -471,16 +471,17 @@ class Engine:
         return list(zip(self._ts, slot.values, strict=True))
 
     def _result(self, slot: _Slot) -> StrategyResult:
-        curve = self.equity_curve(slot)
-        metrics = compute_metrics(
-            curve,
+        metrics = metrics_from_columns(
+            self._ts,
+            slot.values,
             slot.portfolio.trades,
             exposure_bars=slot.exposure,
-            total_bars=len(curve),
+            total_bars=len(slot.values),
             starting_equity=float(self.config.cash),
         )
         run_id, name = self.config.run_id, slot.info.name
-        self.store.record_equity(run_id, name, downsample(curve, self.config.stored_equity_points))
+        points = downsample_columns(self._ts, slot.values, self.config.stored_equity_points)
+        self.store.record_equity(run_id, name, points)
         self.store.record_positions(run_id, name, slot.portfolio.positions())
         self.store.record_result(run_id, name, metrics, slot.quarantined)
         equity = slot.portfolio.equity(self._last) if self._last else slot.portfolio.cash

@@ -34,10 +34,11 @@ Rules (also stated on each function):
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-import statistics
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -48,7 +49,9 @@ __all__ = [
     "TradeRecord",
     "compute_metrics",
     "downsample",
+    "downsample_columns",
     "drawdown_series",
+    "metrics_from_columns",
     "periods_per_year",
 ]
 
@@ -64,6 +67,7 @@ _DAILY_BELOW = timedelta(days=3.5).total_seconds()
 # growth produces float noise of ~1e-17, which would give an absurd Sharpe.
 _ZERO_STDEV = 1e-12
 _MAX_LOG_GROWTH = 700.0  # math.exp overflows just above 709
+_NO_TIME = timedelta(0)
 
 
 def _not_before(instance: TradeRecord, _: attrs.Attribute[datetime], value: datetime) -> None:
@@ -137,14 +141,17 @@ def periods_per_year(timestamps: Sequence[datetime]) -> float | None:
 
     ``None`` when there are fewer than two distinct timestamps.
     """
-    gaps = [
-        seconds
-        for earlier, later in itertools.pairwise(timestamps)
-        if (seconds := (later - earlier).total_seconds()) > 0
-    ]
+    differences: Iterator[timedelta] = map(
+        operator.sub, itertools.islice(timestamps, 1, None), timestamps
+    )
+    gaps = sorted(filter(_NO_TIME.__lt__, differences))
     if not gaps:
         return None
-    median = statistics.median(gaps)
+    middle = len(gaps) // 2
+    if len(gaps) % 2:
+        median: float = gaps[middle].total_seconds()
+    else:
+        median = (gaps[middle - 1].total_seconds() + gaps[middle].total_seconds()) / 2
     if median < _INTRADAY_BELOW:
         return TRADING_DAYS_PER_YEAR * max(1.0, TRADING_SECONDS_PER_DAY / median)
     if median < _DAILY_BELOW:
@@ -153,6 +160,11 @@ def periods_per_year(timestamps: Sequence[datetime]) -> float | None:
 
 
 def _returns(values: Sequence[float]) -> list[float]:
+    if len(values) < 2:
+        return []
+    if min(itertools.islice(values, len(values) - 1)) > 0:  # the usual case, at C speed
+        ratios = map(operator.truediv, itertools.islice(values, 1, None), values)
+        return list(map(operator.sub, ratios, itertools.repeat(1.0)))
     return [
         current / previous - 1.0 for previous, current in itertools.pairwise(values) if previous > 0
     ]
@@ -179,24 +191,39 @@ def _drawdowns(points: Sequence[tuple[datetime, float]]) -> list[tuple[datetime,
     return out
 
 
-def _max_drawdown_duration(points: Sequence[tuple[datetime, float]]) -> timedelta:
-    """Longest time from a peak until equity is back at or above it (or the series ends)."""
-    if not points:
-        return timedelta(0)
-    longest = timedelta(0)
-    peak_ts, peak_value = points[0]
-    under_water = False
-    for ts, value in points[1:]:
-        if value >= peak_value:
-            if under_water:
-                longest = max(longest, ts - peak_ts)
-                under_water = False
-            peak_ts, peak_value = ts, value
-        else:
-            under_water = True
-    if under_water:  # never recovered: the open drawdown counts up to the last point
-        longest = max(longest, points[-1][0] - peak_ts)
-    return longest
+def _drawdown_stats(
+    timestamps: Sequence[datetime], values: Sequence[float]
+) -> tuple[float, timedelta]:
+    """The largest fall below the running peak (a positive fraction, as in
+    :func:`drawdown_series`) and the longest time from a peak until equity was
+    back at or above it (or until the last point, if it never was).
+
+    A point is "at the peak" when it is at or above every point before it; the
+    time under water runs from one such point to the next one that is not
+    directly after it.
+    """
+    if not values:
+        return 0.0, timedelta(0)
+    peaks = list(itertools.accumulate(values, max))
+    if values[0] > 0:  # every running peak is positive: one pass at C speed
+        worst = max(0.0, 1.0 - min(map(operator.truediv, values, peaks)))
+    else:
+        worst = 0.0
+        for value, peak in zip(values, peaks, strict=True):
+            if peak > 0:
+                worst = max(worst, 1.0 - value / peak)
+    at_peak = list(itertools.compress(range(len(values)), map(operator.eq, values, peaks)))
+    under_water = map(operator.lt, map(operator.add, at_peak, itertools.repeat(1)), at_peak[1:])
+    longest = max(
+        (
+            timestamps[after] - timestamps[before]
+            for before, after in itertools.compress(itertools.pairwise(at_peak), under_water)
+        ),
+        default=timedelta(0),
+    )
+    if at_peak[-1] < len(values) - 1:  # never recovered: counts up to the last point
+        longest = max(longest, timestamps[-1] - timestamps[at_peak[-1]])
+    return worst, longest
 
 
 def downsample(
@@ -211,21 +238,34 @@ def downsample(
     minimum and maximum.  A series that is already short enough is returned
     as a new list, unchanged.  ``max_points`` must be at least 4.
     """
+    return downsample_columns([ts for ts, _ in points], [value for _, value in points], max_points)
+
+
+def downsample_columns(
+    timestamps: Sequence[datetime], values: Sequence[float], max_points: int = 5000
+) -> list[tuple[datetime, float]]:
+    """:func:`downsample` for a series kept as two parallel sequences."""
     if max_points < 4:
         raise ValueError(f"max_points must be at least 4, got {max_points}")
-    if len(points) <= max_points:
-        return list(points)
-    interior = points[1:-1]
-    n = len(interior)
+    if len(timestamps) != len(values):
+        raise ValueError(f"{len(timestamps)} timestamps but {len(values)} values")
+    if len(values) <= max_points:
+        return list(zip(timestamps, values, strict=True))
+    n = len(values) - 2  # the interior points 1 .. n
     buckets = (max_points - 2) // 2
-    out = [points[0]]
+    out = [(timestamps[0], values[0])]
     for b in range(buckets):
-        lo, hi = b * n // buckets, (b + 1) * n // buckets
-        lowest = min(range(lo, hi), key=lambda i: interior[i][1])
-        highest = max(range(lo, hi), key=lambda i: interior[i][1])
+        lo, hi = 1 + b * n // buckets, 1 + (b + 1) * n // buckets
+        bucket = values[lo:hi]
+        try:
+            lowest = lo + bucket.index(min(bucket))
+            highest = lo + bucket.index(max(bucket))
+        except ValueError:  # a NaN (an unknown stored value) compares unequal to itself
+            lowest = min(range(lo, hi), key=values.__getitem__)
+            highest = max(range(lo, hi), key=values.__getitem__)
         for i in sorted({lowest, highest}):
-            out.append(interior[i])
-    out.append(points[-1])
+            out.append((timestamps[i], values[i]))
+    out.append((timestamps[-1], values[-1]))
     return out
 
 
@@ -266,6 +306,55 @@ def compute_metrics(
     Raises ``ValueError`` for non-finite equity, timestamps out of order, a
     starting equity that is not finite and positive, or inconsistent bar counts.
     """
+    points = _validated(equity)
+    return _metrics(
+        [ts for ts, _ in points],
+        [value for _, value in points],
+        trades,
+        exposure_bars,
+        total_bars,
+        starting_equity,
+    )
+
+
+def metrics_from_columns(
+    timestamps: Sequence[datetime],
+    values: Sequence[float],
+    trades: Sequence[TradeRecord],
+    exposure_bars: int,
+    total_bars: int,
+    starting_equity: float,
+) -> dict[str, float | int | None]:
+    """:func:`compute_metrics` for a series kept as two parallel sequences (as the engine does).
+
+    Same keys, rules and errors; the checks run at C speed when the series is
+    well formed, which is what makes this the engine's path for long runs.
+    """
+    if len(timestamps) != len(values):
+        raise ValueError(f"{len(timestamps)} timestamps but {len(values)} values")
+    well_formed = False
+    with contextlib.suppress(TypeError, ValueError, OverflowError):
+        well_formed = (
+            set(map(type, values)) <= {float}
+            and math.isfinite(sum(values))
+            and set(map(type, timestamps)) <= {datetime}
+            and all(map(operator.le, timestamps, itertools.islice(timestamps, 1, None)))
+        )
+    if not well_formed:
+        points = _validated_slowly(list(zip(timestamps, values, strict=True)))
+        timestamps = [ts for ts, _ in points]
+        values = [value for _, value in points]
+    return _metrics(timestamps, values, trades, exposure_bars, total_bars, starting_equity)
+
+
+def _metrics(
+    timestamps: Sequence[datetime],
+    values: Sequence[float],
+    trades: Sequence[TradeRecord],
+    exposure_bars: int,
+    total_bars: int,
+    starting_equity: float,
+) -> dict[str, float | int | None]:
     if isinstance(starting_equity, bool) or not isinstance(starting_equity, (int, float, Decimal)):
         raise ValueError(f"starting_equity must be a number, got {starting_equity!r}")
     start = float(starting_equity)
@@ -275,13 +364,11 @@ def compute_metrics(
         raise ValueError(
             f"need 0 <= exposure_bars <= total_bars, got {exposure_bars} and {total_bars}"
         )
-    points = _validated(equity)
-    values = [value for _, value in points]
     end = values[-1] if values else start
 
     cagr: float | None = None
-    if len(points) >= 2 and end > 0:
-        span = (points[-1][0] - points[0][0]).total_seconds()
+    if len(values) >= 2 and end > 0:
+        span = (timestamps[-1] - timestamps[0]).total_seconds()
         if span >= _SECONDS_PER_DAY:
             years = span / (DAYS_PER_YEAR * _SECONDS_PER_DAY)
             log_growth = math.log(end / start) / years
@@ -291,19 +378,18 @@ def compute_metrics(
     sharpe: float | None = None
     volatility: float | None = None
     returns = _returns(values)
-    per_year = periods_per_year([ts for ts, _ in points])
+    per_year = periods_per_year(timestamps)
     if len(returns) >= 2 and per_year is not None:
         mean = math.fsum(returns) / len(returns)
-        stdev = math.sqrt(math.fsum((r - mean) ** 2 for r in returns) / (len(returns) - 1))
+        deviations = list(map(operator.sub, returns, itertools.repeat(mean)))
+        stdev = math.sqrt(math.fsum(map(operator.mul, deviations, deviations)) / (len(returns) - 1))
         volatility = stdev * math.sqrt(per_year)
         if stdev > _ZERO_STDEV:
             sharpe = mean / stdev * math.sqrt(per_year)
         else:
             volatility = 0.0
 
-    drawdowns = _drawdowns(points)
-    max_drawdown = max((-dd for _, dd in drawdowns), default=0.0)
-    duration = _max_drawdown_duration(points)
+    max_drawdown, duration = _drawdown_stats(timestamps, values)
 
     wins = sum(1 for trade in trades if trade.pnl > 0)
     return {
@@ -313,7 +399,7 @@ def compute_metrics(
         "cagr": cagr,
         "sharpe": sharpe,
         "volatility": volatility,
-        "max_drawdown": max(0.0, max_drawdown),
+        "max_drawdown": max_drawdown,
         "max_drawdown_duration_days": duration.total_seconds() / _SECONDS_PER_DAY,
         "trades": len(trades),
         "win_rate": wins / len(trades) if trades else None,

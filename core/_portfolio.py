@@ -150,20 +150,25 @@ class Portfolio:
     ) -> AccountSnapshot:
         """The portfolio as plain data; ``prices`` covers held symbols and ``also``
         (e.g. the symbol of an order being checked), where a price is known."""
-        marks = {s: _price(prices[s]) for s, h in self.holdings.items() if h.quantity}
+        marks: dict[str, Decimal] = {}
+        positions: dict[str, Decimal] = {}
+        long_value = short_value = ZERO
+        for symbol, holding in self.holdings.items():
+            quantity = holding.quantity
+            if quantity:
+                mark = marks[symbol] = _price(prices[symbol])
+                positions[symbol] = quantity
+                if quantity > 0:
+                    long_value += quantity * mark
+                else:
+                    short_value += -quantity * mark
         for symbol in also:
-            if symbol in prices:
+            if symbol in prices and symbol not in marks:
                 marks[symbol] = _price(prices[symbol])
-        long_value = sum(
-            (h.quantity * marks[s] for s, h in self.holdings.items() if h.quantity > 0), ZERO
-        )
-        short_value = sum(
-            (-h.quantity * marks[s] for s, h in self.holdings.items() if h.quantity < 0), ZERO
-        )
         return AccountSnapshot(
             cash=self.cash,
             equity=self.cash + long_value - short_value,
-            positions={s: h.quantity for s, h in self.holdings.items() if h.quantity},
+            positions=positions,
             prices=marks,
             long_value=long_value,
             short_value=short_value,

@@ -82,9 +82,11 @@ def register_storages() -> dict[str, Callable[[Path], SQLiteStore]]:
 
 def _ts(value: datetime) -> str:
     """An aware datetime as ISO-8601 UTC text with microseconds (sorts as text)."""
-    if value.tzinfo is None:
-        raise ValueError(f"timestamps must be timezone-aware, got {value!r}")
-    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise ValueError(f"timestamps must be timezone-aware, got {value!r}")
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def _parse_ts(text: str) -> datetime:
@@ -144,6 +146,9 @@ _FILL_COLUMNS = (
     "id, run_id, client_order_id, strategy, strategy_sha256, signer, symbol, side, quantity, "
     "price, commission, ts"
 )
+_ORDER_INSERT_SQL = f"INSERT INTO orders ({_ORDER_COLUMNS}, updated) VALUES ({', '.join('?' * 18)})"  # noqa: S608
+_FILL_INSERT_SQL = f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES (NULL, {', '.join('?' * 11)})"  # noqa: S608
+_ORDER_STATUS_AT = 14  # index of status (then reason, filled) in a buffered order row
 
 
 def _trades_digest(conn: sqlite3.Connection, run_id: str) -> str:
@@ -157,10 +162,9 @@ def _trades_digest(conn: sqlite3.Connection, run_id: str) -> str:
         rows = conn.execute(
             f"SELECT {columns} FROM {table} WHERE run_id = ? ORDER BY {key}",  # noqa: S608
             (run_id,),
-        )
-        for row in rows:
-            digest.update(json.dumps(row, separators=(",", ":")).encode())
-            digest.update(b"\n")
+        ).fetchall()
+        # One JSON array per table: [[column, ...], ...] in key order.
+        digest.update(json.dumps(rows, separators=(",", ":")).encode())
     return digest.hexdigest()
 
 
@@ -382,6 +386,14 @@ class SQLiteStore:
         self._closed = False
         self._batching = False  # group commits during a backtest
         self._batched = 0
+        # Write-behind during a backtest: the batch's order and fill rows, kept
+        # here and inserted with executemany when the batch commits (or before
+        # anything reads).  Until then they are as (un)durable as the open
+        # batch transaction they would otherwise sit in.
+        self._batch_run: str | None = None
+        self._pending_orders: dict[str, list[Any]] = {}
+        self._pending_fills: list[tuple[Any, ...]] = []
+        self._batch_ids: set[str] = set()  # every order id the batched run has recorded
 
     # ----------------------------------------------------------------- opening
 
@@ -496,20 +508,46 @@ class SQLiteStore:
             self._flush()
 
     def _flush(self) -> None:
-        """Commit the open batch, if any."""
+        """Commit the open batch, if any, with the order and fill rows it holds."""
+        self._write_pending()
         if self._conn.in_transaction:
             self._conn.execute("COMMIT")
         self._batched = 0
 
+    def _write_pending(self) -> None:
+        """Insert the buffered order and fill rows into the batch transaction."""
+        if not (self._pending_orders or self._pending_fills):
+            return
+        conn = self._conn
+        if not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
+        updated = _now()
+        conn.executemany(
+            _ORDER_INSERT_SQL, [(*row, updated) for row in self._pending_orders.values()]
+        )
+        conn.executemany(_FILL_INSERT_SQL, self._pending_fills)
+        self._pending_orders.clear()
+        self._pending_fills.clear()
+
     def _end_batch(self) -> None:
         with self._lock:
             self._batching = False
+            self._batch_run = None
             self._flush()
+            self._batch_ids.clear()
+
+    def _buffered(self) -> bool:
+        """Count one write-behind row towards the batch; commit the batch when it is full."""
+        self._batched += 1
+        if self._batched >= BATCH_WRITES:
+            self._flush()
+        return True
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One consistent snapshot for several SELECTs."""
         with self._lock:
+            self._write_pending()
             if self._conn.in_transaction:  # inside a batch: reads see its writes
                 yield self._conn
                 return
@@ -680,6 +718,7 @@ class SQLiteStore:
             )
         # The run row is committed; a backtest's own writes are group-committed.
         self._batching = run.kind == "backtest"
+        self._batch_run = run.run_id if self._batching else None
 
     def finish_run(self, run_id: str, status: str, error: str | None) -> None:
         """Close the run; everything stored for it is on disk when this returns."""
@@ -723,39 +762,54 @@ class SQLiteStore:
     # ----------------------------------------------------------------- orders and fills
 
     def record_order(self, run_id: str, order: Order, status: str, reason: str | None) -> None:
-        """Store a new order; committed (the client order id is durable) on return."""
+        """Store a new order before it is submitted.
+
+        Paper and live: committed (the client order id is durable) and audited
+        on return.  A backtest: part of the open batch, audited by the run's
+        trades digest.
+        """
         _check_order_status(status)
-        now = _now()
         intent = order.intent
-        row = {
-            "client_order_id": order.client_order_id,
-            "run_id": run_id,
-            "strategy": order.strategy,
-            "strategy_sha256": order.strategy_sha256,
-            "signer": order.signer,
-            "symbol": intent.symbol,
-            "side": intent.side.value,
-            "quantity": _num(intent.quantity),
-            "type": intent.type.value,
-            "limit_price": _dec(intent.limit_price),
-            "stop_price": _dec(intent.stop_price),
-            "tag": intent.tag,
-            "created": _ts(order.created),
-            "liquidation": int(order.liquidation),
-            "status": status,
-            "reason": reason,
-            "filled": "0",
-            "updated": now,
-        }
+        values = [
+            order.client_order_id,
+            run_id,
+            order.strategy,
+            order.strategy_sha256,
+            order.signer,
+            intent.symbol,
+            intent.side.value,
+            _num(intent.quantity),
+            intent.type.value,
+            _dec(intent.limit_price),
+            _dec(intent.stop_price),
+            intent.tag,
+            _ts(order.created),
+            int(order.liquidation),
+            status,
+            reason,
+            "0",
+        ]
+        with self._lock:
+            if run_id == self._batch_run:
+                # An id this run already used is refused here; one that another
+                # run used fails the batch's INSERT (the primary key), which
+                # fails this run: ids embed their run's unique id, so only a
+                # broken caller gets there.
+                cid = order.client_order_id
+                if cid in self._batch_ids:
+                    raise _duplicate_order(cid)
+                self._batch_ids.add(cid)
+                self._pending_orders[cid] = values
+                self._buffered()
+                return
+        row = dict(zip(_ORDER_COLUMNS.split(", "), values, strict=True))
+        row["updated"] = _now()
         with self._write() as conn:
             try:
                 _insert(conn, "orders", row)
             except sqlite3.IntegrityError as exc:
                 if "UNIQUE" in str(exc):
-                    raise ValueError(
-                        f"client order id {order.client_order_id!r} is already stored; "
-                        "an order id is never reused"
-                    ) from None
+                    raise _duplicate_order(order.client_order_id) from None
                 raise ValueError(f"no run {run_id!r} in {self.location}") from None
             payload = {k: v for k, v in row.items() if k not in ("filled", "updated")}
             payload["liquidation"] = order.liquidation
@@ -772,6 +826,12 @@ class SQLiteStore:
     ) -> None:
         """Change an order's status; a final status (filled, rejected, cancelled) is audited."""
         _check_order_status(status)
+        with self._lock:
+            row = self._pending_orders.get(client_order_id)
+            if row is not None and row[1] == run_id:
+                row[_ORDER_STATUS_AT : _ORDER_STATUS_AT + 3] = [status, reason, _num(filled)]
+                self._buffered()
+                return
         with self._write() as conn:
             updated = conn.execute(
                 "UPDATE orders SET status = ?, reason = ?, filled = ?, updated = ? "
@@ -798,40 +858,49 @@ class SQLiteStore:
             raise ValueError(
                 f"fill for order {fill.order_id!r} recorded against order {order.client_order_id!r}"
             )
-        row: dict[str, Any] = {
-            "run_id": run_id,
-            "client_order_id": order.client_order_id,
-            "strategy": order.strategy,
-            "strategy_sha256": order.strategy_sha256,
-            "signer": order.signer,
-            "symbol": fill.symbol,
-            "side": fill.side.value,
-            "quantity": _num(fill.quantity),
-            "price": _num(fill.price),
-            "commission": _num(fill.commission),
-            "ts": _ts(fill.ts),
-        }
-        with self._write() as conn:
-            cursor = conn.execute(
-                "SELECT run_id FROM orders WHERE client_order_id = ?", (order.client_order_id,)
-            ).fetchone()
-            if cursor is None or cursor[0] != run_id:
-                raise ValueError(f"run {run_id!r} has no order {order.client_order_id!r}")
-            fill_id = _insert(conn, "fills", row)
+        values = (
+            run_id,
+            order.client_order_id,
+            order.strategy,
+            order.strategy_sha256,
+            order.signer,
+            fill.symbol,
+            fill.side.value,
+            _num(fill.quantity),
+            _num(fill.price),
+            _num(fill.commission),
+            _ts(fill.ts),
+        )
+        cid = order.client_order_id
+        with self._lock:
+            if run_id == self._batch_run:
+                if cid not in self._batch_ids:
+                    raise ValueError(f"run {run_id!r} has no order {cid!r}")
+                self._pending_fills.append(values)
+                self._buffered()
+                return
+        row = dict(zip(_FILL_COLUMNS.split(", ")[1:], values, strict=True))
+        with self._write():
+            if self._order_run(cid) != run_id:
+                raise ValueError(f"run {run_id!r} has no order {cid!r}")
+            fill_id = _insert(self._conn, "fills", row)
             if not self._batching:
                 self._append_audit("fill", {"fill_id": fill_id, **row})
+
+    def _order_run(self, client_order_id: str) -> str | None:
+        found = self._conn.execute(
+            "SELECT run_id FROM orders WHERE client_order_id = ?", (client_order_id,)
+        ).fetchone()
+        return None if found is None else str(found[0])
 
     # ----------------------------------------------------------------- results
 
     def record_equity(self, run_id: str, strategy: str, points: Sequence[EquityPoint]) -> None:
         """Append equity points (already down-sampled by the engine)."""
-        with self._write():
-            self._db.table("equity").insert_all(
-                (
-                    {"run_id": run_id, "strategy": strategy, "ts": _ts(ts), "equity": float(value)}
-                    for ts, value in points
-                ),
-                batch_size=500,
+        rows = [(run_id, strategy, _ts(ts), float(value)) for ts, value in points]
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO equity (run_id, strategy, ts, equity) VALUES (?, ?, ?, ?)", rows
             )
 
     def record_positions(self, run_id: str, strategy: str, positions: Sequence[Position]) -> None:
@@ -1032,6 +1101,12 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.location!r})"
+
+
+def _duplicate_order(client_order_id: str) -> ValueError:
+    return ValueError(
+        f"client order id {client_order_id!r} is already stored; an order id is never reused"
+    )
 
 
 def _check_order_status(status: str) -> None:

@@ -391,16 +391,22 @@ def on_bar(ctx, bar):
 def test_client_order_id_is_stored_before_submission(
     ws: WS, h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """When the broker receives an order, its row (client order id, pending) already exists."""
+    """When the broker receives an order, the store already holds its row (id, pending).
+
+    A backtest's rows are written behind in batches, so this reads through the
+    store (which includes rows not yet inserted), not around it.
+    """
     seen: list[tuple[Any, ...]] = []
     real_submit = SimBroker.submit
 
     def spy(self: SimBroker, order: Any, account: Any) -> Any:
-        seen.append(
-            h.store._conn.execute(
-                "SELECT status FROM orders WHERE client_order_id = ?", (order.client_order_id,)
-            ).fetchone()
-        )
+        with h.store._read() as conn:
+            seen.append(
+                conn.execute(
+                    "SELECT status FROM orders WHERE client_order_id = ?",
+                    (order.client_order_id,),
+                ).fetchone()
+            )
         return real_submit(self, order, account)
 
     monkeypatch.setattr(SimBroker, "submit", spy)
