@@ -83,7 +83,11 @@ class OrderStatus(enum.StrEnum):
 
 @attrs.frozen(slots=True)
 class Bar:
-    """One OHLCV bar for one symbol; ``ts`` is the bar's close time (UTC-aware)."""
+    """One OHLCV bar for one symbol; ``ts`` is the bar's close time (UTC-aware).
+
+    ``volume`` is ``None`` when the data does not report it (a CSV file without
+    a volume column); the ``sim`` broker then does not limit fills by volume.
+    """
 
     symbol: str = attrs.field(validator=attrs.validators.min_len(1))
     ts: datetime = attrs.field(validator=_aware)
@@ -91,12 +95,12 @@ class Bar:
     high: float = attrs.field(validator=_finite_positive)
     low: float = attrs.field(validator=_finite_positive)
     close: float = attrs.field(validator=_finite_positive)
-    volume: float = 0.0
+    volume: float | None = None
 
     def __attrs_post_init__(self) -> None:
         if not (self.low <= min(self.open, self.close) and max(self.open, self.close) <= self.high):
             raise ValueError(f"bar {self.symbol} {self.ts}: high/low do not bracket open/close")
-        if not (math.isfinite(self.volume) and self.volume >= 0):
+        if self.volume is not None and not (math.isfinite(self.volume) and self.volume >= 0):
             raise ValueError(f"bar {self.symbol} {self.ts}: volume must be >= 0")
 
 

@@ -21,7 +21,9 @@ their order is free; unknown columns are ignored.
   is taken as UTC.  Every timestamp is converted to UTC.
 * ``open``, ``high``, ``low``, ``close``: finite numbers > 0, with
   ``low <= min(open, close)`` and ``max(open, close) <= high``.
-* ``volume`` (optional; 0 when the column is absent): a finite number >= 0.
+* ``volume`` (optional): a finite number >= 0.  Without the column, bars carry
+  no volume and the ``sim`` broker fills without a volume limit (a file that
+  has the column but a 0 means nothing traded: orders wait).
 * ``symbol`` (optional): see above.
 
 Rows of one symbol must be in strictly increasing time order.  Everything is
@@ -246,7 +248,7 @@ def _parse(file: Path, reader: Iterator[list[str]]) -> dict[str, tuple[list[Bar]
         high = _price(where, "high", row[h_col])
         low = _price(where, "low", row[l_col])
         close = _price(where, "close", row[c_col])
-        volume = 0.0 if v_col is None else _volume(where, row[v_col])
+        volume = None if v_col is None else _volume(where, row[v_col])
         if high < max(open_, close):
             which = "open" if open_ >= close else "close"
             raise FormatError(

@@ -8,7 +8,8 @@
 * Commission models: ``per-share:RATE[:MIN]`` (e.g. IBKR-like 0.005 per share,
   minimum 1.00, capped at 1% of notional), ``bps:RATE`` of notional, or ``none``.
 * Partial fills: at most ``participation`` x the bar's volume fills per bar;
-  the rest keeps working.  A bar with no volume fills nothing.
+  the rest keeps working.  A bar with volume 0 fills nothing; a bar whose
+  data reports no volume (``None``) is not limited.
 * Leverage: long exposure up to ``long_leverage`` x equity (default 1.5),
   short exposure up to ``short_leverage`` x equity (default 2); an order that
   would exceed it is rejected with the numbers.
@@ -165,23 +166,55 @@ class SimBroker:
 
     def submit(self, order: Order, account: AccountSnapshot) -> str | None:
         if not order.liquidation:
-            reason = self._check_buying_power(order.intent, account)
+            reason = self._check_buying_power(order, account)
             if reason:
                 return reason
         self._working.setdefault(order.symbol, []).append(_Working(order, order.quantity))
         self._symbols = frozenset(self._working)
         return None
 
-    def _check_buying_power(self, intent: OrderIntent, account: AccountSnapshot) -> str | None:
+    def _committed(self, strategy: str) -> dict[str, Decimal]:
+        """Signed quantities the strategy's working orders still ask for, by symbol."""
+        pending: dict[str, Decimal] = {}
+        for symbol, orders in self._working.items():
+            for working in orders:
+                order = working.order
+                if order.strategy == strategy and not order.liquidation:
+                    signed = working.remaining if order.side is Side.BUY else -working.remaining
+                    pending[symbol] = pending.get(symbol, ZERO) + signed
+        return pending
+
+    def _check_buying_power(self, order: Order, account: AccountSnapshot) -> str | None:
+        """Would the position after this order *and the strategy's working orders* fit?"""
+        intent = order.intent
         price = intent.limit_price or intent.stop_price or account.prices.get(intent.symbol)
         if price is None:
             return f"no price seen yet for {intent.symbol}; cannot check buying power"
-        held = account.positions.get(intent.symbol, ZERO)
+        pending = self._committed(order.strategy)
+        if pending:
+            positions = dict(account.positions)
+            marks = dict(account.prices)
+            for symbol, quantity in pending.items():
+                positions[symbol] = positions.get(symbol, ZERO) + quantity
+                if symbol not in marks:  # only limit or stop orders work without a price
+                    working = self._working[symbol][0].order.intent
+                    marks[symbol] = working.limit_price or working.stop_price or ZERO
+            marks.setdefault(intent.symbol, price)
+            base_long = sum((q * marks[s] for s, q in positions.items() if q > 0), ZERO)
+            base_short = sum((-q * marks[s] for s, q in positions.items() if q < 0), ZERO)
+            mark = marks[intent.symbol]
+            what = " (with working orders)"
+        else:
+            positions = dict(account.positions)
+            base_long, base_short = account.long_value, account.short_value
+            mark = account.prices.get(intent.symbol, price)
+            what = ""
+        held = positions.get(intent.symbol, ZERO)
         signed = intent.quantity if intent.side is Side.BUY else -intent.quantity
         after = held + signed
-        old_value = abs(held) * account.prices.get(intent.symbol, price)
-        long_value = account.long_value - (old_value if held > 0 else ZERO)
-        short_value = account.short_value - (old_value if held < 0 else ZERO)
+        old_value = abs(held) * mark
+        long_value = base_long - (old_value if held > 0 else ZERO)
+        short_value = base_short - (old_value if held < 0 else ZERO)
         if after > 0:
             long_value += after * price
         elif after < 0:
@@ -196,12 +229,12 @@ class SimBroker:
         short_limit = equity * Decimal(repr(self.options.short_leverage))
         if long_value > long_limit:
             return (
-                f"insufficient buying power: long exposure {long_value:,.2f} would exceed "
+                f"insufficient buying power: long exposure{what} {long_value:,.2f} would exceed "
                 f"{self.options.long_leverage}x equity ({long_limit:,.2f})"
             )
         if short_value > short_limit:
             return (
-                f"insufficient margin: short exposure {short_value:,.2f} would exceed "
+                f"insufficient margin: short exposure{what} {short_value:,.2f} would exceed "
                 f"{self.options.short_leverage}x equity ({short_limit:,.2f})"
             )
         return None
@@ -259,23 +292,28 @@ class SimBroker:
         if not orders:
             return ()
         fills: list[Fill] = []
-        capacity = (Decimal(repr(bar.volume)) * self._participation).to_integral_value(ROUND_FLOOR)
+        capacity = (
+            None  # the data does not report volume: no participation limit
+            if bar.volume is None
+            else (Decimal(repr(bar.volume)) * self._participation).to_integral_value(ROUND_FLOOR)
+        )
         keep: list[_Working] = []
         for working in orders:
             if working.order.created >= bar.ts:  # asked for on this bar or later: not yet
                 keep.append(working)
                 continue
             price = self._fill_price(working, bar)
-            if price is None or capacity <= 0:
+            if price is None or (capacity is not None and capacity <= 0):
                 keep.append(working)
                 continue
-            quantity = min(working.remaining, capacity)
+            quantity = working.remaining if capacity is None else min(working.remaining, capacity)
             if quantity != working.remaining:
                 quantity = quantity.quantize(Decimal(1), rounding=ROUND_DOWN)
                 if quantity <= 0:
                     keep.append(working)
                     continue
-            capacity -= quantity
+            if capacity is not None:
+                capacity -= quantity
             fills.append(
                 Fill(
                     order_id=working.order.client_order_id,

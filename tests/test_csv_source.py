@@ -102,7 +102,8 @@ def test_single_file_symbol_is_the_upper_cased_stem(tmp_path: Path) -> None:
 
 def test_symbol_column_and_flexible_header(tmp_path: Path) -> None:
     """A `symbol` column names each row's symbol; headers are case-insensitive and in any order;
-    volume is optional; datetimes keep their offset (converted to UTC), naive ones are UTC."""
+    volume is optional (None when absent); datetimes keep their offset (converted to UTC),
+    naive ones are UTC."""
     path = _write(
         tmp_path / "mixed.csv",
         "Close,SYMBOL,Timestamp,Low,High,Open\n"
@@ -113,9 +114,9 @@ def test_symbol_column_and_flexible_header(tmp_path: Path) -> None:
     source = CsvSource.open(str(path))
     assert source.symbols() == ("AAA", "BBB")
     assert list(source.bars()) == [
-        Bar("AAA", datetime(2021, 3, 4, 14, 30, tzinfo=UTC), 1.5, 2.0, 1.0, 2.0, 0.0),
-        Bar("BBB", datetime(2021, 3, 4, 14, 30, tzinfo=UTC), 2.5, 3.0, 2.0, 3.0, 0.0),
-        Bar("AAA", datetime(2021, 3, 4, 14, 31, tzinfo=UTC), 2.0, 3.0, 2.0, 2.5, 0.0),
+        Bar("AAA", datetime(2021, 3, 4, 14, 30, tzinfo=UTC), 1.5, 2.0, 1.0, 2.0, None),
+        Bar("BBB", datetime(2021, 3, 4, 14, 30, tzinfo=UTC), 2.5, 3.0, 2.0, 3.0, None),
+        Bar("AAA", datetime(2021, 3, 4, 14, 31, tzinfo=UTC), 2.0, 3.0, 2.0, 2.5, None),
     ]
     assert all(bar.ts.tzinfo is UTC for bar in source.bars())
 

@@ -746,6 +746,14 @@ def test_capacity_is_the_exact_product_of_participation_and_volume() -> None:
     assert fill_one(broker, bar(1, 100.0, volume=100)).quantity == 29
 
 
+def test_bar_without_reported_volume_is_not_volume_limited() -> None:
+    """A bar whose data reports no volume (``None``, a CSV file without the column) fills
+    the whole order at once, whatever the participation."""
+    broker = working("commission=none,slippage=0,participation=0.01", order("buy", 100_000))
+    assert fill_one(broker, bar(1, 100.0, volume=None)).quantity == 100_000  # type: ignore[arg-type]
+    assert broker.working_symbols() == frozenset()
+
+
 # --------------------------------------------------------------------------- buying power
 
 
@@ -772,27 +780,31 @@ def test_long_exposure_beyond_the_limit_is_rejected_with_the_numbers() -> None:
 
 def test_existing_long_exposure_counts_against_the_limit() -> None:
     """Long positions already held in other symbols count towards the long limit."""
-    broker = SimBroker.open(FREE)
     held = account(100_000, positions={"Y": 1000}, prices={"X": 100, "Y": 100})
-    assert broker.submit(order("buy", 500), held) is None  # 100k + 50k = 150k
-    reason = broker.submit(order("buy", 600), held)  # 100k + 60k = 160k
+    assert SimBroker.open(FREE).submit(order("buy", 500), held) is None  # 100k + 50k = 150k
+    reason = SimBroker.open(FREE).submit(order("buy", 600), held)  # 100k + 60k = 160k
     assert reason is not None and "160,000.00" in reason
 
 
 def test_adding_to_a_long_position_counts_the_whole_position() -> None:
     """Buying more of a held symbol is checked on the whole resulting position."""
-    broker = SimBroker.open(FREE)
     held = account(100_000, positions={"X": 1000})
-    assert broker.submit(order("buy", 500), held) is None
-    reason = broker.submit(order("buy", 501), held)
+    assert SimBroker.open(FREE).submit(order("buy", 500), held) is None
+    reason = SimBroker.open(FREE).submit(order("buy", 501), held)
     assert reason is not None and "150,100.00" in reason
 
 
 def test_long_leverage_option_sets_the_limit() -> None:
     """``long_leverage`` changes the long limit (1x equity here)."""
-    broker = SimBroker.open("commission=none,slippage=0,long_leverage=1")
-    assert broker.submit(order("buy", 1000), account(100_000)) is None
-    reason = broker.submit(order("buy", 1001), account(100_000))
+    assert (
+        SimBroker.open("commission=none,slippage=0,long_leverage=1").submit(
+            order("buy", 1000), account(100_000)
+        )
+        is None
+    )
+    reason = SimBroker.open("commission=none,slippage=0,long_leverage=1").submit(
+        order("buy", 1001), account(100_000)
+    )
     assert reason is not None and "100,100.00" in reason and "100,000.00" in reason
 
 
@@ -817,19 +829,24 @@ def test_short_exposure_beyond_the_limit_is_rejected_with_the_numbers() -> None:
 
 def test_short_leverage_option_sets_the_limit() -> None:
     """``short_leverage`` changes the short limit (0.5x equity here)."""
-    broker = SimBroker.open("commission=none,slippage=0,short_leverage=0.5")
-    assert broker.submit(order("sell", 500), account(100_000)) is None
-    reason = broker.submit(order("sell", 501), account(100_000))
+    assert (
+        SimBroker.open("commission=none,slippage=0,short_leverage=0.5").submit(
+            order("sell", 500), account(100_000)
+        )
+        is None
+    )
+    reason = SimBroker.open("commission=none,slippage=0,short_leverage=0.5").submit(
+        order("sell", 501), account(100_000)
+    )
     assert reason is not None and "50,100.00" in reason and "50,000.00" in reason
 
 
 def test_flipping_from_long_to_short_is_checked_as_new_short_exposure() -> None:
     """Selling through a long position into a short is new exposure: the resulting short
     must fit the short limit (the old long no longer counts)."""
-    broker = SimBroker.open(FREE)
     held = account(10_000, positions={"X": 100})  # long 10k, equity 10k
-    assert broker.submit(order("sell", 300), held) is None  # short 20k = 2x
-    reason = broker.submit(order("sell", 301), held)  # short 20.1k
+    assert SimBroker.open(FREE).submit(order("sell", 300), held) is None  # short 20k = 2x
+    reason = SimBroker.open(FREE).submit(order("sell", 301), held)  # short 20.1k
     assert reason is not None and "20,100.00" in reason and "20,000.00" in reason
 
 
@@ -895,11 +912,15 @@ def test_market_order_without_a_known_price_is_rejected_with_a_reason() -> None:
 def test_limit_and_stop_orders_are_valued_at_their_own_price() -> None:
     """Limit and stop orders are checked at their limit or stop price, so they need no
     price seen yet and a high limit counts at that price."""
-    broker = SimBroker.open(FREE)
     no_prices = account(100_000, prices={})
-    assert broker.submit(order("buy", 1000, type="limit", limit="150"), no_prices) is None
-    assert broker.submit(order("buy", 1000, type="stop", stop="150"), no_prices) is None
-    reason = broker.submit(order("buy", 1000, type="limit", limit="151"), no_prices)
+    assert (
+        SimBroker.open(FREE).submit(order("buy", 1000, type="limit", limit="150"), no_prices)
+        is None
+    )
+    assert (
+        SimBroker.open(FREE).submit(order("buy", 1000, type="stop", stop="150"), no_prices) is None
+    )
+    reason = SimBroker.open(FREE).submit(order("buy", 1000, type="limit", limit="151"), no_prices)
     assert reason is not None and "151,000.00" in reason
 
 
@@ -1127,3 +1148,70 @@ def test_market_fills_never_overfill_look_ahead_or_beat_the_open(
     unfinished = {cid for cid, o in orders.items() if filled[cid] < o.quantity}
     assert broker.working_symbols() == {orders[cid].symbol for cid in unfinished}
     assert {o.client_order_id for o in broker.cancel_all("end")} == unfinished
+
+
+# --------------------------------------------------------------------------- working orders
+
+
+def test_working_orders_count_against_the_long_limit() -> None:
+    """Orders still working for the same strategy count as exposure: two buys that each fit
+    1.5x equity but not together are not both accepted, and the reason says why."""
+    broker = SimBroker.open(FREE)
+    assert broker.submit(order("buy", 1000), account(100_000)) is None  # 100k of 150k
+    reason = broker.submit(order("buy", 501), account(100_000))  # 150.1k with the first
+    assert reason is not None
+    assert "with working orders" in reason and "150,100.00" in reason
+    assert broker.submit(order("buy", 500), account(100_000)) is None  # exactly 150k
+
+
+def test_working_orders_count_against_the_short_limit() -> None:
+    """Working sells add to short exposure the same way."""
+    broker = SimBroker.open(FREE)
+    assert broker.submit(order("sell", 1500), account(100_000)) is None
+    reason = broker.submit(order("sell", 501), account(100_000))
+    assert reason is not None and "short" in reason and "200,100.00" in reason
+
+
+def test_working_orders_of_other_strategies_do_not_count() -> None:
+    """Each strategy has its own portfolio: another strategy's working orders are not its
+    exposure."""
+    broker = SimBroker.open(FREE)
+    assert broker.submit(order("buy", 1500, strategy="a.py"), account(100_000)) is None
+    assert broker.submit(order("buy", 1500, strategy="b.py"), account(100_000)) is None
+
+
+def test_an_order_that_offsets_a_working_order_is_a_reduction() -> None:
+    """A sell against a working buy reduces the committed position, so it is accepted even
+    when the account is over its limit."""
+    broker = SimBroker.open(FREE)
+    over = account(10_000, positions={"X": 150})  # 15k long of 15k allowed
+    assert broker.submit(order("sell", 50), over) is None  # committed 100
+    assert broker.submit(order("sell", 100), over) is None  # committed 0
+    assert SimBroker.open(FREE).submit(order("buy", 1), over) is not None  # nothing offsets
+
+
+def test_working_limit_order_in_an_unpriced_symbol_is_valued_at_its_limit() -> None:
+    """A working limit order in a symbol without a price yet counts at its limit price."""
+    broker = SimBroker.open(FREE)
+    no_y = account(100_000, prices={"X": 100})
+    assert broker.submit(order("buy", 1000, symbol="Y", type="limit", limit="100"), no_y) is None
+    reason = broker.submit(order("buy", 501), no_y)
+    assert reason is not None and "150,100.00" in reason
+
+
+def test_partly_filled_orders_count_only_what_remains() -> None:
+    """After a partial fill only the unfilled remainder of a working order is counted (the
+    filled part is in the position the next snapshot carries)."""
+    broker = working("commission=none,slippage=0,participation=0.5", order("buy", 1000))
+    assert fill_one(broker, bar(1, 100.0, volume=1000)).quantity == 500  # 500 remain
+    after = account(100_000, positions={"X": 500})
+    assert broker.submit(order("buy", 500), after) is None  # 500 + 500 + 500 = 150k
+    assert broker.submit(order("buy", 1), after) is not None
+
+
+def test_liquidation_orders_are_not_limited_and_not_counted() -> None:
+    """Margin-call liquidations skip the buying-power check and are not counted as the
+    strategy's committed exposure."""
+    broker = SimBroker.open(FREE)
+    assert broker.submit(order("sell", 5000, liquidation=True), account(100)) is None
+    assert broker.submit(order("buy", 1500), account(100_000)) is None
