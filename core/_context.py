@@ -265,6 +265,7 @@ class StrategyRunner:
         return None
 
     def fill(self, fill: Fill, snapshot: AccountSnapshot) -> list[OrderIntent]:
+        self.ctx.now = fill.ts
         self.ctx._apply_snapshot(snapshot)
         if self._on_fill is not None:
             try:
@@ -281,10 +282,11 @@ class StrategyRunner:
                 raise self._fail("on_reject", exc) from exc
         return self._collect()
 
-    def stop(self) -> None:
+    def stop(self) -> list[OrderIntent]:
+        """Call ``on_stop``; returns the orders it asked for, which are not executed."""
         if self._on_stop is not None:
             try:
                 self._on_stop(self.ctx)
             except _CONTAINED as exc:
                 raise self._fail("on_stop", exc) from exc
-        self.ctx._drain()  # orders asked for in on_stop are not executed
+        return self._collect()

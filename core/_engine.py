@@ -299,8 +299,17 @@ class Engine:
                 f"quantity {intent.quantity} exceeds the {self.config.environment} limit "
                 f"of {limits.max_order_quantity}"
             )
-        if limits.max_order_notional is not None and intent.symbol in self._last:
-            notional = intent.quantity * Decimal(repr(self._last[intent.symbol]))
+        if limits.max_order_notional is not None:
+            last = self._last.get(intent.symbol)
+            price = (
+                Decimal(repr(last)) if last is not None else intent.limit_price or intent.stop_price
+            )
+            if price is None:
+                return (
+                    f"no price seen yet for {intent.symbol}; cannot check the "
+                    f"{self.config.environment} notional limit"
+                )
+            notional = intent.quantity * price
             if notional > limits.max_order_notional:
                 return (
                     f"notional {notional:,.2f} exceeds the {self.config.environment} limit "
@@ -461,9 +470,17 @@ class Engine:
         for slot in self.slots:
             if slot.quarantined is None:
                 try:
-                    slot.runner.stop()
+                    ignored = slot.runner.stop()
                 except StrategyError as exc:
                     self._quarantine(slot, exc)
+                else:
+                    for intent in ignored:
+                        self._log.warning(
+                            "order_ignored",
+                            strategy=slot.info.name,
+                            symbol=intent.symbol,
+                            reason="orders asked for in on_stop are not executed",
+                        )
             if slot.runner.logs:
                 self._flush_logs(slot)
 

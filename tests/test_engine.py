@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from bastion import Kernel, Strategy, hookimpl
 from bastion._context import StrategyRunner
@@ -412,3 +413,88 @@ def test_client_order_id_is_stored_before_submission(
     monkeypatch.setattr(SimBroker, "submit", spy)
     h.run([admit(ws, "buy4.py", BUY_FIRST)], [bar("AAA", d, 100.0) for d in range(3)])
     assert seen == [("pending",)]
+
+
+def test_notional_limit_uses_the_last_price_or_the_orders_own(ws: WS, h: Harness) -> None:
+    """The notional limit values a market order at the last price seen, a limit order in a
+    symbol with no price yet at its limit, and refuses a market order it cannot value."""
+    s = admit(
+        ws,
+        "notional.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if bar.symbol == "AAA" and not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order("AAA", 11)              # 11 x 100 = 1,100 > 1,000
+        ctx.order("AAA", 10)              # 1,000: allowed
+        ctx.order("BBB", 5, limit=300)    # no BBB price yet: 5 x 300 = 1,500 > 1,000
+        ctx.order("BBB", 1)               # no BBB price yet, market: cannot be valued
+""",
+    )
+    bars = [bar("AAA", 0, 100.0), bar("BBB", 1, 50.0), bar("AAA", 1, 100.0)]
+    h.run([s], bars, limits=OrderLimits(max_order_notional=Decimal(1000)))
+    rows = h.rows("SELECT symbol, quantity, status, reason FROM orders ORDER BY client_order_id")
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("AAA", "11", "rejected"),
+        ("AAA", "10", "filled"),
+        ("BBB", "5", "rejected"),
+        ("BBB", "1", "rejected"),
+    ]
+    assert "notional 1,100.00 exceeds the development limit of 1,000.00" in rows[0][3]
+    assert "notional 1,500.00 exceeds" in rows[2][3]
+    assert "no price seen yet for BBB" in rows[3][3] and "notional limit" in rows[3][3]
+
+
+def test_ctx_now_is_the_fill_time_in_on_fill(ws: WS, h: Harness) -> None:
+    """While on_fill runs, ctx.now is the fill's time (the bar it filled on), not the time of
+    the bar that placed the order."""
+    s = admit(
+        ws,
+        "now.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order(bar.symbol, 1)
+
+@strategy.hook
+def on_fill(ctx, fill):
+    assert ctx.now == fill.ts, (ctx.now, fill.ts)
+    ctx.state["filled_at"] = ctx.now
+""",
+    )
+    result = h.run([s], [bar("AAA", d, 100.0) for d in range(3)])
+    assert result.strategies[0].quarantined is None
+    assert h.engine.slots[0].runner.ctx.state["filled_at"] == T0 + timedelta(days=1)
+
+
+def test_on_stop_logs_are_kept_and_its_orders_are_reported_not_executed(ws: WS, h: Harness) -> None:
+    """What on_stop logs reaches the log; an order it asks for is not executed and a warning
+    says so, naming the strategy and the symbol."""
+    s = admit(
+        ws,
+        "stop.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_stop(ctx):
+    ctx.log.info("goodbye", bars="all")
+    ctx.order("AAA", 1)
+""",
+    )
+    with structlog.testing.capture_logs() as logs:
+        result = h.run([s], [bar("AAA", d, 100.0) for d in range(2)])
+    assert result.strategies[0].orders == 0
+    assert h.rows("SELECT count(*) FROM orders") == [(0,)]
+    goodbye = [e for e in logs if e["event"] == "goodbye"]
+    assert goodbye and goodbye[0]["strategy"] == "stop.py" and goodbye[0]["bars"] == "all"
+    ignored = [e for e in logs if e["event"] == "order_ignored"]
+    assert len(ignored) == 1 and ignored[0]["log_level"] == "warning"
+    assert ignored[0]["strategy"] == "stop.py" and ignored[0]["symbol"] == "AAA"
