@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,14 @@ __all__ = ["configure_logging", "get_logger"]
 LOGGER_NAME = "bastion"
 MAX_BYTES = 10 * 1024 * 1024
 BACKUPS = 5
+
+
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """The standard rotating handler, but every log file it opens is created mode 0600."""
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
 
 def configure_logging(logs_dir: Path | None) -> Path | None:
@@ -30,7 +40,7 @@ def configure_logging(logs_dir: Path | None) -> Path | None:
     if logs_dir is not None:
         logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         target = logs_dir / "bastion.jsonl"
-        handler = logging.handlers.RotatingFileHandler(
+        handler = _PrivateRotatingFileHandler(
             target, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
         )
         handler.setFormatter(logging.Formatter("%(message)s"))

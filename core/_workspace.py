@@ -51,5 +51,13 @@ class Workspace:
         return self.home / "bastion.toml"
 
     def ensure_data_dir(self) -> Path:
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return self.data_dir
+        """Create the data folder (and ``.bastion``) owner-only; existing folders are kept as is.
+
+        The store, logs and reports below it name strategies, keys and
+        trades: nobody else on the machine needs to read them.
+        """
+        data_dir = self.data_dir
+        for folder in reversed([data_dir, *data_dir.parents]):
+            if not folder.exists():
+                folder.mkdir(mode=0o700, exist_ok=True)
+        return data_dir
