@@ -77,6 +77,9 @@ class StrategyContext:
     * ``ctx.position(symbol)``, ``ctx.positions``, ``ctx.cash``, ``ctx.equity`` —
       the strategy's own portfolio (as of its last fill, marked at the last
       prices it has seen);
+    * ``ctx.pending(symbol)`` — the signed quantity still working in its
+      orders the broker accepted (so ``position + pending`` is where it is
+      heading; an order asked for in this event is not in it yet);
     * ``ctx.history(symbol, n)`` — up to the last ``n`` bars of ``symbol`` it has
       seen (never anything later than the current bar);
     * ``ctx.order(symbol, quantity, limit=..., stop=..., tag=...)`` — ask for an
@@ -90,6 +93,7 @@ class StrategyContext:
         "_intents",
         "_last",
         "_logs",
+        "_pending",
         "_positions",
         "log",
         "name",
@@ -105,6 +109,7 @@ class StrategyContext:
         self.now: datetime | None = None
         self._cash = ZERO
         self._positions: dict[str, Decimal] = {}
+        self._pending: dict[str, Decimal] = {}
         self._last: dict[str, float] = {}
         self._history: dict[str, deque[Bar]] = {}
         self._intents: list[OrderIntent] = []
@@ -116,6 +121,10 @@ class StrategyContext:
     def position(self, symbol: str) -> Decimal:
         """Signed quantity held in ``symbol`` (0 if none)."""
         return self._positions.get(symbol, ZERO)
+
+    def pending(self, symbol: str) -> Decimal:
+        """Signed quantity of ``symbol`` in working orders (buys > 0, sells < 0; 0 if none)."""
+        return self._pending.get(symbol, ZERO)
 
     @property
     def positions(self) -> Mapping[str, Decimal]:
@@ -235,6 +244,15 @@ class StrategyRunner:
         if logs:
             self.logs.extend(logs)
         return intents
+
+    def working(self, symbol: str, change: Decimal) -> None:
+        """The kernel's note that ``symbol``'s working quantity changed by ``change``."""
+        pending = self.ctx._pending
+        value = pending.get(symbol, ZERO) + change
+        if value:
+            pending[symbol] = value
+        else:
+            pending.pop(symbol, None)
 
     def start(self, snapshot: AccountSnapshot) -> list[OrderIntent]:
         self.ctx._apply_snapshot(snapshot)

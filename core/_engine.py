@@ -269,6 +269,7 @@ class Engine:
                     None,
                     Decimal(0),
                 )
+                slot.runner.working(order.symbol, order.signed_quantity)
                 if self._order_event is not None:
                     self._order_event(order=order, status="accepted", reason=None)
 
@@ -357,6 +358,7 @@ class Engine:
         slot = self._by_name[order.strategy]
         portfolio = slot.portfolio
         portfolio.apply(fill)
+        slot.runner.working(fill.symbol, -fill.signed_quantity)
         slot.fills += 1
         self._resync(slot, fill)
         filled = self._filled[order.client_order_id] + fill.quantity
@@ -419,6 +421,8 @@ class Engine:
             self.store.record_order(self.config.run_id, order, OrderStatus.PENDING, "margin call")
             reason = self.broker.submit(order, snapshot)
             status = OrderStatus.REJECTED if reason else OrderStatus.ACCEPTED
+            if status is OrderStatus.ACCEPTED:
+                slot.runner.working(order.symbol, order.signed_quantity)
             self.store.update_order(
                 self.config.run_id,
                 order.client_order_id,
@@ -429,13 +433,20 @@ class Engine:
 
     def _cancel(self, orders: Sequence[Order], reason: str) -> None:
         for order in orders:
+            filled = self._filled.get(order.client_order_id, Decimal(0))
             self.store.update_order(
                 self.config.run_id,
                 order.client_order_id,
                 OrderStatus.CANCELLED,
                 reason,
-                self._filled.get(order.client_order_id, Decimal(0)),
+                filled,
             )
+            slot = self._by_name.get(order.strategy)
+            if slot is not None:
+                remaining = order.quantity - filled
+                slot.runner.working(
+                    order.symbol, -remaining if order.signed_quantity > 0 else remaining
+                )
             if self._order_event is not None:
                 self._order_event(order=order, status="cancelled", reason=reason)
 

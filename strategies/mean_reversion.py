@@ -2,6 +2,7 @@
 
 Buy ``quantity`` shares when the close is more than ``entry`` standard
 deviations below its ``window``-bar mean; sell when it is back at the mean.
+Orders still working count (``ctx.pending``), so none is sent twice.
 """
 
 import math
@@ -31,7 +32,7 @@ def on_bar(ctx, bar):
     if std == 0:
         return
     z = (bar.close - mean) / std
-    held = ctx.position(bar.symbol)
+    held = ctx.position(bar.symbol) + ctx.pending(bar.symbol)
     if z < -ctx.params["entry"] and held == 0:
         ctx.order(bar.symbol, ctx.params["quantity"], tag="entry")
     elif z >= 0 and held > 0:
@@ -40,5 +41,10 @@ def on_bar(ctx, bar):
 
 @strategy.hook
 def on_fill(ctx, fill):
-    ctx.log.info("filled", symbol=fill.symbol, side=str(fill.side), quantity=str(fill.quantity),
-                 price=str(fill.price))
+    ctx.log.info(
+        "filled",
+        symbol=fill.symbol,
+        side=str(fill.side),
+        quantity=str(fill.quantity),
+        price=str(fill.price),
+    )

@@ -3,6 +3,8 @@
 Hold ``quantity`` shares while the fast simple moving average of closes is
 above the slow one; be flat while it is below.  The averages are kept as
 running sums, so each bar costs the same whatever the window lengths.
+Orders still working count (``ctx.pending``): a partly filled order is
+not doubled on the next bar.
 """
 
 from collections import deque
@@ -51,7 +53,7 @@ def on_bar(ctx, bar):
         ctx.state["averages"][bar.symbol] = averages
     if not averages.push(bar.close):
         return
-    held = ctx.position(bar.symbol)
+    held = ctx.position(bar.symbol) + ctx.pending(bar.symbol)
     if averages.fast_sum * averages.slow > averages.slow_sum * averages.fast:
         if held <= 0:
             ctx.order(bar.symbol, ctx.params["quantity"] - held)

@@ -498,3 +498,63 @@ def on_stop(ctx):
     ignored = [e for e in logs if e["event"] == "order_ignored"]
     assert len(ignored) == 1 and ignored[0]["log_level"] == "warning"
     assert ignored[0]["strategy"] == "stop.py" and ignored[0]["symbol"] == "AAA"
+
+
+def test_ctx_pending_follows_accepted_partly_filled_and_cancelled_orders(
+    ws: WS, h: Harness
+) -> None:
+    """ctx.pending(symbol) is the signed quantity still working: it rises when the broker
+    accepts an order, falls with each partial fill, and a strategy that checks
+    position + pending does not double an order that is only partly filled."""
+    s = admit(
+        ws,
+        "pending.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    seen = ctx.state.setdefault("seen", [])
+    seen.append((str(ctx.position(bar.symbol)), str(ctx.pending(bar.symbol))))
+    if ctx.position(bar.symbol) + ctx.pending(bar.symbol) < 300:
+        ctx.order(bar.symbol, 300 - ctx.position(bar.symbol) - ctx.pending(bar.symbol))
+""",
+    )
+    # participation 0.1 of volume 1,000: at most 100 shares fill per bar.
+    bars = [bar("AAA", d, 100.0, volume=1000) for d in range(5)]
+    result = h.run([s], bars, broker="commission=none,slippage=0,participation=0.1")
+    ctx = h.engine.slots[0].runner.ctx
+    assert ctx.state["seen"] == [
+        ("0", "0"),
+        ("100", "200"),
+        ("200", "100"),
+        ("300", "0"),
+        ("300", "0"),
+    ]
+    assert result.strategies[0].orders == 1
+    assert ctx.pending("AAA") == 0
+
+
+def test_ctx_pending_drops_what_is_cancelled_at_the_end(ws: WS, h: Harness) -> None:
+    """Orders still working when the data ends are cancelled, and pending returns to 0."""
+    s = admit(
+        ws,
+        "never.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order(bar.symbol, -7, limit=1000)   # a sell far above the market: never fills
+
+@strategy.hook
+def on_stop(ctx):
+    ctx.state["at_stop"] = ctx.pending("AAA")
+""",
+    )
+    h.run([s], [bar("AAA", d, 100.0) for d in range(3)])
+    ctx = h.engine.slots[0].runner.ctx
+    assert ctx.state["at_stop"] == 0
+    assert h.rows("SELECT status, reason FROM orders") == [("cancelled", "end of run")]
