@@ -151,8 +151,15 @@ _FILL_INSERT_SQL = f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES (NULL, {', '.joi
 _ORDER_STATUS_AT = 14  # index of status (then reason, filled) in a buffered order row
 
 
-def _trades_digest(conn: sqlite3.Connection, run_id: str) -> str:
-    """SHA-256 over a run's order and fill rows (all columns but wall-clock ``updated``)."""
+TRADES_DIGEST_FORM: Final = 2
+
+
+def _trades_digest(conn: sqlite3.Connection, run_id: str, form: int = TRADES_DIGEST_FORM) -> str:
+    """SHA-256 over a run's order and fill rows (all columns but wall-clock ``updated``).
+
+    Form 2 hashes each table's rows as one JSON array; form 1 (runs stored
+    before it) hashed each row as a JSON line.  ``run_finished`` says which.
+    """
     digest = hashlib.sha256()
     for table, columns, key in (
         ("orders", _ORDER_COLUMNS, "client_order_id"),
@@ -163,8 +170,12 @@ def _trades_digest(conn: sqlite3.Connection, run_id: str) -> str:
             f"SELECT {columns} FROM {table} WHERE run_id = ? ORDER BY {key}",  # noqa: S608
             (run_id,),
         ).fetchall()
-        # One JSON array per table: [[column, ...], ...] in key order.
-        digest.update(json.dumps(rows, separators=(",", ":")).encode())
+        if form == 1:
+            for row in rows:
+                digest.update(json.dumps(row, separators=(",", ":")).encode())
+                digest.update(b"\n")
+        else:  # one JSON array per table: [[column, ...], ...] in key order
+            digest.update(json.dumps(rows, separators=(",", ":")).encode())
     return digest.hexdigest()
 
 
@@ -384,7 +395,7 @@ class SQLiteStore:
         self._in_write = False
         self._synchronous = "NORMAL"
         self._closed = False
-        self._batching = False  # group commits during a backtest
+        self._open_runs: dict[str, str] = {}  # run id -> kind, for runs begun here
         self._batched = 0
         # Write-behind during a backtest: the batch's order and fill rows, kept
         # here and inserted with executemany when the batch commits (or before
@@ -461,20 +472,26 @@ class SQLiteStore:
     # ----------------------------------------------------------------- transactions
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, run_id: str | None = None) -> Iterator[sqlite3.Connection]:
         """One write transaction, holding SQLite's write lock from the start.
 
         ``BEGIN IMMEDIATE`` matters for the audit chain: the last record read
         inside the transaction is still the last one when the new one is added,
         even with other processes writing to the same file.
+
+        A write for the run being batched (``run_id``) joins the open batch.
+        Any other write first commits that batch, then commits on its own, so
+        a paper run's rows are durable on return even while a backtest runs.
         """
         with self._lock:
             if self._in_write:
                 raise RuntimeError("nested write transaction")
-            if self._batching:
+            if run_id is not None and run_id == self._batch_run:
                 with self._batched_write() as conn:
                     yield conn
                 return
+            if self._conn.in_transaction or self._pending_orders or self._pending_fills:
+                self._flush()  # the open batch, with its buffered rows, goes first
             self._conn.execute("BEGIN IMMEDIATE")
             self._in_write = True
             try:
@@ -515,26 +532,42 @@ class SQLiteStore:
         self._batched = 0
 
     def _write_pending(self) -> None:
-        """Insert the buffered order and fill rows into the batch transaction."""
+        """Insert the buffered order and fill rows into the batch transaction.
+
+        Rows were checked as they were recorded; the one thing left to the
+        INSERT is an order id that *another* run already stored.  Then the
+        batch is rolled back and dropped, and the error says so: the run
+        cannot be trusted and is to be marked failed (which then works).
+        """
         if not (self._pending_orders or self._pending_fills):
             return
         conn = self._conn
         if not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")
         updated = _now()
-        conn.executemany(
-            _ORDER_INSERT_SQL, [(*row, updated) for row in self._pending_orders.values()]
-        )
-        conn.executemany(_FILL_INSERT_SQL, self._pending_fills)
-        self._pending_orders.clear()
-        self._pending_fills.clear()
+        orders = [(*row, updated) for row in self._pending_orders.values()]
+        fills = self._pending_fills
+        self._pending_orders = {}
+        self._pending_fills = []
+        try:
+            conn.executemany(_ORDER_INSERT_SQL, orders)
+            conn.executemany(_FILL_INSERT_SQL, fills)
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK")
+            self._batched = 0
+            raise ValueError(
+                f"{self.location}: {exc} while writing {len(orders)} order(s) and "
+                f"{len(fills)} fill(s) of run {orders[0][1] if orders else '?'}; an order id "
+                "was already stored by another run. Those rows were dropped: mark the run failed"
+            ) from None
 
     def _end_batch(self) -> None:
         with self._lock:
-            self._batching = False
             self._batch_run = None
-            self._flush()
-            self._batch_ids.clear()
+            try:
+                self._flush()
+            finally:
+                self._batch_ids.clear()
 
     def _buffered(self) -> bool:
         """Count one write-behind row towards the batch; commit the batch when it is full."""
@@ -587,11 +620,9 @@ class SQLiteStore:
         )
 
     def audit(self, event: str, payload: Mapping[str, Any]) -> None:
+        """Append a record now (margin calls, quarantines are never delayed by a batch)."""
         with self._write():
             self._append_audit(event, payload)
-        if self._batching:  # audited events (margin calls, quarantines) are never delayed
-            with self._lock:
-                self._flush()
 
     def verify_audit(self) -> AuditCheck:
         """Recompute the whole chain in id order; report the first record that fails it."""
@@ -639,7 +670,8 @@ class SQLiteStore:
             for record_id, payload in finished:
                 recorded = json.loads(payload)
                 digest = recorded.get("trades_sha256")
-                if digest is not None and digest != _trades_digest(conn, recorded["run_id"]):
+                form = recorded.get("trades_digest_form", 1)
+                if digest is not None and digest != _trades_digest(conn, recorded["run_id"], form):
                     return broken(
                         record_id,
                         f"record {record_id}: the orders or fills of run {recorded['run_id']} "
@@ -651,10 +683,6 @@ class SQLiteStore:
 
     def begin_run(self, run: RunInfo, strategies: Sequence[StrategyRecord]) -> None:
         """Store the run (``running``, this pid) and its strategies in one transaction."""
-        # Orders of a paper or live run reach a real broker: fsync every commit.
-        self._synchronous = "NORMAL" if run.kind == "backtest" else "FULL"
-        with self._lock:
-            self._set_synchronous(self._synchronous)
         config = _dumps(dict(run.config))
         started = _ts(run.started)
         pid = os.getpid()
@@ -716,9 +744,20 @@ class SQLiteStore:
                     ],
                 },
             )
-        # The run row is committed; a backtest's own writes are group-committed.
-        self._batching = run.kind == "backtest"
-        self._batch_run = run.run_id if self._batching else None
+        # The run row is committed; a backtest's own writes are group-committed
+        # (one backtest at a time per store; another one runs unbatched).
+        with self._lock:
+            self._open_runs[run.run_id] = run.kind
+            self._update_synchronous()
+            if run.kind == "backtest" and self._batch_run is None:
+                self._batch_run = run.run_id
+
+    def _update_synchronous(self) -> None:
+        """fsync every commit unless every run open here is a backtest: orders of a
+        paper or live run reach a real broker."""
+        backtests_only = all(kind == "backtest" for kind in self._open_runs.values())
+        self._synchronous = "NORMAL" if backtests_only else "FULL"
+        self._set_synchronous(self._synchronous)
 
     def finish_run(self, run_id: str, status: str, error: str | None) -> None:
         """Close the run; everything stored for it is on disk when this returns."""
@@ -726,7 +765,8 @@ class SQLiteStore:
             raise ValueError(
                 f"a run finishes as one of {sorted(FINISHED_RUN_STATUSES)}, not {status!r}"
             )
-        self._end_batch()
+        if run_id == self._batch_run:
+            self._end_batch()
         finished = _now()
         with self._lock:
             self._set_synchronous("FULL")  # this commit fsyncs the WAL: all earlier ones too
@@ -754,10 +794,12 @@ class SQLiteStore:
                             "orders": orders,
                             "fills": fills,
                             "trades_sha256": _trades_digest(conn, run_id),
+                            "trades_digest_form": TRADES_DIGEST_FORM,
                         },
                     )
             finally:
-                self._set_synchronous(self._synchronous)
+                self._open_runs.pop(run_id, None)
+                self._update_synchronous()
 
     # ----------------------------------------------------------------- orders and fills
 
@@ -804,7 +846,7 @@ class SQLiteStore:
                 return
         row = dict(zip(_ORDER_COLUMNS.split(", "), values, strict=True))
         row["updated"] = _now()
-        with self._write() as conn:
+        with self._write(run_id) as conn:
             try:
                 _insert(conn, "orders", row)
             except sqlite3.IntegrityError as exc:
@@ -813,7 +855,7 @@ class SQLiteStore:
                 raise ValueError(f"no run {run_id!r} in {self.location}") from None
             payload = {k: v for k, v in row.items() if k not in ("filled", "updated")}
             payload["liquidation"] = order.liquidation
-            if not self._batching:  # a backtest's orders are audited by digest
+            if run_id != self._batch_run:  # a batched backtest's orders: by digest
                 self._append_audit("order", payload)
 
     def update_order(
@@ -832,7 +874,7 @@ class SQLiteStore:
                 row[_ORDER_STATUS_AT : _ORDER_STATUS_AT + 3] = [status, reason, _num(filled)]
                 self._buffered()
                 return
-        with self._write() as conn:
+        with self._write(run_id) as conn:
             updated = conn.execute(
                 "UPDATE orders SET status = ?, reason = ?, filled = ?, updated = ? "
                 "WHERE client_order_id = ? AND run_id = ?",
@@ -840,7 +882,7 @@ class SQLiteStore:
             ).rowcount
             if not updated:
                 raise ValueError(f"run {run_id!r} has no order {client_order_id!r}")
-            if status in FINAL_ORDER_STATUSES and not self._batching:
+            if status in FINAL_ORDER_STATUSES and run_id != self._batch_run:
                 self._append_audit(
                     "order_status",
                     {
@@ -880,11 +922,11 @@ class SQLiteStore:
                 self._buffered()
                 return
         row = dict(zip(_FILL_COLUMNS.split(", ")[1:], values, strict=True))
-        with self._write():
+        with self._write(run_id):
             if self._order_run(cid) != run_id:
                 raise ValueError(f"run {run_id!r} has no order {cid!r}")
             fill_id = _insert(self._conn, "fills", row)
-            if not self._batching:
+            if run_id != self._batch_run:
                 self._append_audit("fill", {"fill_id": fill_id, **row})
 
     def _order_run(self, client_order_id: str) -> str | None:
@@ -898,14 +940,14 @@ class SQLiteStore:
     def record_equity(self, run_id: str, strategy: str, points: Sequence[EquityPoint]) -> None:
         """Append equity points (already down-sampled by the engine)."""
         rows = [(run_id, strategy, _ts(ts), float(value)) for ts, value in points]
-        with self._write() as conn:
+        with self._write(run_id) as conn:
             conn.executemany(
                 "INSERT INTO equity (run_id, strategy, ts, equity) VALUES (?, ?, ?, ?)", rows
             )
 
     def record_positions(self, run_id: str, strategy: str, positions: Sequence[Position]) -> None:
         """Replace the strategy's stored end-of-run positions with ``positions``."""
-        with self._write() as conn:
+        with self._write(run_id) as conn:
             conn.execute(
                 "DELETE FROM positions WHERE run_id = ? AND strategy = ?", (run_id, strategy)
             )
@@ -928,7 +970,7 @@ class SQLiteStore:
         metrics: Mapping[str, float | int | None],
         quarantined: str | None,
     ) -> None:
-        with self._write() as conn:
+        with self._write(run_id) as conn:
             updated = conn.execute(
                 "UPDATE run_strategies SET metrics = ?, quarantined = ? "
                 "WHERE run_id = ? AND name = ?",
@@ -1084,9 +1126,11 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             if not self._closed:
-                self._end_batch()
-                self._closed = True
-                self._conn.close()
+                try:
+                    self._end_batch()
+                finally:
+                    self._closed = True
+                    self._conn.close()
 
     def __enter__(self) -> SQLiteStore:
         return self

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pluggy
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,7 +25,12 @@ from bastion import ConfigError, FormatError, hookspecs
 from bastion.interfaces import RunInfo, Store, StrategyRecord
 from bastion.models import Fill, Order, OrderIntent, OrderStatus, OrderType, Position, Side
 from bastion.plugins import sqlite_store
-from bastion.plugins.sqlite_store import GENESIS_HASH, SQLiteStore, audit_hash
+from bastion.plugins.sqlite_store import (
+    GENESIS_HASH,
+    SQLiteStore,
+    _trades_digest,
+    audit_hash,
+)
 
 T0 = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
 SHA_A = "a" * 64
@@ -709,4 +716,434 @@ def test_changed_trades_after_finish_are_detected(store: SQLiteStore, statement:
     check = store.verify_audit()
     assert not check.ok
     assert check.first_broken == finished_id
-    assert "changed after the run finished" in (check.reason or "")
+    assert check.reason == (
+        f"record {finished_id}: the orders or fills of run {RUN_ID} "
+        "were changed after the run finished"
+    )
+
+
+# --------------------------------------------------------------------------- backtest write-behind
+
+PAPER_ID = "20240301-143000-paper"
+TS_TEXT = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
+
+
+def select(store: SQLiteStore, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows from a fresh independent connection: only what has been committed."""
+    conn = raw(store)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def committed_counts(store: SQLiteStore) -> tuple[int, int]:
+    """(orders, fills) another connection sees."""
+    return (
+        select(store, "SELECT count(*) FROM orders")[0][0],
+        select(store, "SELECT count(*) FROM fills")[0][0],
+    )
+
+
+@pytest.fixture
+def commit_every(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Set BATCH_WRITES for one test (the batch commits after that many writes)."""
+
+    def set_batch(writes: int) -> None:
+        monkeypatch.setattr(sqlite_store, "BATCH_WRITES", writes)
+
+    return set_batch
+
+
+@pytest.mark.parametrize("flushed", [False, True], ids=["buffered", "flushed"])
+def test_backtest_order_updates_reach_the_stored_row(
+    store: SQLiteStore, commit_every: Callable[[int], None], flushed: bool
+) -> None:
+    """update_order on a backtest order, still buffered or already committed, leaves exactly
+    the last status, reason and filled in the row; other runs' or unknown ids are refused."""
+    if flushed:
+        commit_every(1)  # every write commits the batch: updates take the SQL UPDATE path
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    store.record_order(RUN_ID, make_order("o-1"), "pending", None)
+    store.record_order(RUN_ID, make_order("o-2", minutes=1), "pending", None)
+    assert committed_counts(store) == ((2, 0) if flushed else (0, 0))
+
+    store.update_order(RUN_ID, "o-1", OrderStatus.ACCEPTED, None, Decimal(0))
+    store.update_order(RUN_ID, "o-1", OrderStatus.PARTIAL, "thin book", Decimal("4.50"))
+    store.update_order(RUN_ID, "o-1", OrderStatus.CANCELLED, "end of run", Decimal("4.50"))
+    store.update_order(RUN_ID, "o-2", "rejected", "risk: max position", Decimal(0))
+    with pytest.raises(ValueError, match=r"run 'other' has no order 'o-1'"):
+        store.update_order("other", "o-1", "filled", None, Decimal(10))
+    with pytest.raises(ValueError, match=rf"run '{RUN_ID}' has no order 'ghost'"):
+        store.update_order(RUN_ID, "ghost", "filled", None, Decimal(10))
+    # A write for another run (even a refused one) commits the open batch before its own.
+    assert committed_counts(store) == (2, 0)
+    store.finish_run(RUN_ID, "completed", None)
+
+    assert select(
+        store, "SELECT client_order_id, status, reason, filled FROM orders ORDER BY 1"
+    ) == [
+        ("o-1", "cancelled", "end of run", "4.50"),
+        ("o-2", "rejected", "risk: max position", "0"),
+    ]
+    assert [r[2] for r in audit_rows(store)] == ["run_started", "run_finished"]
+    assert store.verify_audit().ok
+
+
+@pytest.mark.parametrize("flushed", [False, True], ids=["buffered", "flushed"])
+def test_backtest_refuses_a_reused_client_order_id(
+    store: SQLiteStore, commit_every: Callable[[int], None], flushed: bool
+) -> None:
+    """Within a backtest a client order id is refused the second time, whether the first is
+    still buffered or already committed, and only the first row is stored."""
+    if flushed:
+        commit_every(1)
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    first = make_order("dup")
+    store.record_order(RUN_ID, first, "pending", None)
+    assert committed_counts(store) == ((1, 0) if flushed else (0, 0))
+    with pytest.raises(ValueError, match="client order id 'dup' is already stored"):
+        store.record_order(RUN_ID, make_order("dup", quantity="99"), "accepted", None)
+    store.record_fill(RUN_ID, make_fill(first, "10", "101.5"), first)
+    with pytest.raises(ValueError, match="'dup' is already stored"):
+        store.record_order(RUN_ID, make_order("dup", side="sell", minutes=9), "pending", None)
+    store.finish_run(RUN_ID, "completed", None)
+
+    assert select(store, "SELECT client_order_id, quantity, side, status FROM orders") == [
+        ("dup", "10", "buy", "pending")
+    ]
+    assert committed_counts(store) == (1, 1)
+    finished = json.loads(audit_rows(store)[-1][3])
+    assert (finished["orders"], finished["fills"]) == (1, 1)
+    assert store.verify_audit().ok
+
+
+def test_backtest_fill_for_an_order_the_run_never_recorded_is_refused(
+    store: SQLiteStore,
+) -> None:
+    """A backtest fill must name an order of that run: an unknown id, or one stored by
+    another run, is a ValueError naming the run and the order, and nothing is stored."""
+    store.begin_run(run_info(PAPER_ID), [SIGNED])
+    elsewhere = make_order("p-1")
+    store.record_order(PAPER_ID, elsewhere, "filled", None)
+    store.finish_run(PAPER_ID, "completed", None)
+
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    store.record_order(RUN_ID, make_order("o-1"), "pending", None)
+    ghost = make_order("o-ghost")
+    with pytest.raises(ValueError) as unknown:
+        store.record_fill(RUN_ID, make_fill(ghost, "10", "101.5"), ghost)
+    assert str(unknown.value) == f"run {RUN_ID!r} has no order 'o-ghost'"
+    with pytest.raises(ValueError) as foreign:
+        store.record_fill(RUN_ID, make_fill(elsewhere, "10", "101.5"), elsewhere)
+    assert str(foreign.value) == f"run {RUN_ID!r} has no order 'p-1'"
+    store.finish_run(RUN_ID, "completed", None)
+
+    assert committed_counts(store) == (2, 0)
+    assert store.load_run(RUN_ID).strategies[0].fills == 0
+
+
+def test_reads_through_the_store_see_buffered_backtest_rows(store: SQLiteStore) -> None:
+    """load_run, list_runs, verify_audit and _read() see rows still buffered in the batch,
+    without committing them; writing goes on normally after such a read."""
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    order = make_order("o-1")
+    store.record_order(RUN_ID, order, "pending", None)
+    store.record_fill(RUN_ID, make_fill(order, "10", "101.5"), order)
+    assert committed_counts(store) == (0, 0)
+
+    data = store.load_run(RUN_ID)
+    assert (data.strategies[0].orders, data.strategies[0].fills) == (1, 1)
+    with store._read() as conn:
+        assert conn.execute("SELECT client_order_id, status FROM orders").fetchall() == [
+            ("o-1", "pending")
+        ]
+        assert conn.execute("SELECT client_order_id, price FROM fills").fetchall() == [
+            ("o-1", "101.5")
+        ]
+    assert [r.run_id for r in store.list_runs()] == [RUN_ID]
+    assert store.verify_audit().ok
+    assert committed_counts(store) == (0, 0)  # reading did not commit the batch
+
+    store.update_order(RUN_ID, "o-1", "filled", None, Decimal(10))  # now an SQL UPDATE
+    later = make_order("o-2", minutes=2)
+    store.record_order(RUN_ID, later, "pending", None)
+    store.record_fill(RUN_ID, make_fill(later, "3", "102"), later)
+    with store._read() as conn:
+        assert conn.execute("SELECT count(*) FROM fills").fetchone()[0] == 2
+    data = store.load_run(RUN_ID)
+    assert (data.strategies[0].orders, data.strategies[0].fills) == (2, 2)
+    store.finish_run(RUN_ID, "completed", None)
+    assert select(store, "SELECT client_order_id, status, filled FROM orders ORDER BY 1") == [
+        ("o-1", "filled", "10"),
+        ("o-2", "pending", "0"),
+    ]
+    assert committed_counts(store) == (2, 2)
+
+
+def test_buffered_rows_are_committed_when_the_batch_is_full(
+    store: SQLiteStore, commit_every: Callable[[int], None]
+) -> None:
+    """With BATCH_WRITES=3 another connection sees the buffered rows as soon as the third
+    write commits the batch, before finish_run; later rows wait for the next commit."""
+    commit_every(3)
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    order = make_order("o-1")
+    store.record_order(RUN_ID, order, "pending", None)  # 1
+    store.record_fill(RUN_ID, make_fill(order, "10", "101.5"), order)  # 2
+    assert committed_counts(store) == (0, 0)
+    store.update_order(RUN_ID, "o-1", "filled", None, Decimal(10))  # 3: the batch commits
+    assert select(store, "SELECT client_order_id, status, filled FROM orders") == [
+        ("o-1", "filled", "10")
+    ]
+    assert select(store, "SELECT client_order_id, quantity, price FROM fills") == [
+        ("o-1", "10", "101.5")
+    ]
+    store.record_order(RUN_ID, make_order("o-2", minutes=1), "pending", None)  # 1
+    assert committed_counts(store) == (1, 1)
+    assert select(store, "SELECT status FROM runs") == [("running",)]
+    store.finish_run(RUN_ID, "completed", None)
+    assert committed_counts(store) == (2, 1)
+
+
+def test_close_commits_the_buffered_rows_of_an_unfinished_backtest(tmp_path: Path) -> None:
+    """Closing the store without finish_run still writes and commits the buffered rows."""
+    first = SQLiteStore.open(tmp_path)
+    first.begin_run(run_info(kind="backtest"), [SIGNED])
+    order = make_order("o-1")
+    first.record_order(RUN_ID, order, "pending", None)
+    first.record_fill(RUN_ID, make_fill(order, "10", "101.5"), order)
+    first.update_order(RUN_ID, "o-1", "filled", None, Decimal(10))
+    assert committed_counts(first) == (0, 0)
+    first.close()
+    assert committed_counts(first) == (1, 1)
+    second = SQLiteStore.open(tmp_path)
+    try:
+        strategy = second.load_run(RUN_ID).strategies[0]
+        assert (strategy.orders, strategy.fills) == (1, 1)
+        assert second.verify_audit().ok
+    finally:
+        second.close()
+
+
+def test_buffered_rows_store_the_same_values_as_direct_writes(store: SQLiteStore) -> None:
+    """The same orders and fills recorded in a paper run (direct inserts) and in a backtest
+    (write-behind executemany) give identical rows, column by column and type by type;
+    times are UTC text with microseconds even when given in another time zone."""
+    plus_two = timezone(timedelta(hours=2))
+    created = datetime(2024, 3, 1, 16, 30, 0, 7, tzinfo=plus_two)  # 14:30:00.000007 UTC
+
+    def trade(run_id: str, prefix: str) -> None:
+        limit = attrs.evolve(
+            make_order(
+                f"{prefix}-1", order_type=OrderType.LIMIT, limit="101.2500", quantity="0.00000001"
+            ),
+            created=created,
+            liquidation=True,
+        )
+        stop = make_order(
+            f"{prefix}-2", UNSIGNED, side="sell", order_type=OrderType.STOP, stop="99.10"
+        )
+        store.record_order(run_id, limit, OrderStatus.PENDING, "margin call")
+        store.record_order(run_id, stop, "pending", None)
+        store.record_fill(run_id, make_fill(limit, "0.00000001", "101.2500", "0.000"), limit)
+        store.update_order(run_id, limit.client_order_id, OrderStatus.FILLED, None, limit.quantity)
+        store.update_order(run_id, stop.client_order_id, "cancelled", "end of run", Decimal("0"))
+
+    store.begin_run(run_info(PAPER_ID), [SIGNED, UNSIGNED])
+    trade(PAPER_ID, "p")
+    store.finish_run(PAPER_ID, "completed", None)
+    store.begin_run(run_info(kind="backtest"), [SIGNED, UNSIGNED])
+    trade(RUN_ID, "b")
+    store.finish_run(RUN_ID, "completed", None)
+
+    for table, key, skip in (
+        ("orders", "client_order_id", {"run_id", "client_order_id", "updated"}),
+        ("fills", "id", {"run_id", "client_order_id", "id"}),
+    ):
+        conn = raw(store)
+        conn.row_factory = sqlite3.Row
+        names = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+        compared = [n for n in names if n not in skip]
+        assert len(compared) == len(names) - len(skip)
+        columns = ", ".join(f"{n}, typeof({n}) AS {n}_type" for n in compared)
+        by_run = {
+            run_id: [
+                dict(r)
+                for r in conn.execute(
+                    f"SELECT {columns} FROM {table} WHERE run_id = ? ORDER BY {key}", (run_id,)
+                )
+            ]
+            for run_id in (PAPER_ID, RUN_ID)
+        }
+        conn.close()
+        assert len(by_run[RUN_ID]) == (2 if table == "orders" else 1)
+        assert by_run[RUN_ID] == by_run[PAPER_ID], table
+
+    orders = select(
+        store,
+        "SELECT created, liquidation, status, reason, filled FROM orders "
+        "WHERE run_id = ? ORDER BY client_order_id",
+        RUN_ID,
+    )
+    assert orders == [
+        ("2024-03-01T14:30:00.000007Z", 1, "filled", None, "0.00000001"),
+        ("2024-03-01T14:30:00.000000Z", 0, "cancelled", "end of run", "0"),
+    ]
+    assert select(store, "SELECT ts FROM fills WHERE run_id = ?", RUN_ID) == [
+        ("2024-03-01T14:31:00.000007Z",)
+    ]
+    for (text,) in select(store, "SELECT created FROM orders UNION ALL SELECT ts FROM fills"):
+        assert re.fullmatch(TS_TEXT, text), text
+
+
+def test_audit_verifies_a_batched_backtest_and_names_it_when_a_fill_changes(
+    store: SQLiteStore, commit_every: Callable[[int], None]
+) -> None:
+    """A backtest written across several batch commits and mid-run reads verifies; changing
+    one of its fill prices afterwards fails verify at its run_finished, naming that run."""
+    commit_every(4)
+    store.begin_run(run_info(PAPER_ID), [SIGNED])
+    paper = make_order("p-1")
+    store.record_order(PAPER_ID, paper, "pending", None)
+    store.record_fill(PAPER_ID, make_fill(paper, "10", "101.5"), paper)
+    store.finish_run(PAPER_ID, "completed", None)
+
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    for i in range(5):
+        order = make_order(f"b-{i}", minutes=i)
+        store.record_order(RUN_ID, order, "pending", None)
+        store.record_fill(RUN_ID, make_fill(order, "10", f"10{i}.25"), order)
+        store.update_order(RUN_ID, order.client_order_id, "filled", None, Decimal(10))
+        if i == 2:
+            assert store.verify_audit().ok  # mid-run: buffered rows written, nothing broken
+    store.finish_run(RUN_ID, "completed", None)
+
+    rows = audit_rows(store)
+    finished_id, _, event, payload, _, _ = rows[-1]
+    assert event == "run_finished"
+    assert (json.loads(payload)["orders"], json.loads(payload)["fills"]) == (5, 5)
+    check = store.verify_audit()
+    assert (check.ok, check.records) == (True, len(rows))
+
+    tamper(store, "UPDATE fills SET price = '103.26' WHERE client_order_id = 'b-3'")
+    check = store.verify_audit()
+    assert (check.ok, check.first_broken) == (False, finished_id)
+    assert check.reason == (
+        f"record {finished_id}: the orders or fills of run {RUN_ID} "
+        "were changed after the run finished"
+    )
+
+
+def test_rows_of_a_run_outside_the_batch_are_stored_directly(store: SQLiteStore) -> None:
+    """With a paper run and a backtest open in one store, only the backtest is batched: the
+    paper run's orders, fills and updates take the direct path and both runs' rows are right."""
+    store.begin_run(run_info(PAPER_ID), [SIGNED])
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    for run_id, prefix, price in ((PAPER_ID, "p", "101.5"), (RUN_ID, "b", "99.25")):
+        order = make_order(f"{prefix}-1")
+        store.record_order(run_id, order, "pending", None)
+        store.record_fill(run_id, make_fill(order, "4", price), order)
+        store.update_order(run_id, order.client_order_id, "partial", None, Decimal(4))
+    store.update_order(PAPER_ID, "p-1", "cancelled", "end of day", Decimal(4))
+    with pytest.raises(ValueError, match=f"run '{PAPER_ID}' has no order 'b-1'"):
+        store.update_order(PAPER_ID, "b-1", "filled", None, Decimal(10))
+    with pytest.raises(ValueError, match=f"run '{RUN_ID}' has no order 'p-1'"):
+        store.update_order(RUN_ID, "p-1", "filled", None, Decimal(10))
+    paper = make_order("p-1")
+    with pytest.raises(ValueError, match=f"run '{RUN_ID}' has no order 'p-1'"):
+        store.record_fill(RUN_ID, make_fill(paper, "1", "1"), paper)
+    store.finish_run(RUN_ID, "completed", None)
+    store.finish_run(PAPER_ID, "completed", None)
+
+    assert select(
+        store,
+        "SELECT client_order_id, run_id, status, reason, filled FROM orders ORDER BY 1",
+    ) == [
+        ("b-1", RUN_ID, "partial", None, "4"),
+        ("p-1", PAPER_ID, "cancelled", "end of day", "4"),
+    ]
+    assert select(store, "SELECT client_order_id, run_id, price FROM fills ORDER BY 1") == [
+        ("b-1", RUN_ID, "99.25"),
+        ("p-1", PAPER_ID, "101.5"),
+    ]
+    assert store.verify_audit().ok
+
+
+def test_a_paper_order_is_committed_and_audited_while_a_backtest_batch_is_open(
+    store: SQLiteStore,
+) -> None:
+    """A paper run's order is durable and audited on return even with a backtest batch open."""
+    store.begin_run(run_info(PAPER_ID), [SIGNED])
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    store.record_order(PAPER_ID, make_order("p-1"), "pending", None)
+    assert select(store, "SELECT client_order_id FROM orders") == [("p-1",)]
+    assert [r[2] for r in audit_rows(store)][-1] == "order"
+
+
+def test_a_run_begun_while_a_backtest_batch_is_open_can_record_orders(
+    store: SQLiteStore,
+) -> None:
+    """Beginning a paper run after a backtest commits its run row, and it can record orders."""
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    store.record_order(RUN_ID, make_order("b-1"), "pending", None)
+    store.begin_run(run_info(PAPER_ID), [SIGNED])
+    store.record_order(PAPER_ID, make_order("p-1"), "pending", None)
+    assert select(store, "SELECT run_id FROM runs ORDER BY 1") == [(RUN_ID,), (PAPER_ID,)]
+    assert ("p-1",) in select(store, "SELECT client_order_id FROM orders")
+
+
+def test_a_backtest_reusing_another_runs_order_id_can_still_be_marked_failed(
+    tmp_path: Path,
+) -> None:
+    """Reusing another run's client order id fails the backtest, which can then still be
+    finished as failed (keeping the other run's row) and the store closed."""
+    s = SQLiteStore.open(tmp_path)
+    try:
+        s.begin_run(run_info(PAPER_ID), [SIGNED])
+        s.record_order(PAPER_ID, make_order("x"), "pending", None)
+        s.finish_run(PAPER_ID, "completed", None)
+        s.begin_run(run_info(kind="backtest"), [SIGNED])
+        s.record_order(RUN_ID, make_order("x", quantity="99"), "pending", None)
+        with pytest.raises(ValueError, match="already stored by another run"):
+            s.finish_run(RUN_ID, "completed", None)
+        s.finish_run(RUN_ID, "failed", "duplicate client order id")
+        assert select(s, "SELECT status FROM runs WHERE run_id = ?", RUN_ID) == [("failed",)]
+        assert select(s, "SELECT run_id, quantity FROM orders") == [(PAPER_ID, "10")]
+        s.close()
+    finally:
+        s.close()
+
+
+def test_synchronous_is_full_while_a_paper_run_is_open(store: SQLiteStore) -> None:
+    """Commits are fsynced (synchronous FULL) while any paper or live run is open here, and
+    relaxed to NORMAL only when every open run is a backtest."""
+
+    def level() -> int:
+        return int(store._conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    assert level() == 1  # NORMAL
+    store.begin_run(run_info(PAPER_ID), [SIGNED])
+    assert level() == 2  # FULL
+    store.finish_run(PAPER_ID, "completed", None)
+    assert level() == 1
+    store.finish_run(RUN_ID, "completed", None)
+
+
+def test_runs_finished_with_the_first_digest_form_still_verify(store: SQLiteStore) -> None:
+    """A run_finished record without trades_digest_form (stored by an earlier build, which
+    hashed each row as a JSON line) is checked with that form, not reported as changed."""
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    order = make_order("o-1")
+    store.record_order(RUN_ID, order, "pending", None)
+    store.record_fill(RUN_ID, make_fill(order, "10", "101.5"), order)
+    store.update_order(RUN_ID, "o-1", "filled", None, Decimal(10))
+    with store._write() as conn:
+        legacy = _trades_digest(conn, RUN_ID, form=1)
+        store._append_audit("run_finished", {"run_id": RUN_ID, "trades_sha256": legacy})
+    assert store.verify_audit().ok
+    with store._write() as conn:
+        conn.execute("UPDATE fills SET price = '99'")
+    check = store.verify_audit()
+    assert not check.ok and RUN_ID in str(check.reason)
