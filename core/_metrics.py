@@ -66,7 +66,6 @@ _DAILY_BELOW = timedelta(days=3.5).total_seconds()
 # A sample standard deviation at or below this is "zero variance": constant
 # growth produces float noise of ~1e-17, which would give an absurd Sharpe.
 _ZERO_STDEV = 1e-12
-_MAX_LOG_GROWTH = 700.0  # math.exp overflows just above 709
 _NO_TIME = timedelta(0)
 
 
@@ -291,8 +290,8 @@ def compute_metrics(
       one day, end equity is ``<= 0``, or the annualised figure would
       overflow a float (a large gain over a few days).
     - ``sharpe``: annualised, risk-free 0, from per-period simple returns (see
-      the module doc for periods per year); ``None`` with fewer than two returns
-      or zero variance.
+      the module doc for periods per year); ``None`` with fewer than two returns,
+      zero variance, or a return beyond float range (equity within a hair of 0).
     - ``volatility``: annualised standard deviation of those returns; ``None``
       with fewer than two returns.
     - ``max_drawdown``: largest fall from the running peak, a positive fraction
@@ -371,15 +370,19 @@ def _metrics(
         span = (timestamps[-1] - timestamps[0]).total_seconds()
         if span >= _SECONDS_PER_DAY:
             years = span / (DAYS_PER_YEAR * _SECONDS_PER_DAY)
-            log_growth = math.log(end / start) / years
-            # A huge gain over a few days annualises past float range: undefined.
-            cagr = math.expm1(log_growth) if log_growth < _MAX_LOG_GROWTH else None
+            # Logs of each side: end / start could underflow to 0 for a near-total loss.
+            log_growth = (math.log(end) - math.log(start)) / years
+            try:
+                cagr = math.expm1(log_growth)
+            except OverflowError:  # a huge gain over a few days annualises past float range
+                cagr = None
 
     sharpe: float | None = None
     volatility: float | None = None
     returns = _returns(values)
     per_year = periods_per_year(timestamps)
-    if len(returns) >= 2 and per_year is not None:
+    # A return beyond float range (from an equity near zero) has no usable statistics.
+    if len(returns) >= 2 and per_year is not None and math.isfinite(sum(returns)):
         mean = math.fsum(returns) / len(returns)
         deviations = list(map(operator.sub, returns, itertools.repeat(mean)))
         stdev = math.sqrt(math.fsum(map(operator.mul, deviations, deviations)) / (len(returns) - 1))

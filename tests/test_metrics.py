@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from array import array
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +19,9 @@ from bastion._metrics import (
     TradeRecord,
     compute_metrics,
     downsample,
+    downsample_columns,
     drawdown_series,
+    metrics_from_columns,
     periods_per_year,
 )
 
@@ -374,3 +378,482 @@ def test_integer_and_decimal_equity_match_float_equity() -> None:
     assert as_decimal == pytest.approx(as_float)
     with pytest.raises(ValueError, match="must be a number"):
         compute_metrics([(T0, True)], [], 0, 1, 100.0)
+
+
+# --------------------------------------------------------------------------- naive reference
+#
+# Written from the module docstring and compute_metrics' docstring with plain loops, so the
+# optimised code in bastion._metrics is checked against the definitions, not against itself.
+
+REF_SECONDS_PER_DAY = 86_400
+REF_YEAR_SECONDS = 365.25 * REF_SECONDS_PER_DAY
+# "zero variance": the float-noise tolerance pinned by
+# test_constant_growth_is_zero_variance_not_an_absurd_sharpe (Sharpe None, volatility 0).
+REF_ZERO_STDEV = 1e-12
+# compute_metrics gives up on CAGR at exp(700) ~ 1.01e304 although a float reaches ~1.8e308;
+# above this the main property accepts None (test_cagr_defined_until_it_would_overflow pins it).
+REF_CAGR_MARGIN = 1e303
+
+
+def ref_periods_per_year(timestamps: Sequence[datetime]) -> float | None:
+    gaps = []
+    for i in range(1, len(timestamps)):
+        seconds = (timestamps[i] - timestamps[i - 1]).total_seconds()
+        if seconds > 0:
+            gaps.append(seconds)
+    if not gaps:
+        return None
+    m = statistics.median(gaps)
+    if m < 20 * 3600:
+        return 252 * max(1.0, 6.5 * 3600 / m)
+    if m < 3.5 * REF_SECONDS_PER_DAY:
+        return 252.0
+    return REF_YEAR_SECONDS / m
+
+
+def ref_returns(values: Sequence[float]) -> list[float]:
+    out = []
+    for i in range(1, len(values)):
+        if values[i - 1] > 0:
+            out.append(values[i] / values[i - 1] - 1.0)
+    return out
+
+
+def ref_max_drawdown(values: Sequence[float]) -> float:
+    worst = 0.0
+    peak = -math.inf
+    for value in values:
+        if value > peak:
+            peak = value
+        if peak > 0:
+            worst = max(worst, -(value / peak - 1.0))
+    return worst
+
+
+def ref_max_drawdown_duration(timestamps: Sequence[datetime], values: Sequence[float]) -> timedelta:
+    longest = timedelta(0)
+    if not values:
+        return longest
+    peak, peak_ts = values[0], timestamps[0]
+    under_water = False
+    for ts, value in zip(timestamps[1:], values[1:], strict=True):
+        if value >= peak:
+            if under_water:
+                longest = max(longest, ts - peak_ts)
+            under_water = False
+            peak, peak_ts = value, ts
+        else:
+            under_water = True
+    if under_water:
+        longest = max(longest, timestamps[-1] - peak_ts)
+    return longest
+
+
+def ref_metrics(
+    timestamps: Sequence[datetime],
+    values: Sequence[float],
+    trades: Sequence[TradeRecord],
+    exposure_bars: int,
+    total_bars: int,
+    start: float,
+) -> dict[str, Any]:
+    end = values[-1] if values else start
+
+    cagr = None
+    if len(values) >= 2 and end > 0:
+        span = (timestamps[-1] - timestamps[0]).total_seconds()
+        if span >= REF_SECONDS_PER_DAY:
+            years = span / REF_YEAR_SECONDS
+            try:
+                growth = (end / start) ** (1 / years)
+            except OverflowError:
+                growth = math.inf
+            if math.isfinite(growth):
+                cagr = growth - 1
+
+    sharpe = volatility = None
+    returns = ref_returns(values)
+    per_year = ref_periods_per_year(timestamps)
+    if len(returns) >= 2 and per_year is not None:
+        stdev = statistics.stdev(returns)
+        if stdev <= REF_ZERO_STDEV:
+            volatility = 0.0
+        else:
+            volatility = stdev * math.sqrt(per_year)
+            sharpe = statistics.fmean(returns) / stdev * math.sqrt(per_year)
+
+    wins = 0
+    for t in trades:
+        if t.pnl > 0:
+            wins += 1
+    duration = ref_max_drawdown_duration(timestamps, values)
+    return {
+        "start_equity": start,
+        "end_equity": end,
+        "total_return": end / start - 1.0,
+        "cagr": cagr,
+        "sharpe": sharpe,
+        "volatility": volatility,
+        "max_drawdown": ref_max_drawdown(values),
+        "max_drawdown_duration_days": duration.total_seconds() / REF_SECONDS_PER_DAY,
+        "trades": len(trades),
+        "win_rate": wins / len(trades) if trades else None,
+        "exposure": exposure_bars / total_bars if total_bars else None,
+    }
+
+
+def ref_downsample(
+    points: Sequence[tuple[datetime, float]], max_points: int
+) -> list[tuple[datetime, float]]:
+    if len(points) <= max_points:
+        return list(points)
+    interior = points[1:-1]
+    n = len(interior)
+    buckets = (max_points - 2) // 2
+    out = [points[0]]
+    for b in range(buckets):
+        first, stop = b * n // buckets, (b + 1) * n // buckets
+        lowest = highest = first
+        for i in range(first + 1, stop):
+            if interior[i][1] < interior[lowest][1]:
+                lowest = i
+            if interior[i][1] > interior[highest][1]:
+                highest = i
+        out.append(interior[min(lowest, highest)])
+        if lowest != highest:
+            out.append(interior[max(lowest, highest)])
+    out.append(points[-1])
+    return out
+
+
+def ref_first_bad_point(timestamps: Sequence[Any], values: Sequence[Any]) -> int | None:
+    previous = None
+    for i, (ts, value) in enumerate(zip(timestamps, values, strict=True)):
+        if not isinstance(ts, datetime):
+            return i
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+            return i
+        if not math.isfinite(float(value)):
+            return i
+        if previous is not None and ts < previous:
+            return i
+        previous = ts
+    return None
+
+
+# --------------------------------------------------------------------------- series strategies
+
+ZONES = [UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=5, minutes=30))]
+SPACINGS = [
+    timedelta(minutes=1),
+    timedelta(minutes=5),
+    timedelta(hours=1),
+    timedelta(hours=6, minutes=30),
+    timedelta(hours=20) - timedelta(microseconds=1),
+    timedelta(hours=20),
+    timedelta(days=1),
+    timedelta(days=3),
+    timedelta(days=3.5),
+    timedelta(weeks=1),
+    timedelta(days=30),
+]
+
+
+@st.composite
+def timestamp_columns(draw: st.DrawFn, n: int) -> list[datetime]:
+    """``n`` tz-aware, non-decreasing timestamps: mostly one spacing, some odd gaps and ties."""
+    strict = draw(st.booleans())
+    spacing = draw(st.sampled_from(SPACINGS))
+    smallest = timedelta(microseconds=1) if strict else timedelta(0)
+    gap = st.one_of(
+        st.just(spacing),
+        st.sampled_from(SPACINGS),
+        st.timedeltas(min_value=smallest, max_value=timedelta(days=40)),
+    )
+    if not strict:
+        gap = st.one_of(gap, st.just(timedelta(0)))
+    start = draw(
+        st.datetimes(
+            min_value=datetime(1990, 1, 1),
+            max_value=datetime(2040, 1, 1),
+            timezones=st.sampled_from(ZONES),
+        )
+    )
+    out = [start]
+    for step in draw(st.lists(gap, min_size=max(n - 1, 0), max_size=max(n - 1, 0))):
+        out.append(out[-1] + step)
+    if draw(st.booleans()):  # the same instants, written in a mix of time zones
+        zones = draw(st.lists(st.sampled_from(ZONES), min_size=n, max_size=n))
+        out = [ts.astimezone(zone) for ts, zone in zip(out, zones, strict=False)]
+    return out[:n]
+
+
+SANE_POSITIVE = st.floats(min_value=1e-6, max_value=1e9)
+# Magnitudes at least 1e-6 (or exactly zero) keep every return within float range.
+SANE_SIGNED = st.one_of(
+    st.sampled_from([0.0, -0.0]),
+    st.floats(min_value=1e-6, max_value=1e6),
+    st.floats(min_value=-1e6, max_value=-1e-6),
+)
+
+
+@st.composite
+def equity_values(draw: st.DrawFn, max_size: int = 300) -> list[float]:
+    """Equity in several shapes: random walks, arbitrary positives, signed, flat and huge."""
+    kind = draw(st.sampled_from(["walk", "positive", "signed", "runs", "wipeout", "huge"]))
+    if kind == "walk":
+        steps = st.one_of(st.just(0.0), st.floats(min_value=-0.2, max_value=0.2))
+        value = draw(st.floats(min_value=1.0, max_value=1e6))
+        out = [value]
+        for step in draw(st.lists(steps, max_size=max_size - 1)):
+            value *= 1.0 + step
+            out.append(value)
+        return out
+    if kind == "positive":
+        return draw(st.lists(SANE_POSITIVE, max_size=max_size))
+    if kind == "signed":
+        return draw(st.lists(SANE_SIGNED, max_size=max_size))
+    if kind == "runs":  # repeated values and flat stretches
+        pool = draw(st.lists(st.one_of(SANE_POSITIVE, SANE_SIGNED), min_size=1, max_size=4))
+        runs = draw(
+            st.lists(
+                st.tuples(st.sampled_from(pool), st.integers(min_value=1, max_value=30)),
+                max_size=20,
+            )
+        )
+        return [value for value, length in runs for _ in range(length)][:max_size]
+    if kind == "wipeout":  # falls to zero (or below) and may stay there
+        head = draw(st.lists(SANE_POSITIVE, min_size=1, max_size=max_size // 2))
+        tail = draw(st.lists(st.sampled_from([0.0, -1.0, 5.0]), max_size=max_size // 2))
+        return [*head, 0.0, *tail]
+    # huge: the C-speed validity check's sum overflows to inf; returns stay in range
+    return draw(st.lists(st.floats(min_value=1e300, max_value=1e308), max_size=max_size))
+
+
+@st.composite
+def equity_columns(draw: st.DrawFn) -> tuple[list[datetime], list[float]]:
+    values = draw(equity_values())
+    return draw(timestamp_columns(len(values))), values
+
+
+trade_records = st.lists(
+    st.builds(
+        lambda pnl: TradeRecord("AAPL", T0, T0 + timedelta(days=1), pnl),
+        st.decimals(min_value=-1000, max_value=1000, allow_nan=False, places=2),
+    ),
+    max_size=8,
+)
+
+
+@st.composite
+def bar_counts(draw: st.DrawFn) -> tuple[int, int]:
+    total = draw(st.integers(min_value=0, max_value=500))
+    return draw(st.integers(min_value=0, max_value=total)), total
+
+
+# --------------------------------------------------------------------------- against the reference
+
+
+def assert_matches_reference(actual: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert actual.keys() == expected.keys()
+    for key in expected.keys() - {"cagr", "sharpe", "volatility"}:
+        assert actual[key] == expected[key], key
+    for key in ("sharpe", "volatility"):
+        if expected[key] is None:
+            assert actual[key] is None, key
+        else:
+            assert actual[key] == pytest.approx(expected[key], rel=1e-9), key
+    # pow vs expm1(log): same number by a different route, hence the small absolute slack.
+    cagr = expected["cagr"]
+    if cagr is None:
+        assert actual["cagr"] is None
+    elif cagr > REF_CAGR_MARGIN:
+        assert actual["cagr"] is None or actual["cagr"] == pytest.approx(cagr, rel=1e-9)
+    else:
+        assert actual["cagr"] == pytest.approx(cagr, rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    equity_columns(),
+    trade_records,
+    bar_counts(),
+    st.one_of(st.none(), st.floats(min_value=1.0, max_value=1e6)),
+)
+def test_metrics_match_the_reference_on_points_and_columns(
+    columns: tuple[list[datetime], list[float]],
+    trades: list[TradeRecord],
+    bars: tuple[int, int],
+    start: float | None,
+) -> None:
+    """compute_metrics and metrics_from_columns agree exactly and match a plain-loop reference."""
+    timestamps, values = columns
+    if start is None:  # the engine's case: the series opens at the starting equity
+        start = values[0] if values and 1e-6 <= values[0] <= 1e9 else 100.0
+    exposure_bars, total_bars = bars
+    from_points = compute_metrics(
+        list(zip(timestamps, values, strict=True)), trades, exposure_bars, total_bars, start
+    )
+    from_columns = metrics_from_columns(
+        timestamps, values, trades, exposure_bars, total_bars, start
+    )
+    assert from_columns == from_points
+    expected = ref_metrics(timestamps, values, trades, exposure_bars, total_bars, start)
+    assert_matches_reference(from_points, expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.integers(min_value=0, max_value=20), st.integers(min_value=0, max_value=300)
+    ).flatmap(timestamp_columns)
+)
+def test_periods_per_year_matches_the_reference(timestamps: list[datetime]) -> None:
+    """periods_per_year is the documented rule applied to statistics.median of positive gaps."""
+    assert periods_per_year(timestamps) == ref_periods_per_year(timestamps)
+
+
+downsample_values = st.one_of(
+    st.lists(st.floats(min_value=-1e6, max_value=1e6), max_size=300),
+    st.lists(st.sampled_from([1.0, 2.0, 2.0, -3.0, 0.0]), max_size=300),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    downsample_values.flatmap(lambda vs: st.tuples(timestamp_columns(len(vs)), st.just(vs))),
+    st.integers(min_value=4, max_value=50),
+)
+def test_downsample_columns_matches_downsample_and_the_reference(
+    columns: tuple[list[datetime], list[float]], max_points: int
+) -> None:
+    """downsample_columns == downsample of the zipped points == the documented bucket rule."""
+    timestamps, values = columns
+    points = list(zip(timestamps, values, strict=True))
+    out = downsample_columns(timestamps, values, max_points)
+    assert out == downsample(points, max_points)
+    assert out == ref_downsample(points, max_points)
+    assert out == downsample_columns(timestamps, array("d", values), max_points)
+    if values:
+        kept = [value for _, value in out]
+        assert min(kept) == min(values)
+        assert max(kept) == max(values)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.floats(min_value=-1e6, max_value=1e6), st.just(math.nan)),
+        min_size=1,
+        max_size=300,
+    ),
+    st.integers(min_value=4, max_value=50),
+    st.booleans(),
+)
+def test_downsample_columns_tolerates_nan(
+    values: list[float], max_points: int, as_array: bool
+) -> None:
+    """NaN values (unknown stored equity) do not make downsampling raise; the shape still holds."""
+    timestamps = [T0 + timedelta(minutes=i) for i in range(len(values))]
+    column: Sequence[float] = array("d", values) if as_array else values
+    out = downsample_columns(timestamps, column, max_points)
+    if len(values) <= max_points:
+        assert [ts for ts, _ in out] == timestamps
+    else:
+        assert len(out) <= max_points
+    kept = [ts for ts, _ in out]
+    assert kept[0] == timestamps[0] and kept[-1] == timestamps[-1]
+    assert kept == sorted(set(kept))  # a subsequence: strictly increasing timestamps
+
+
+BAD_VALUES: list[Any] = [
+    math.nan,
+    math.inf,
+    -math.inf,
+    "100",
+    None,
+    True,
+    [1.0],
+    Decimal("NaN"),
+    Decimal("-Infinity"),
+]
+
+
+@st.composite
+def corrupted_columns(draw: st.DrawFn) -> tuple[list[Any], list[Any]]:
+    """A valid series with one to three bad values, bad timestamps or out-of-order points."""
+    values: list[Any] = draw(st.lists(SANE_POSITIVE, min_size=1, max_size=50))
+    timestamps: list[Any] = draw(timestamp_columns(len(values)))
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        i = draw(st.integers(min_value=0, max_value=len(values) - 1))
+        kind = draw(st.sampled_from(["value", "timestamp", "order"]))
+        if kind == "value":
+            values[i] = draw(st.sampled_from(BAD_VALUES))
+        elif kind == "timestamp":
+            timestamps[i] = draw(st.sampled_from([date(2024, 1, 1), "2024-01-01", None, 0]))
+        elif i > 0 and isinstance(timestamps[i - 1], datetime):
+            step = draw(st.sampled_from([timedelta(microseconds=1), timedelta(days=1)]))
+            timestamps[i] = timestamps[i - 1] - step
+        else:
+            values[i] = math.nan
+    return timestamps, values
+
+
+@settings(max_examples=150, deadline=None)
+@given(corrupted_columns())
+def test_metrics_from_columns_rejects_bad_input_like_compute_metrics(
+    columns: tuple[list[Any], list[Any]],
+) -> None:
+    """Bad values, non-datetimes and out-of-order points give compute_metrics' exact ValueError."""
+    timestamps, values = columns
+    first_bad = ref_first_bad_point(timestamps, values)
+    assert first_bad is not None
+    with pytest.raises(ValueError) as from_points:
+        compute_metrics(list(zip(timestamps, values, strict=True)), [], 0, 0, 100.0)
+    with pytest.raises(ValueError) as from_columns:
+        metrics_from_columns(timestamps, values, [], 0, 0, 100.0)
+    assert str(from_columns.value) == str(from_points.value)
+    if not isinstance(values[first_bad], Decimal):  # float(Decimal("sNaN")) words its own error
+        assert str(from_points.value).startswith(f"equity point {first_bad}")
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    equity_columns(),
+    st.integers(min_value=1, max_value=3),
+    st.booleans(),
+)
+def test_metrics_from_columns_rejects_length_mismatch(
+    columns: tuple[list[datetime], list[float]], extra: int, more_values: bool
+) -> None:
+    """Columns of different lengths are refused, naming both lengths."""
+    timestamps, values = columns
+    if more_values:
+        values = values + [100.0] * extra
+    else:
+        timestamps = timestamps + [T0] * extra
+    with pytest.raises(ValueError) as error:
+        metrics_from_columns(timestamps, values, [], 0, 0, 100.0)
+    assert str(error.value) == f"{len(timestamps)} timestamps but {len(values)} values"
+
+
+# --------------------------------------------------------------------------- known discrepancies
+
+
+def test_cagr_defined_until_it_would_overflow() -> None:
+    """CAGR is None only when the annualised figure would overflow a float (docstring)."""
+    end = 100.0 * math.exp(701 / 365.25)  # x ~6.8 in one day: CAGR ~2.8e304, a finite float
+    m = compute_metrics([(T0, 100.0), (T0 + timedelta(days=1), end)], [], 0, 2, 100.0)
+    assert m["cagr"] == pytest.approx((end / 100.0) ** 365.25 - 1, rel=1e-9)
+
+
+def test_cagr_of_a_near_total_loss_is_minus_one() -> None:
+    """A positive but tiny end equity is a near-total loss: CAGR -1, not an exception."""
+    m = compute_metrics([(T0, 100.0), (T0 + timedelta(days=1), 5e-324)], [], 0, 2, 100.0)
+    assert m["cagr"] == pytest.approx(-1.0)
+
+
+def test_returns_beyond_float_range_do_not_raise() -> None:
+    """Finite, ordered equity is valid input: compute_metrics does not raise ValueError for it."""
+    m = compute_metrics(daily([1e-300, 1e10, 1e-300, -1e10]), [], 0, 4, 100.0)
+    assert m["sharpe"] is None and m["volatility"] is None
