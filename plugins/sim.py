@@ -173,16 +173,21 @@ class SimBroker:
         self._symbols = frozenset(self._working)
         return None
 
-    def _committed(self, strategy: str) -> dict[str, Decimal]:
-        """Signed quantities the strategy's working orders still ask for, by symbol."""
+    def _committed(self, strategy: str) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+        """Signed quantities the strategy's working orders still ask for, by symbol, and
+        for each symbol the limit or stop price of one of them (to value it without a mark)."""
         pending: dict[str, Decimal] = {}
+        own_prices: dict[str, Decimal] = {}
         for symbol, orders in self._working.items():
             for working in orders:
                 order = working.order
                 if order.strategy == strategy and not order.liquidation:
                     signed = working.remaining if order.side is Side.BUY else -working.remaining
                     pending[symbol] = pending.get(symbol, ZERO) + signed
-        return pending
+                    price = order.intent.limit_price or order.intent.stop_price
+                    if price is not None:
+                        own_prices.setdefault(symbol, price)
+        return pending, own_prices
 
     def _check_buying_power(self, order: Order, account: AccountSnapshot) -> str | None:
         """Would the position after this order *and the strategy's working orders* fit?"""
@@ -190,15 +195,14 @@ class SimBroker:
         price = intent.limit_price or intent.stop_price or account.prices.get(intent.symbol)
         if price is None:
             return f"no price seen yet for {intent.symbol}; cannot check buying power"
-        pending = self._committed(order.strategy)
+        pending, own_prices = self._committed(order.strategy)
         if pending:
             positions = dict(account.positions)
             marks = dict(account.prices)
             for symbol, quantity in pending.items():
                 positions[symbol] = positions.get(symbol, ZERO) + quantity
                 if symbol not in marks:  # only limit or stop orders work without a price
-                    working = self._working[symbol][0].order.intent
-                    marks[symbol] = working.limit_price or working.stop_price or ZERO
+                    marks[symbol] = own_prices.get(symbol, ZERO)
             marks.setdefault(intent.symbol, price)
             base_long = sum((q * marks[s] for s, q in positions.items() if q > 0), ZERO)
             base_short = sum((-q * marks[s] for s, q in positions.items() if q < 0), ZERO)

@@ -569,12 +569,11 @@ class SQLiteStore:
             finally:
                 self._batch_ids.clear()
 
-    def _buffered(self) -> bool:
+    def _buffered(self) -> None:
         """Count one write-behind row towards the batch; commit the batch when it is full."""
         self._batched += 1
         if self._batched >= BATCH_WRITES:
             self._flush()
-        return True
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

@@ -130,3 +130,12 @@ def cli() -> Iterator[CLI]:
 
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+def one_error_line(stderr: str, *needles: str) -> None:
+    """A user mistake is one line on stderr that names what is wrong, never a traceback."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr
+    assert len(lines) == 1, stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]

@@ -19,7 +19,7 @@ from click.testing import Result
 
 from bastion._engine import Engine
 
-from .conftest import CLI, REPO, WS
+from .conftest import CLI, REPO, WS, one_error_line
 
 EXAMPLE_KEY_ID = "BEE19B3C7A6706B7"
 EXAMPLES = ("mean_reversion.py", "sma_cross.py")
@@ -62,15 +62,6 @@ def on_bar(ctx, bar):
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def one_error_line(stderr: str, *needles: str) -> None:
-    """A user mistake is one line on stderr that names what is wrong, never a traceback."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr
-    assert len(lines) == 1, stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def db_path(home: Path, env: str = "development") -> Path:

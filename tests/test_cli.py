@@ -9,17 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CLI, GOOD_STRATEGY, REPO, WS
-
-
-def one_error_line(stderr: str, *needles: str) -> None:
-    """A user mistake is one line on stderr that names what is wrong, never a traceback."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr
-    assert len(lines) == 1, stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
+from .conftest import CLI, GOOD_STRATEGY, REPO, WS, one_error_line
 
 # ------------------------------------------------------------------ keys / trust / sign
 

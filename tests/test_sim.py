@@ -1215,3 +1215,15 @@ def test_liquidation_orders_are_not_limited_and_not_counted() -> None:
     broker = SimBroker.open(FREE)
     assert broker.submit(order("sell", 5000, liquidation=True), account(100)) is None
     assert broker.submit(order("buy", 1500), account(100_000)) is None
+
+
+def test_unpriced_working_orders_are_valued_at_the_strategys_own_limit() -> None:
+    """Another strategy's working order in the same unpriced symbol does not set the price
+    this strategy's working order is valued at."""
+    broker = SimBroker.open(FREE)
+    no_y = account(100_000, prices={"X": 100})
+    other = order("buy", 10, symbol="Y", type="limit", limit="1000", strategy="b.py")
+    assert broker.submit(other, no_y) is None
+    assert broker.submit(order("buy", 1000, symbol="Y", type="limit", limit="100"), no_y) is None
+    reason = broker.submit(order("buy", 501), no_y)
+    assert reason is not None and "150,100.00" in reason
