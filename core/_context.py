@@ -194,8 +194,8 @@ class StrategyContext:
         self._positions = {s: q for s, q in snapshot.positions.items() if q}
 
     def _drain(self) -> tuple[list[OrderIntent], list[tuple[str, str, dict[str, Any]]]]:
-        intents, logs = self._intents, list(self._logs)
-        self._intents = []
+        intents, logs = list(self._intents), list(self._logs)
+        self._intents.clear()
         self._logs.clear()
         return intents, logs
 
@@ -235,6 +235,8 @@ class StrategyRunner:
         self._on_reject = _direct(strategy, "on_reject", ("ctx", "intent", "reason"))
         self._on_stop = _direct(strategy, "on_stop", ("ctx",))
         self.logs: list[tuple[str, str, dict[str, Any]]] = []
+        #: Hot path: hand the strategy one bar; returns ``None`` when it asked for nothing.
+        self.bar = self._bar_handler()
 
     def _fail(self, hook: str, exc: BaseException) -> StrategyError:
         return StrategyError(self.name, hook, f"raised {type(exc).__name__}: {exc}")
@@ -263,24 +265,35 @@ class StrategyRunner:
                 raise self._fail("on_start", exc) from exc
         return self._collect()
 
-    def bar(self, bar: Bar) -> list[OrderIntent] | None:
-        """Hot path: returns ``None`` when the strategy asked for nothing."""
+    def _bar_handler(self) -> Callable[[Bar], list[OrderIntent] | None]:
+        """:meth:`bar`, with everything it touches bound once (it runs for every bar)."""
         ctx = self.ctx
-        ctx.now = bar.ts
-        symbol = bar.symbol
-        ctx._last[symbol] = bar.close
-        history = ctx._history.get(symbol)
-        if history is None:
-            history = ctx._history[symbol] = deque(maxlen=HISTORY_BARS)
-        history.append(bar)
-        if self._on_bar is not None:
-            try:
-                self._on_bar(ctx, bar)
-            except _CONTAINED as exc:
-                raise self._fail("on_bar", exc) from exc
-        if ctx._intents or ctx._logs:
-            return self._collect()
-        return None
+        on_bar = self._on_bar
+        last = ctx._last
+        histories = ctx._history
+        intents = ctx._intents
+        logs = ctx._logs
+        collect = self._collect
+        fail = self._fail
+
+        def bar(bar: Bar) -> list[OrderIntent] | None:
+            ctx.now = bar.ts
+            symbol = bar.symbol
+            last[symbol] = bar.close
+            history = histories.get(symbol)
+            if history is None:
+                history = histories[symbol] = deque(maxlen=HISTORY_BARS)
+            history.append(bar)
+            if on_bar is not None:
+                try:
+                    on_bar(ctx, bar)
+                except _CONTAINED as exc:
+                    raise fail("on_bar", exc) from exc
+            if intents or logs:
+                return collect()
+            return None
+
+        return bar
 
     def fill(self, fill: Fill, snapshot: AccountSnapshot) -> list[OrderIntent]:
         self.ctx.now = fill.ts

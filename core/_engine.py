@@ -27,6 +27,8 @@ from ._portfolio import Portfolio
 from .interfaces import Broker, Store
 from .models import Bar, Fill, Order, OrderIntent, OrderStatus
 
+ZERO = Decimal(0)
+
 __all__ = ["Engine", "EngineConfig", "OrderLimits", "RunResult", "StrategyResult"]
 
 MAX_REENTRY = 8  # a strategy answering a rejection with orders, at most this deep
@@ -146,25 +148,35 @@ class Engine:
 
     def _loop(self, bars: Iterable[Bar]) -> int:
         slots = self.slots
-        active = [s for s in slots if s.quarantined is None]
+        active = [(s, s.runner.bar) for s in slots if s.quarantined is None]
         broker = self.broker
         working = broker.working_symbols
+        # The broker's working orders change only through calls made here
+        # (submit, on_bar, cancels, margin calls): asked again after each.
+        waiting = working()
         last = self._last
         margin = broker.maintenance_margin
         progress = self.progress
+        stamps = self._ts
         current: datetime | None = None
         count = 0
         for bar in bars:
             ts = bar.ts
             if ts != current:
                 if current is not None:
-                    self._close_timestamp(current)
+                    # Every bar of ``current`` is processed: one equity point per strategy.
+                    stamps.append(current)
+                    for slot in slots:
+                        slot.values.append(slot.equity_f)
+                        if slot.portfolio.quantities_f:
+                            slot.exposure += 1
                 current = ts
             symbol = bar.symbol
-            if symbol in working():
+            if symbol in waiting:
                 for fill in broker.on_bar(bar):
                     self._book(fill)
-                active = [s for s in slots if s.quarantined is None]
+                active = [(s, s.runner.bar) for s in slots if s.quarantined is None]
+                waiting = working()
             close = bar.close
             previous = last.get(symbol)
             last[symbol] = close
@@ -181,17 +193,19 @@ class Engine:
                             and not slot.margin_call
                         ):
                             self._margin_call(slot, ts)
-            for slot in active:
+                            active = [(s, s.runner.bar) for s in slots if s.quarantined is None]
+                            waiting = working()
+            for slot, on_bar in active:
                 try:
-                    intents = slot.runner.bar(bar)
+                    intents = on_bar(bar)
                 except StrategyError as exc:
                     self._quarantine(slot, exc)
-                    active = [s for s in slots if s.quarantined is None]
-                    continue
+                    intents = None
                 if intents is not None:
                     self._handle(slot, intents, ts, 0)
-                    if slot.quarantined is not None:
-                        active = [s for s in slots if s.quarantined is None]
+                if intents is not None or slot.quarantined is not None:
+                    active = [(s, s.runner.bar) for s in slots if s.quarantined is None]
+                    waiting = working()
             count += 1
             if progress is not None and not count & 0x3FFF:
                 progress(count)
@@ -258,7 +272,7 @@ class Engine:
                     order.client_order_id,
                     OrderStatus.REJECTED,
                     reason,
-                    Decimal(0),
+                    ZERO,
                 )
                 self._rejected(slot, order, reason, depth)
             else:
@@ -267,7 +281,7 @@ class Engine:
                     order.client_order_id,
                     OrderStatus.ACCEPTED,
                     None,
-                    Decimal(0),
+                    ZERO,
                 )
                 slot.runner.working(order.symbol, order.signed_quantity)
                 if self._order_event is not None:
@@ -288,7 +302,7 @@ class Engine:
             liquidation=liquidation,
         )
         self._orders[order.client_order_id] = order
-        self._filled[order.client_order_id] = Decimal(0)
+        self._filled[order.client_order_id] = ZERO
         return order
 
     def _pre_check(self, slot: _Slot, intent: OrderIntent) -> str | None:
@@ -428,12 +442,12 @@ class Engine:
                 order.client_order_id,
                 status,
                 reason or "margin call",
-                Decimal(0),
+                ZERO,
             )
 
     def _cancel(self, orders: Sequence[Order], reason: str) -> None:
         for order in orders:
-            filled = self._filled.get(order.client_order_id, Decimal(0))
+            filled = self._filled.get(order.client_order_id, ZERO)
             self.store.update_order(
                 self.config.run_id,
                 order.client_order_id,

@@ -154,6 +154,8 @@ class SimBroker:
         self._commission = parse_commission(options.commission)
         self._slip = Decimal(repr(options.slippage_bps)) / 10_000
         self._participation = Decimal(repr(options.participation))
+        self._long_leverage = Decimal(repr(options.long_leverage))
+        self._short_leverage = Decimal(repr(options.short_leverage))
         self._working: dict[str, list[_Working]] = {}
         self._symbols: frozenset[str] = frozenset()
         self._last_price: dict[str, float] = {}
@@ -229,8 +231,8 @@ class SimBroker:
         equity = account.equity
         if equity <= 0:
             return f"account equity is {equity:.2f}; only orders that reduce positions"
-        long_limit = equity * Decimal(repr(self.options.long_leverage))
-        short_limit = equity * Decimal(repr(self.options.short_leverage))
+        long_limit = equity * self._long_leverage
+        short_limit = equity * self._short_leverage
         if long_value > long_limit:
             return (
                 f"insufficient buying power: long exposure{what} {long_value:,.2f} would exceed "

@@ -57,7 +57,7 @@ from bastion.interfaces import (
     StrategyRecord,
     StrategyRunData,
 )
-from bastion.models import Fill, Order, OrderStatus, Position
+from bastion.models import Fill, Order, OrderStatus, OrderType, Position, Side
 
 __all__ = ["DB_NAME", "GENESIS_HASH", "SCHEMA_VERSION", "SQLiteStore", "audit_hash"]
 
@@ -123,7 +123,14 @@ def _dumps(value: object) -> str:
 
 def _num(value: Decimal) -> str:
     """Exact decimal text in plain notation (``0.00000001``, not ``1E-8``); zeros kept."""
-    return format(Decimal(value), "f")
+    return format(value if type(value) is Decimal else Decimal(value), "f")
+
+
+# Enum members as their stored text (``Side.BUY.value`` goes through enum's
+# descriptor machinery; this is a dict lookup on the order path).
+_TEXT: Final[dict[enum.Enum, str]] = {
+    member: member.value for kind in (Side, OrderType) for member in kind
+}
 
 
 def _dec(value: Decimal | None) -> str | None:
@@ -818,9 +825,9 @@ class SQLiteStore:
             order.strategy_sha256,
             order.signer,
             intent.symbol,
-            intent.side.value,
+            _TEXT[intent.side],
             _num(intent.quantity),
-            intent.type.value,
+            _TEXT[intent.type],
             _dec(intent.limit_price),
             _dec(intent.stop_price),
             intent.tag,
@@ -906,7 +913,7 @@ class SQLiteStore:
             order.strategy_sha256,
             order.signer,
             fill.symbol,
-            fill.side.value,
+            _TEXT[fill.side],
             _num(fill.quantity),
             _num(fill.price),
             _num(fill.commission),

@@ -155,13 +155,18 @@ def on_bar(ctx, bar):
             yielded.append(1)
             yield item
 
-    real_bar = StrategyRunner.bar
+    real_handler = StrategyRunner._bar_handler
 
-    def spy(self: StrategyRunner, item: Bar) -> Any:
-        seen_at_call.append(len(yielded))
-        return real_bar(self, item)
+    def spy_handler(self: StrategyRunner) -> Any:
+        handle = real_handler(self)
 
-    monkeypatch.setattr(StrategyRunner, "bar", spy)
+        def spy(item: Bar) -> Any:
+            seen_at_call.append(len(yielded))
+            return handle(item)
+
+        return spy
+
+    monkeypatch.setattr(StrategyRunner, "_bar_handler", spy_handler)
     h.store.begin_run(
         RunInfo(RUN, "backtest", "development", T0, "t", {}),
         [StrategyRecord(s.name, s.info.sha256, s.info.signer, None, None, False, {})],
