@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python tests/benchmarks/bench_engine.py
+	$(BIN)/python tests/benchmarks/bench_engine.py --split
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -16,6 +16,12 @@ SMA(10)/SMA(30) crossover holding 100 shares while fast > slow:
 
 Bars are generated before timing; each figure is the best of ``--repeat`` runs.
 Prints one JSON object.  Not part of the test suite (no timed assertions there).
+
+``--split`` adds where the engine's time goes, in microseconds per bar, by
+running it twice more on the same bars: with a strategy that does nothing
+(``noop.py``, signed in the throwaway workspace with a throwaway key and
+admitted through the same door) and with ``sma_cross.py`` at ``quantity=0``
+(all of its arithmetic and ``ctx`` calls, no orders).
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from typing import Any
 
 from bastion import Gate, Kernel, Workspace
 from bastion._engine import Engine, EngineConfig
+from bastion._keys import generate_key
+from bastion._signing import sign_strategies
+from bastion._trust import TrustStore
 from bastion.interfaces import RunInfo, StrategyRecord
 from bastion.models import Bar
 from bastion.plugins.sim import SimBroker
@@ -50,14 +59,30 @@ def make_bars(n: int) -> list[Bar]:
     return list(SyntheticSource.open(f"{n},symbols=1,seed=7,interval=1m").bars())
 
 
-def bench_engine(bars: list[Bar]) -> tuple[float, int]:
+NOOP_STRATEGY = """from bastion import strategy
+
+
+@strategy.hook
+def on_bar(ctx, bar):
+    pass
+"""
+
+
+def bench_engine(
+    bars: list[Bar], name: str = "sma_cross.py", quantity: int = QUANTITY
+) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         shutil.copytree(REPO / "strategies", home / "strategies")
         shutil.copytree(REPO / "signatures", home / "signatures")
         workspace = Workspace(home)
+        if name == "noop.py":
+            (home / "strategies" / name).write_text(NOOP_STRATEGY)
+            key = generate_key("bench", home / "keys")
+            TrustStore.load(home / "signatures").add(home / "keys" / "bench.pub")
+            sign_strategies(workspace, key, [name])
         kernel = Kernel(entry_points=False)
-        strategy = Gate(workspace).admit(home / "strategies" / "sma_cross.py")
+        strategy = Gate(workspace).admit(home / "strategies" / name)
         assert not hasattr(strategy, "status"), strategy
         store = SQLiteStore.open(workspace.ensure_data_dir())
         run_id = "bench"
@@ -65,7 +90,7 @@ def bench_engine(bars: list[Bar]) -> tuple[float, int]:
             RunInfo(run_id, "backtest", "development", datetime.now(UTC), "bench", {}),
             [
                 StrategyRecord(
-                    "sma_cross.py",
+                    name,
                     strategy.info.sha256,
                     strategy.info.signer,  # type: ignore[union-attr]
                     None,
@@ -76,7 +101,8 @@ def bench_engine(bars: list[Bar]) -> tuple[float, int]:
             ],  # type: ignore[union-attr]
         )
         params = dict(strategy.params)  # type: ignore[union-attr]
-        params.update(fast=FAST, slow=SLOW, quantity=QUANTITY)
+        if name == "sma_cross.py":
+            params.update(fast=FAST, slow=SLOW, quantity=quantity)
         engine = Engine(
             kernel,
             SimBroker.open("commission=none,slippage=0,participation=1"),
@@ -178,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bars", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-backtrader", action="store_true")
+    parser.add_argument(
+        "--split", action="store_true", help="also time a no-op strategy and one without orders"
+    )
     args = parser.parse_args(argv)
     if args.bars < SLOW + 1 or args.repeat < 1:
         parser.error("--bars must exceed the slow window and --repeat be >= 1")
@@ -194,6 +223,19 @@ def main(argv: list[str] | None = None) -> None:
         "bare_loop_switches": bare[1],
         "engine_vs_bare_loop_slowdown": round(engine[0] / bare[0], 2),
     }
+    if args.split:
+        noop = min(bench_engine(bars, "noop.py")[0] for _ in range(args.repeat))
+        quiet = min(bench_engine(bars, quantity=0)[0] for _ in range(args.repeat))
+        per_bar = 1e6 / len(bars)
+        report["split_us_per_bar"] = {
+            "bare_loop": round(bare[0] * per_bar, 3),
+            "engine_noop_strategy": round(noop * per_bar, 3),
+            "engine_sma_without_orders": round(quiet * per_bar, 3),
+            "engine_full": round(engine[0] * per_bar, 3),
+            "strategy_through_ctx": round((quiet - noop) * per_bar, 3),
+            "orders": round((engine[0] - quiet) * per_bar, 3),
+            "us_per_order_round_trip": round((engine[0] - quiet) * 1e6 / max(engine[1], 1), 1),
+        }
     if not args.no_backtrader:
         outcome = bench_backtrader(bars)
         if isinstance(outcome, str):
