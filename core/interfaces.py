@@ -160,6 +160,8 @@ class StrategyRunData:
     orders: int
     fills: int
     quarantined: str | None  # why the strategy was stopped, if it was
+    rejected: int = 0  # orders refused by a limit, a risk check or the broker
+    last_rejection: str | None = None  # the reason given for the latest of them
 
 
 @attrs.frozen

@@ -17,7 +17,7 @@ from bastion import ConfigError, hookimpl
 from bastion._backtest import BacktestRequest, parse_cash, parse_date, prepare_backtest
 from bastion._trust import format_time
 from bastion.cli import App, console, err_console, pass_app, workspace_options
-from bastion.interfaces import Store
+from bastion.interfaces import RunData, Store
 
 # The report module pulls in matplotlib (half a second); only commands that
 # render import it, so 'bastion --help' and 'bastion verify' stay quick.
@@ -175,6 +175,8 @@ def backtest_command(
                         "metrics": dict(s.metrics),
                         "orders": s.orders,
                         "fills": s.fills,
+                        "rejected": s.rejected,
+                        "last_rejection": s.last_rejection,
                         "quarantined": s.quarantined,
                     }
                     for s in run.strategies
@@ -190,11 +192,7 @@ def backtest_command(
             f"{total['end_equity']:,.2f} ({total['total_return']:+.2%})",
             markup=False,
         )
-    for strategy in run.strategies:
-        if strategy.quarantined:
-            err_console.print(
-                f"{strategy.record.name} was quarantined: {strategy.quarantined}", markup=False
-            )
+    _print_notes(run)
     console.print(
         f"run {result.run_id}: {result.bars:,} bars in {result.seconds:.2f}s; stored in "
         f"{store.location}",
@@ -202,6 +200,21 @@ def backtest_command(
     )
     if report_path:
         console.print(f"report: {report_path}", markup=False)
+
+
+def _print_notes(run: RunData) -> None:
+    """What the table cannot say: rejected orders and quarantines, one line each (stderr)."""
+    for strategy in run.strategies:
+        if strategy.rejected:
+            err_console.print(
+                f"{strategy.record.name}: {strategy.rejected:,} of {strategy.orders:,} orders "
+                f"rejected; the latest because: {strategy.last_rejection}",
+                markup=False,
+            )
+        if strategy.quarantined:
+            err_console.print(
+                f"{strategy.record.name} was quarantined: {strategy.quarantined}", markup=False
+            )
 
 
 @click.command("runs")
@@ -273,6 +286,7 @@ def report_command(app: App, run_id: str, storage: str, out: Path | None) -> Non
         store.close()
     path = render_report(run, _report_dir(app, run.row.run_id, out))
     console.print(summary_table(run))
+    _print_notes(run)
     console.print(f"report: {path}", markup=False)
 
 

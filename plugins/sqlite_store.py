@@ -1108,6 +1108,15 @@ class SQLiteStore:
         fills = conn.execute(
             "SELECT count(*) FROM fills WHERE run_id = ? AND strategy = ?", key
         ).fetchone()[0]
+        rejected = conn.execute(
+            "SELECT count(*) FROM orders WHERE run_id = ? AND strategy = ? AND status = ?",
+            (*key, OrderStatus.REJECTED.value),
+        ).fetchone()[0]
+        last_rejection = conn.execute(
+            "SELECT reason FROM orders WHERE run_id = ? AND strategy = ? AND status = ? "
+            "ORDER BY created DESC, client_order_id DESC LIMIT 1",
+            (*key, OrderStatus.REJECTED.value),
+        ).fetchone()
         record = StrategyRecord(
             name=name,
             sha256=sha256,
@@ -1125,6 +1134,8 @@ class SQLiteStore:
             orders=int(orders),
             fills=int(fills),
             quarantined=quarantined,
+            rejected=int(rejected),
+            last_rejection=None if last_rejection is None else last_rejection[0],
         )
 
     # ----------------------------------------------------------------- closing

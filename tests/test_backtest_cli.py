@@ -555,6 +555,45 @@ def test_quarantine_is_reported_in_human_output(cli: CLI, signed_ws: WS) -> None
     ), r.stderr
 
 
+GREEDY = """\
+from bastion import strategy
+
+PARAMS = {}
+
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if ctx.position(bar.symbol) == 0 and ctx.pending(bar.symbol) == 0:
+        ctx.order(bar.symbol, 10_000_000)
+"""
+
+
+def test_rejected_orders_are_counted_and_explained(cli: CLI, signed_ws: WS) -> None:
+    """A strategy whose every order is refused trades nothing, and the run says so: --json
+    gives the count and the latest reason, the human output says it on stderr (after a
+    backtest and after `bastion report`), and the HTML report lists it."""
+    ws = signed_ws
+    ws.write("greedy.py", GREEDY)
+    ws.sign("greedy.py")
+    data = backtest_json(cli, ws.home, "greedy.py", "--source", "synthetic:40")
+    (entry,) = data["strategies"]
+    assert entry["orders"] == 40 and entry["fills"] == 0
+    assert entry["rejected"] == 40
+    assert entry["last_rejection"].startswith("insufficient buying power")
+
+    r = cli("report", "--home", ws.home, data["run_id"])
+    assert r.exit_code == 0, r.stderr
+    (note,) = [line for line in r.stderr.splitlines() if "rejected" in line]
+    assert note.startswith("greedy.py: 40 of 40 orders rejected; the latest because: insufficient")
+    report = ws.home / ".bastion" / "development" / "reports" / data["run_id"] / "report.html"
+    html = report.read_text()
+    assert "Rejected orders" in html and "insufficient buying power" in html
+
+    r = backtest(cli, ws.home, "--no-report", "good.py", "--source", "synthetic:40")
+    assert r.exit_code == 0, r.stderr
+    assert "rejected" not in r.stderr  # nothing said when nothing was refused
+
+
 # ------------------------------------------------------------------------------ 6. parameters
 
 
