@@ -392,11 +392,7 @@ def _strategy_section(strategy: StrategyRunData) -> str:
         ("Orders", _e(f"{strategy.orders:,}")),
         ("Fills", _e(f"{strategy.fills:,}")),
         ("Rejected orders", _e(f"{strategy.rejected:,}")),
-        *(
-            [("Latest rejection", _e(strategy.last_rejection))]
-            if strategy.last_rejection
-            else []
-        ),
+        *([("Latest rejection", _e(strategy.last_rejection))] if strategy.last_rejection else []),
         ("Equity points", _e(f"{len(strategy.equity):,}")),
     ]
     parts.append(f"<h3>Metrics</h3>{_kv_table(metric_rows)}")
