@@ -175,62 +175,68 @@ class SimBroker:
         self._symbols = frozenset(self._working)
         return None
 
-    def _committed(self, strategy: str) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
-        """Signed quantities the strategy's working orders still ask for, by symbol, and
-        for each symbol the limit or stop price of one of them (to value it without a mark)."""
-        pending: dict[str, Decimal] = {}
+    def _committed(
+        self, strategy: str
+    ) -> tuple[dict[str, Decimal], dict[str, Decimal], dict[str, Decimal]]:
+        """What the strategy's working orders still ask for, by symbol: quantities to buy,
+        quantities to sell, and the limit or stop price of one of them (to value the
+        symbol without a mark)."""
+        buys: dict[str, Decimal] = {}
+        sells: dict[str, Decimal] = {}
         own_prices: dict[str, Decimal] = {}
         for symbol, orders in self._working.items():
             for working in orders:
                 order = working.order
                 if order.strategy == strategy and not order.liquidation:
-                    signed = working.remaining if order.side is Side.BUY else -working.remaining
-                    pending[symbol] = pending.get(symbol, ZERO) + signed
+                    side = buys if order.side is Side.BUY else sells
+                    side[symbol] = side.get(symbol, ZERO) + working.remaining
                     price = order.intent.limit_price or order.intent.stop_price
                     if price is not None:
                         own_prices.setdefault(symbol, price)
-        return pending, own_prices
+        return buys, sells, own_prices
 
     def _check_buying_power(self, order: Order, account: AccountSnapshot) -> str | None:
-        """Would the position after this order *and the strategy's working orders* fit?"""
+        """Would the positions fit the leverage limits, whichever of the strategy's working
+        orders fill?
+
+        Each working order is assumed to fill if that adds exposure and not to
+        fill if it would reduce it: a protective stop below a long position
+        frees no buying power, because it may never trigger.  An order that
+        cannot add exposure whatever fills (it and the working orders on its
+        side together at most close the position) is always accepted.
+        """
         intent = order.intent
-        price = intent.limit_price or intent.stop_price or account.prices.get(intent.symbol)
+        symbol = intent.symbol
+        price = intent.limit_price or intent.stop_price or account.prices.get(symbol)
         if price is None:
-            return f"no price seen yet for {intent.symbol}; cannot check buying power"
-        pending, own_prices = self._committed(order.strategy)
-        if pending:
-            positions = dict(account.positions)
-            marks = dict(account.prices)
-            for symbol, quantity in pending.items():
-                positions[symbol] = positions.get(symbol, ZERO) + quantity
-                if symbol not in marks:  # only limit or stop orders work without a price
-                    marks[symbol] = own_prices.get(symbol, ZERO)
-            marks.setdefault(intent.symbol, price)
-            base_long = sum((q * marks[s] for s, q in positions.items() if q > 0), ZERO)
-            base_short = sum((-q * marks[s] for s, q in positions.items() if q < 0), ZERO)
-            mark = marks[intent.symbol]
-            what = " (with working orders)"
+            return f"no price seen yet for {symbol}; cannot check buying power"
+        buys, sells, own_prices = self._committed(order.strategy)
+        what = " (with working orders)" if buys or sells else ""
+        held = account.positions.get(symbol, ZERO)
+        if intent.side is Side.BUY:
+            buys[symbol] = buys.get(symbol, ZERO) + intent.quantity
+            if held < 0 and buys[symbol] <= -held:
+                return None  # covers at most the short, whatever fills
         else:
-            positions = dict(account.positions)
-            base_long, base_short = account.long_value, account.short_value
-            mark = account.prices.get(intent.symbol, price)
-            what = ""
-        held = positions.get(intent.symbol, ZERO)
-        signed = intent.quantity if intent.side is Side.BUY else -intent.quantity
-        after = held + signed
-        old_value = abs(held) * mark
-        long_value = base_long - (old_value if held > 0 else ZERO)
-        short_value = base_short - (old_value if held < 0 else ZERO)
-        if after > 0:
-            long_value += after * price
-        elif after < 0:
-            short_value += -after * price
-        # Reducing a position is always allowed, whatever the account's state.
-        if abs(after) <= abs(held) and (after == 0 or (after > 0) == (held > 0)):
-            return None
+            sells[symbol] = sells.get(symbol, ZERO) + intent.quantity
+            if held > 0 and sells[symbol] <= held:
+                return None  # sells at most the long, whatever fills
         equity = account.equity
         if equity <= 0:
             return f"account equity is {equity:.2f}; only orders that reduce positions"
+        long_value = short_value = ZERO
+        for name in {*account.positions, *buys, *sells}:
+            quantity = account.positions.get(name, ZERO)
+            # The order's own symbol is valued at the order's price (its limit or
+            # stop, else the mark); others at the mark, else the strategy's own
+            # limit or stop price in that symbol (only those work without a price).
+            mark = price if name == symbol else account.prices.get(name, own_prices.get(name, ZERO))
+            most_long = quantity + buys.get(name, ZERO)
+            most_short = sells.get(name, ZERO) - quantity
+            if most_long > 0:
+                long_value += most_long * mark
+            if most_short > 0:
+                short_value += most_short * mark
         long_limit = equity * self._long_leverage
         short_limit = equity * self._short_leverage
         if long_value > long_limit:

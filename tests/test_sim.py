@@ -1180,9 +1180,10 @@ def test_working_orders_of_other_strategies_do_not_count() -> None:
     assert broker.submit(order("buy", 1500, strategy="b.py"), account(100_000)) is None
 
 
-def test_an_order_that_offsets_a_working_order_is_a_reduction() -> None:
-    """A sell against a working buy reduces the committed position, so it is accepted even
-    when the account is over its limit."""
+def test_sells_that_at_most_close_the_long_are_always_accepted() -> None:
+    """Sells that, together with the strategy's working sells, at most close its long
+    position cannot add exposure, so they are accepted even when the account is over its
+    limit; a buy is not."""
     broker = SimBroker.open(FREE)
     over = account(10_000, positions={"X": 150})  # 15k long of 15k allowed
     assert broker.submit(order("sell", 50), over) is None  # committed 100
@@ -1227,3 +1228,26 @@ def test_unpriced_working_orders_are_valued_at_the_strategys_own_limit() -> None
     assert broker.submit(order("buy", 1000, symbol="Y", type="limit", limit="100"), no_y) is None
     reason = broker.submit(order("buy", 501), no_y)
     assert reason is not None and "150,100.00" in reason
+
+
+def test_a_protective_stop_frees_no_buying_power() -> None:
+    """A working stop below a long position may never trigger: it does not make room for
+    new buys (it used to net the position to zero and let the strategy buy past its limit)."""
+    broker = SimBroker.open(FREE)
+    long_x = account(100_000, positions={"X": 1000})  # 100k of 150k
+    assert broker.submit(order("sell", 1000, type="stop", stop="90"), long_x) is None
+    reason = broker.submit(order("buy", 501), long_x)  # 150.1k if the stop never fires
+    assert reason is not None
+    assert "long exposure (with working orders) 150,100.00" in reason
+    assert broker.submit(order("buy", 500), long_x) is None  # exactly 150k
+
+
+def test_working_sells_beyond_the_long_count_as_a_short() -> None:
+    """A sell that, with the working sells, would take the position short is checked as
+    the short it could become."""
+    broker = SimBroker.open(FREE)
+    long_x = account(100_000, positions={"X": 1000})
+    assert broker.submit(order("sell", 1000, type="stop", stop="90"), long_x) is None
+    assert broker.submit(order("sell", 2000), long_x) is None  # could be short 2000: 200k
+    reason = broker.submit(order("sell", 1), long_x)  # 200.1k of 200k allowed
+    assert reason is not None and "short exposure (with working orders) 200,100.00" in reason
