@@ -9,6 +9,7 @@ marks it ``failed`` with the reason; nothing is left ``running``.
 from __future__ import annotations
 
 import itertools
+import math
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, time
@@ -29,6 +30,10 @@ from .models import Bar
 __all__ = ["BacktestRequest", "parse_cash", "parse_date", "prepare_backtest"]
 
 
+MIN_CASH = Decimal("0.01")
+MAX_CASH = Decimal(10) ** 15  # equity is also kept as a float; far from where that matters
+
+
 def parse_cash(text: str) -> Decimal:
     try:
         cash = Decimal(text.replace(",", "").replace("_", ""))
@@ -36,10 +41,18 @@ def parse_cash(text: str) -> Decimal:
         raise ConfigError(f"--cash {text!r} is not a number") from None
     if not cash.is_finite() or cash <= 0:
         raise ConfigError(f"--cash {text}: starting cash must be a positive amount")
+    if not MIN_CASH <= cash <= MAX_CASH:
+        raise ConfigError(
+            f"--cash {text}: starting cash must be between {MIN_CASH} and {MAX_CASH:,.0f}"
+        )
     return cash
 
 
 def parse_date(text: str, option: str, *, end: bool = False) -> datetime:
+    """A day (``2022-01-31``: from its start, or to its end with ``end``) or an ISO
+    time (UTC unless it has an offset), as an aware UTC datetime."""
+    if not text.strip():
+        raise ConfigError(f"{option} is empty; give a date like 2022-01-31 or leave it out")
     try:
         day = date.fromisoformat(text)
     except ValueError:
@@ -47,7 +60,12 @@ def parse_date(text: str, option: str, *, end: bool = False) -> datetime:
             moment = datetime.fromisoformat(text)
         except ValueError:
             raise ConfigError(f"{option} {text!r} is not a date like 2022-01-31") from None
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=UTC)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:
+            raise ConfigError(f"{option} {text!r} is out of range in UTC") from None
     return datetime.combine(day, time.max if end else time.min, tzinfo=UTC)
 
 
@@ -76,6 +94,7 @@ def _split(spec: str, what: str, available: Mapping[str, Any]) -> tuple[Any, str
 
 
 def _coerce(value: str, default: object, where: str) -> object:
+    """``value`` as the type of the parameter's default (bool, int, float; else text)."""
     try:
         if isinstance(default, bool):
             lowered = value.strip().lower()
@@ -85,10 +104,20 @@ def _coerce(value: str, default: object, where: str) -> object:
         if isinstance(default, int):
             return int(value)
         if isinstance(default, float):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
     except ValueError:
+        kind = (
+            "true or false"
+            if isinstance(default, bool)
+            else "a whole number"
+            if isinstance(default, int)
+            else "a finite number"
+        )
         raise ConfigError(
-            f"{where}: {value!r} is not a {type(default).__name__} like the default {default!r}"
+            f"{where}: {value!r} is not {kind} like the default {default!r}"
         ) from None
     return value
 
@@ -117,7 +146,8 @@ def resolve_params(
             result[name][key] = _coerce(
                 str(value), result[name][key], f"{config_name} {stem}.{key}"
             )
-    for item in overrides:
+    # STRATEGY.KEY=VALUE is more specific than KEY=VALUE and wins whatever the order.
+    for item in sorted(overrides, key=lambda o: "." in o.partition("=")[0]):
         target, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--param {item!r}: use KEY=VALUE or STRATEGY.KEY=VALUE")
@@ -143,12 +173,19 @@ def _limits(config: Mapping[str, Any], environment: str, config_name: str) -> Or
     values = {}
     for key in ("max_order_quantity", "max_order_notional"):
         if key in table:
+            raw = table[key]
             try:
-                values[key] = Decimal(str(table[key]))
+                if isinstance(raw, bool):
+                    raise InvalidOperation
+                value = Decimal(str(raw))
             except InvalidOperation:
+                value = Decimal("NaN")
+            if not value.is_finite() or value <= 0:
                 raise ConfigError(
-                    f"{config_name}: limits.{environment}.{key} is not a number"
-                ) from None
+                    f"{config_name}: limits.{environment}.{key} = {raw!r}; "
+                    "it must be a positive number (or left out for no limit)"
+                )
+            values[key] = value
     return OrderLimits(**values)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
 
@@ -161,7 +161,12 @@ class StrategyContext:
         tag: str = "",
     ) -> None:
         """Ask for an order: ``quantity > 0`` buys, ``< 0`` sells; 0 is ignored."""
-        qty = quantity if isinstance(quantity, Decimal) else Decimal(str(quantity))
+        try:
+            qty = quantity if isinstance(quantity, Decimal) else Decimal(str(quantity))
+        except InvalidOperation:
+            qty = Decimal("NaN")
+        if isinstance(quantity, bool) or not qty.is_finite():
+            raise ValueError(f"order quantity {quantity!r} is not a finite number")
         if qty == 0:
             return
         if len(self._intents) >= MAX_INTENTS_PER_EVENT:

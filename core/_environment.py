@@ -43,6 +43,10 @@ def read_config(path: Path) -> dict[str, object]:
         data = path.read_bytes()
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror or exc}; fix its permissions or remove it"
+        ) from None
     try:
         return tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -150,6 +150,17 @@ class BastionGroup(click.Group):
             return super().invoke(ctx)
         except BastionError as exc:
             raise _UserError(str(exc), exc.exit_code) from None
+        except OSError as exc:
+            # A file or folder the user's system will not let us read or write
+            # (permissions, a full disk, a folder where a file should be): say
+            # which, not where in Bastion it was noticed.
+            if exc.filename is None:
+                raise
+            raise _UserError(
+                f"cannot use {exc.filename}: {exc.strerror or exc}; "
+                "check that it exists and that you may read and write it",
+                1,
+            ) from None
 
 
 class _UserError(click.ClickException):

@@ -12,7 +12,7 @@ import enum
 import math
 from collections.abc import Mapping
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import attrs
@@ -44,7 +44,10 @@ def _decimal(value: object) -> Decimal:
     if isinstance(value, Decimal):
         result = value
     elif isinstance(value, (int, str)):
-        result = Decimal(value)
+        try:
+            result = Decimal(value)
+        except InvalidOperation:
+            raise ValueError(f"expected a number, got {value!r}") from None
     elif isinstance(value, float):
         # Through str(): 0.1 becomes Decimal("0.1"), not 0.1000000000000000055...
         result = Decimal(repr(value))

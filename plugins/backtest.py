@@ -120,15 +120,20 @@ def backtest_command(
     from bastion.plugins.reports import render_report, summary_table
 
     _check_out(out)
+    if out is not None and not report:
+        raise ConfigError("--out names the report's folder; drop it or drop --no-report")
+    wanted = tuple(s.strip() for s in symbols.split(",") if s.strip()) if symbols else ()
+    if symbols is not None and not wanted:
+        raise ConfigError("--symbols is empty; name symbols like AAPL,MSFT or leave it out")
     request = BacktestRequest(
         strategies=strategies,
         source=source,
         broker=broker,
         storage=storage,
         cash=parse_cash(cash),
-        start=parse_date(start, "--from") if start else None,
-        end=parse_date(end, "--to", end=True) if end else None,
-        symbols=tuple(s.strip() for s in symbols.split(",") if s.strip()) if symbols else (),
+        start=parse_date(start, "--from") if start is not None else None,
+        end=parse_date(end, "--to", end=True) if end is not None else None,
+        symbols=wanted,
         params=params,
     )
     prepared = prepare_backtest(app.kernel, app.gate(), request, str(app.environment))

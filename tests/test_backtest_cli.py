@@ -339,6 +339,16 @@ BAD_INPUTS = [
     pytest.param(["--cash", "lots"], ["--cash", "'lots'", "not a number"], id="cash-not-number"),
     pytest.param(["--cash", "nan"], ["--cash"], id="cash-nan"),
     pytest.param(["--cash", "inf"], ["--cash"], id="cash-inf"),
+    pytest.param(["--cash", "1e400"], ["--cash 1e400", "between"], id="cash-overflows-a-float"),
+    pytest.param(["--cash", "1e-30"], ["--cash 1e-30", "between 0.01"], id="cash-dust"),
+    pytest.param(["--from", ""], ["--from is empty"], id="empty-from"),
+    pytest.param(
+        ["--to", "9999-12-31T23:59:59-05:00"], ["--to", "out of range"], id="to-beyond-utc"
+    ),
+    pytest.param(["--symbols", " , "], ["--symbols is empty"], id="empty-symbols"),
+    pytest.param(["--out", "{home}/rep"], ["--out", "--no-report"], id="out-without-report"),
+    pytest.param(["--param", "entry=nan"], ["--param", "'nan'", "finite"], id="param-nan"),
+    pytest.param(["--param", "entry=inf"], ["--param", "'inf'", "finite"], id="param-inf"),
     pytest.param(
         ["--from", "2022-06-01", "--to", "2022-01-01"], ["--from", "--to"], id="from-after-to"
     ),
@@ -633,6 +643,45 @@ def test_params_from_bastion_toml_and_cli_wins(cli: CLI, examples: Path) -> None
     assert by_name(summary)["sma_cross.py"]["params"]["fast"] == 4
 
 
+def test_strategy_specific_param_wins_whatever_the_order(cli: CLI, examples: Path) -> None:
+    """--param STRATEGY.KEY=V is more specific than --param KEY=V and wins in either order."""
+    for args in (
+        ("--param", "sma_cross.fast=7", "--param", "fast=5"),
+        ("--param", "fast=5", "--param", "sma_cross.fast=7"),
+    ):
+        summary = backtest_json(cli, examples, "sma_cross", *args, *SHORT)
+        assert by_name(summary)["sma_cross.py"]["params"]["fast"] == 7, args
+
+
+def test_unreadable_bastion_toml_is_one_line(cli: CLI, examples: Path) -> None:
+    """A bastion.toml that cannot be read (here a folder of that name; a file without read
+    permission takes the same path) is a one-line error naming it, for any command."""
+    (examples / "bastion.toml").mkdir()
+    for command in (["backtest", "--no-report", *SHORT], ["runs"]):
+        r = cli(command[0], "--home", examples, *command[1:])
+        assert r.exit_code != 0, command
+        one_error_line(r.stderr, "bastion: error: cannot read", "bastion.toml")
+    assert store_counts(examples) is None
+
+
+def test_unwritable_data_folder_is_one_line(
+    cli: CLI, examples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data folder the system refuses to create (permissions; simulated, since CI runs as
+    root) is a one-line error naming the folder, not a traceback."""
+    real_mkdir = Path.mkdir
+
+    def refuse(self: Path, *args: Any, **kwargs: Any) -> None:
+        if self.name in (".bastion", "development", "logs"):
+            raise PermissionError(13, "Permission denied", str(self))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    r = backtest(cli, examples, "--no-report", *SHORT)
+    assert r.exit_code != 0
+    one_error_line(r.stderr, "bastion: error: cannot use", ".bastion", "Permission denied")
+
+
 @pytest.mark.parametrize(
     ("toml", "needles"),
     [
@@ -640,12 +689,28 @@ def test_params_from_bastion_toml_and_cli_wins(cli: CLI, examples: Path) -> None
         pytest.param("[params.sma_cross]\nfast = 'x'\n", ["bastion.toml", "fast"], id="type"),
         pytest.param("[params]\nsma_cross = 3\n", ["bastion.toml", "params.sma_cross"], id="shape"),
         pytest.param("[params\n", ["bastion.toml", "TOML"], id="syntax"),
+        pytest.param(
+            "[limits.development]\nmax_order_quantity = nan\n",
+            ["bastion.toml", "limits.development.max_order_quantity", "positive"],
+            id="limit-nan",
+        ),
+        pytest.param(
+            "[limits.development]\nmax_order_notional = -1\n",
+            ["bastion.toml", "limits.development.max_order_notional = -1", "positive"],
+            id="limit-negative",
+        ),
+        pytest.param(
+            "[limits.development]\nmax_order_quantity = 'ten'\n",
+            ["bastion.toml", "max_order_quantity = 'ten'"],
+            id="limit-text",
+        ),
     ],
 )
 def test_bad_params_in_bastion_toml(
     cli: CLI, examples: Path, toml: str, needles: list[str]
 ) -> None:
-    """A wrong [params] table in bastion.toml is a one-line error naming the file; no run."""
+    """A wrong [params] or [limits.ENV] table in bastion.toml is a one-line error naming the
+    file and the key; no run."""
     (examples / "bastion.toml").write_text(toml)
     r = backtest(cli, examples, "sma_cross", "--json", "--no-report", *SHORT)
     assert r.exit_code != 0

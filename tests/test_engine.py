@@ -563,3 +563,35 @@ def on_stop(ctx):
     ctx = h.engine.slots[0].runner.ctx
     assert ctx.state["at_stop"] == 0
     assert h.rows("SELECT status, reason FROM orders") == [("cancelled", "end of run")]
+
+
+@pytest.mark.parametrize(
+    ("call", "reason"),
+    [
+        ('ctx.order(bar.symbol, "nan")', "order quantity 'nan' is not a finite number"),
+        ('ctx.order(bar.symbol, "lots")', "order quantity 'lots' is not a finite number"),
+        ("ctx.order(bar.symbol, True)", "order quantity True is not a finite number"),
+        ('ctx.order(bar.symbol, 1, limit="abc")', "expected a number, got 'abc'"),
+    ],
+)
+def test_an_unusable_order_quarantines_with_a_readable_reason(
+    ws: WS, h: Harness, call: str, reason: str
+) -> None:
+    """ctx.order with a quantity or price that is not a finite number quarantines the
+    strategy with a reason a person can act on (not decimal's InvalidOperation repr)."""
+    s = admit(
+        ws,
+        "garbage.py",
+        f"""
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    {call}
+""",
+    )
+    result = h.run([s], [bar("AAA", d, 100.0) for d in range(3)])
+    quarantined = result.strategies[0].quarantined
+    assert quarantined is not None and quarantined.startswith("on_bar: raised ValueError: ")
+    assert reason in quarantined
+    assert h.rows("SELECT count(*) FROM orders") == [(0,)]
