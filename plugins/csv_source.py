@@ -5,8 +5,9 @@
 * a CSV file.  Its symbol is the file name's stem upper-cased
   (``spy.csv`` -> ``SPY``), unless the file has a ``symbol`` column, in which
   case every row names its own symbol (one file may then hold several);
-* a folder: every ``*.csv`` file directly inside it, read as above.  A symbol
-  may come from one file only;
+* a folder: every ``*.csv`` file directly inside it, read as above, except
+  hidden files (names starting with ``.``, such as editor temporary files).
+  A symbol may come from one file only;
 * ``sample`` (or nothing): the bundled, synthetic sample data
   (``bastion/plugins/sample_data``, five symbols of weekday bars for
   2021-01-04..2023-12-29).
@@ -26,10 +27,13 @@ their order is free; unknown columns are ignored.
   has the column but a 0 means nothing traded: orders wait).
 * ``symbol`` (optional): see above.
 
-Rows of one symbol must be in strictly increasing time order.  Everything is
-read and checked when the source is opened, so a run never starts on bad data:
-the first problem raises :class:`bastion.FormatError` with a one-line message
-naming the file, the line and what to fix.  Blank lines are skipped.
+A row may not have more fields than the header (a trailing comma on every
+line, header included, is fine).  Rows of one symbol must be in strictly
+increasing time order.  Everything is read and checked when the source is
+opened, so a run never starts on bad data: the first problem raises
+:class:`bastion.FormatError` with a one-line message naming the file, the line
+and what to fix.  Blank lines are skipped.  A file or folder that cannot be
+read raises :class:`bastion.ConfigError` naming it.
 """
 
 from __future__ import annotations
@@ -101,17 +105,13 @@ class CsvSource:
     def open(cls, spec: str) -> CsvSource:
         """Read and validate ``spec``: a CSV file, a folder of them, or ``sample``."""
         spec = spec.strip()
-        path = SAMPLE_DATA if spec in ("", "sample") else Path(spec).expanduser()
-        if not path.exists():
-            raise ConfigError(f"csv source: {path} does not exist; give a CSV file or a folder")
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
-            if not files:
-                raise ConfigError(
-                    f"csv source: folder {path} has no .csv files; put one file per symbol there"
-                )
-        else:
-            files = [path]
+        try:
+            path = SAMPLE_DATA if spec in ("", "sample") else Path(spec).expanduser()
+        except RuntimeError:  # "~someone" with no such user, or no home directory
+            raise ConfigError(
+                f"csv source: cannot expand '~' in {spec}; give the full path"
+            ) from None
+        files = _files(path)
         series: dict[str, list[Bar]] = {}
         origin: dict[str, tuple[Path, int]] = {}
         for file in files:
@@ -150,8 +150,8 @@ class CsvSource:
         A ``start`` or ``end`` without a time zone is taken as UTC.
         """
         wanted = self._check_symbols(symbols)
-        lo_ts = _as_utc(start) if start is not None else None
-        hi_ts = _as_utc(end) if end is not None else None
+        lo_ts = _bound("start", start)
+        hi_ts = _bound("end", end)
         streams: list[Iterator[Bar]] = []
         for symbol in wanted:
             times = self._times[symbol]
@@ -183,10 +183,45 @@ class CsvSource:
 # ---------------------------------------------------------------------- reading
 
 
+def _files(path: Path) -> list[Path]:
+    """The CSV files ``path`` names: itself, or the non-hidden ``*.csv`` files in the folder."""
+    try:
+        if not path.exists():
+            raise ConfigError(f"csv source: {path} does not exist; give a CSV file or a folder")
+        if not path.is_dir():
+            return [path]
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.suffix.lower() == ".csv" and not p.name.startswith(".") and p.is_file()
+        )
+    except OSError as exc:
+        raise ConfigError(f"csv source: cannot read {path}: {exc.strerror or exc}") from None
+    if not files:
+        raise ConfigError(
+            f"csv source: folder {path} has no .csv files; put one file per symbol there"
+        )
+    return files
+
+
 def _as_utc(value: datetime) -> datetime:
+    """``value`` in UTC (naive means UTC); OverflowError if that is outside datetime's range."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def _bound(name: str, value: datetime | None) -> datetime | None:
+    """A ``start``/``end`` argument of :meth:`CsvSource.bars` in UTC, or ConfigError."""
+    if value is None:
+        return None
+    try:
+        return _as_utc(value)
+    except OverflowError:
+        raise ConfigError(
+            f"csv source: {name} {value.isoformat()} is out of range in UTC; "
+            "give a time between 0001-01-01 and 9999-12-31 UTC"
+        ) from None
 
 
 def _read_file(file: Path) -> dict[str, tuple[list[Bar], int]]:
@@ -227,15 +262,32 @@ def _parse(file: Path, reader: Iterator[list[str]]) -> dict[str, tuple[list[Bar]
     # symbol -> (last timestamp, its line) for order and duplicate checks
     previous: dict[str, tuple[datetime, int]] = {}
     seen: dict[str, dict[datetime, int]] = {}  # symbol -> timestamp -> line
+    line: int = header_line
     for row in reader:
-        line: int = getattr(reader, "line_num", 0)
+        start = line + 1  # where this record starts: a quoted field may span lines
+        line = getattr(reader, "line_num", 0)
         if not any(cell.strip() for cell in row):
             continue
         where = f"{file}:{line}"
+        # An opening quote that is never closed swallows the following lines (up to
+        # the next quote or the end of the file) into one field: a row of the wrong width.
+        if (len(row) < width or len(row) > len(header)) and any(
+            "\n" in cell or "\r" in cell for cell in row
+        ):
+            runs_on = f" (the quoted field runs on to line {line})" if line > start else ""
+            raise FormatError(
+                f"{file}:{start}: unterminated quote{runs_on}; "
+                'close the quote with another " or remove it'
+            )
         if len(row) < width:
             raise FormatError(
                 f"{where}: has {len(row)} fields but the header has {len(header)}; "
                 "fill in every column"
+            )
+        if len(row) > len(header):
+            raise FormatError(
+                f"{where}: has {len(row)} fields but the header has {len(header)}; "
+                "remove the extra fields, or quote values that contain a comma"
             )
         if s_col is None:
             symbol = default_symbol
@@ -356,6 +408,11 @@ def _timestamp(where: str, column: str, cell: str) -> datetime:
         if _DATETIME_RE.match(text):
             value = datetime.fromisoformat(text)
             return _as_utc(value)
+    except OverflowError:
+        raise FormatError(
+            f"{where}: {column} {text!r} is out of range once converted to UTC; "
+            "use a time between 0001-01-01 and 9999-12-31 UTC"
+        ) from None
     except ValueError:
         pass
     raise FormatError(

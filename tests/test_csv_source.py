@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import re
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from itertools import pairwise
 from pathlib import Path
 
@@ -132,6 +132,54 @@ def test_folder_spec_reads_every_csv_file(tmp_path: Path) -> None:
     assert source.description.startswith(f"csv:{tmp_path} (2 symbols, ")
 
 
+def test_hidden_files_in_a_folder_are_skipped(tmp_path: Path) -> None:
+    """A folder's hidden files (`.name.csv`, editor temporaries) are not read as symbols;
+    a folder holding only hidden CSV files has no .csv files.  A hidden file named
+    explicitly is read."""
+    _write(tmp_path / ".hidden.csv", HEADER + GOOD_ROW)
+    _write(tmp_path / ".#aaa.csv", "not, a, csv file")
+    with pytest.raises(ConfigError, match=re.escape(f"folder {tmp_path} has no .csv files")):
+        CsvSource.open(str(tmp_path))
+    _write(tmp_path / "aaa.csv", HEADER + GOOD_ROW)
+    assert CsvSource.open(str(tmp_path)).symbols() == ("AAA",)
+    assert CsvSource.open(str(tmp_path / ".hidden.csv")).symbols() == (".HIDDEN",)
+
+
+def test_unreadable_folder_or_file_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder that cannot be listed (`chmod 000`), a path that cannot be looked at, and a
+    file that cannot be opened are each one ConfigError naming the path and the OS reason.
+    (Simulated: tests may run as root, whom `chmod 000` does not stop.)"""
+    path = _write(tmp_path / "spy.csv", HEADER + GOOD_ROW)
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> object:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "iterdir", refuse)
+        with pytest.raises(ConfigError) as raised:
+            CsvSource.open(str(tmp_path))
+    assert str(raised.value) == f"csv source: cannot read {tmp_path}: Permission denied"
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "stat", refuse)  # what exists() and is_dir() call
+        with pytest.raises(ConfigError) as raised:
+            CsvSource.open(str(path))
+    assert str(raised.value) == f"csv source: cannot read {path}: Permission denied"
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "open", refuse)
+        with pytest.raises(ConfigError) as raised:
+            CsvSource.open(str(tmp_path))
+    assert str(raised.value) == f"csv source: cannot read {path}: Permission denied"
+
+
+def test_unknown_user_in_a_tilde_path_is_a_config_error() -> None:
+    """`~nosuchuser/x.csv` cannot be expanded: a ConfigError naming the spec, no traceback."""
+    spec = "~bastion-no-such-user-7f3a/data.csv"
+    with pytest.raises(ConfigError, match=re.escape(f"cannot expand '~' in {spec}")):
+        CsvSource.open(spec)
+
+
 def test_missing_path_is_a_config_error(tmp_path: Path) -> None:
     """A path that does not exist is a ConfigError naming it."""
     missing = tmp_path / "nope.csv"
@@ -166,6 +214,22 @@ BAD_FILES: dict[str, tuple[str, int, str]] = {
     "both time columns": ("date,timestamp,open,high,low,close\n", 1, "both 'date' and"),
     "duplicate column": ("date,open,open,high,low,close\n", 1, "'open' appears twice"),
     "short row": (HEADER + GOOD_ROW + "2021-01-05,10,11\n", 3, "has 3 fields"),
+    "long row": (
+        HEADER + GOOD_ROW + "2021-01-05,10,11,9,10.5,1,000\n",
+        3,
+        "has 7 fields but the header has 6; remove the extra fields",
+    ),
+    "trailing comma on a row only": (HEADER + GOOD_ROW.replace("\n", ",\n"), 2, "has 7 fields"),
+    "unterminated quote": (
+        HEADER + GOOD_ROW + '"2021-01-05,10,11,9,10.5,1\n' + GOOD_ROW.replace("04", "06"),
+        3,
+        "unterminated quote (the quoted field runs on to line 4)",
+    ),
+    "unterminated quote on the last line": (
+        HEADER + GOOD_ROW + '2021-01-05,"10,11,9,10.5,1\n',
+        3,
+        "unterminated quote; close the quote",
+    ),
     "unparseable number": (HEADER + "2021-01-04,10,1l,9,10.5,1000\n", 2, "high '1l' is not a"),
     "empty number": (HEADER + "2021-01-04,10,11,9,,1000\n", 2, "close is empty"),
     "nan price": (HEADER + "2021-01-04,nan,11,9,10.5,1000\n", 2, "open is 'nan'"),
@@ -181,6 +245,16 @@ BAD_FILES: dict[str, tuple[str, int, str]] = {
     "bad date": (HEADER + "2021-13-04,10,11,9,10.5,1\n", 2, "date '2021-13-04' is not"),
     "words for date": (HEADER + "yesterday,10,11,9,10.5,1\n", 2, "date 'yesterday' is not"),
     "compact date": (HEADER + "20210104,10,11,9,10.5,1\n", 2, "date '20210104' is not"),
+    "time past 9999 in UTC": (
+        "timestamp,open,high,low,close,volume\n9999-12-31T23:00:00-05:00,1,2,0.5,1.5,100\n",
+        2,
+        "timestamp '9999-12-31T23:00:00-05:00' is out of range once converted to UTC",
+    ),
+    "time before year 1 in UTC": (
+        "timestamp,open,high,low,close,volume\n0001-01-01T00:30:00+01:00,1,2,0.5,1.5,100\n",
+        2,
+        "timestamp '0001-01-01T00:30:00+01:00' is out of range once converted to UTC",
+    ),
     "duplicate timestamp": (
         HEADER + GOOD_ROW + "2021-01-05,10,11,9,10.5,1\n" + GOOD_ROW.replace("10.5", "10.2"),
         4,
@@ -226,6 +300,21 @@ def test_not_utf8_is_a_format_error(tmp_path: Path) -> None:
         CsvSource.open(str(path))
 
 
+def test_consistent_trailing_comma_and_quoted_fields_are_fine(tmp_path: Path) -> None:
+    """A trailing comma on every line, header included, is one more (empty, ignored) column;
+    a quoted field may hold commas and line breaks; neither is a field-count error."""
+    path = _write(tmp_path / "tc.csv", HEADER.replace("\n", ",\n") + GOOD_ROW.replace("\n", ",\n"))
+    assert len(list(CsvSource.open(str(path)).bars())) == 1
+    path = _write(
+        tmp_path / "notes.csv",
+        "date,open,high,low,close,note\n"
+        '2021-01-04,10,11,9,10.5,"split, 2:1"\n'
+        '2021-01-05,10,11,9,10.5,"two\nlines"\n'
+        "2021-01-06,10,11,9,10.5,\n",
+    )
+    assert [bar.ts.day for bar in CsvSource.open(str(path)).bars()] == [4, 5, 6]
+
+
 def test_blank_lines_and_bom_are_tolerated(tmp_path: Path) -> None:
     """A UTF-8 byte-order mark and blank lines do not break reading; line numbers stay right."""
     path = tmp_path / "bom.csv"
@@ -251,6 +340,20 @@ def test_start_end_filter_is_inclusive(sample: CsvSource) -> None:
     assert list(sample.bars(end=_close("2020-01-01"))) == []
     only_start = list(sample.bars(["DELTA"], start=_close("2023-12-28")))
     assert [bar.ts for bar in only_start] == [_close("2023-12-28"), _close("2023-12-29")]
+
+
+def test_start_end_out_of_utc_range_is_a_config_error(sample: CsvSource) -> None:
+    """A `start` or `end` that overflows when converted to UTC is a ConfigError naming it."""
+    late = datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))
+    with pytest.raises(ConfigError) as raised:
+        sample.bars(start=late)
+    assert str(raised.value) == (
+        "csv source: start 9999-12-31T23:00:00-05:00 is out of range in UTC; "
+        "give a time between 0001-01-01 and 9999-12-31 UTC"
+    )
+    early = datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1)))
+    with pytest.raises(ConfigError, match=r"^csv source: end 0001-01-01T00:30:00\+01:00 is out"):
+        sample.bars(end=early)
 
 
 def test_symbol_subset(sample: CsvSource) -> None:
