@@ -43,6 +43,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import attrs
+import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "DAYS_PER_YEAR",
@@ -158,15 +160,19 @@ def periods_per_year(timestamps: Sequence[datetime]) -> float | None:
     return DAYS_PER_YEAR * _SECONDS_PER_DAY / median
 
 
-def _returns(values: Sequence[float]) -> list[float]:
-    if len(values) < 2:
-        return []
-    if min(itertools.islice(values, len(values) - 1)) > 0:  # the usual case, at C speed
-        ratios = map(operator.truediv, itertools.islice(values, 1, None), values)
-        return list(map(operator.sub, ratios, itertools.repeat(1.0)))
-    return [
-        current / previous - 1.0 for previous, current in itertools.pairwise(values) if previous > 0
-    ]
+FloatArray = npt.NDArray[np.float64]
+
+
+def _returns(values: FloatArray) -> FloatArray:
+    """``e[i] / e[i-1] - 1`` where ``e[i-1] > 0`` (each the same IEEE operations as in Python)."""
+    previous, current = values[:-1], values[1:]
+    with np.errstate(all="ignore"):  # a return beyond float range is judged by the caller
+        if len(previous) and previous.min() > 0:  # the usual case
+            out: FloatArray = current / previous - 1.0
+        else:
+            kept = previous > 0
+            out = current[kept] / previous[kept] - 1.0
+    return out
 
 
 def drawdown_series(equity: EquitySeries) -> list[tuple[datetime, float]]:
@@ -191,7 +197,7 @@ def _drawdowns(points: Sequence[tuple[datetime, float]]) -> list[tuple[datetime,
 
 
 def _drawdown_stats(
-    timestamps: Sequence[datetime], values: Sequence[float]
+    timestamps: Sequence[datetime], values: Sequence[float] | FloatArray
 ) -> tuple[float, timedelta]:
     """The largest fall below the running peak (a positive fraction, as in
     :func:`drawdown_series`) and the longest time from a peak until equity was
@@ -201,27 +207,31 @@ def _drawdown_stats(
     time under water runs from one such point to the next one that is not
     directly after it.
     """
-    if not values:
+    if not len(values):
         return 0.0, timedelta(0)
-    peaks = list(itertools.accumulate(values, max))
-    if values[0] > 0:  # every running peak is positive: one pass at C speed
-        worst = max(0.0, 1.0 - min(map(operator.truediv, values, peaks)))
-    else:
-        worst = 0.0
-        for value, peak in zip(values, peaks, strict=True):
-            if peak > 0:
-                worst = max(worst, 1.0 - value / peak)
-    at_peak = list(itertools.compress(range(len(values)), map(operator.eq, values, peaks)))
-    under_water = map(operator.lt, map(operator.add, at_peak, itertools.repeat(1)), at_peak[1:])
+    series = np.asarray(values, dtype=float)
+    peaks = np.maximum.accumulate(series)
+    with np.errstate(all="ignore"):
+        if series[0] > 0:  # every running peak is positive
+            worst = max(0.0, float(1.0 - (series / peaks).min()))
+        else:
+            positive = peaks > 0
+            falls = 1.0 - series[positive] / peaks[positive]
+            worst = max(0.0, float(falls.max())) if len(falls) else 0.0
+    at_peak = np.flatnonzero(series == peaks)  # never empty: the first point is its own peak
+    episodes = np.flatnonzero(np.diff(at_peak) > 1)  # a peak not followed directly by another
     longest = max(
         (
             timestamps[after] - timestamps[before]
-            for before, after in itertools.compress(itertools.pairwise(at_peak), under_water)
+            for before, after in zip(
+                at_peak[episodes].tolist(), at_peak[episodes + 1].tolist(), strict=True
+            )
         ),
         default=timedelta(0),
     )
-    if at_peak[-1] < len(values) - 1:  # never recovered: counts up to the last point
-        longest = max(longest, timestamps[-1] - timestamps[at_peak[-1]])
+    last_peak = int(at_peak[-1])
+    if last_peak < len(series) - 1:  # never recovered: counts up to the last point
+        longest = max(longest, timestamps[-1] - timestamps[last_peak])
     return worst, longest
 
 
@@ -252,14 +262,18 @@ def downsample_columns(
         return list(zip(timestamps, values, strict=True))
     n = len(values) - 2  # the interior points 1 .. n
     buckets = (max_points - 2) // 2
+    series = np.asarray(values, dtype=float)
+    # argmin/argmax give the first extreme, as list.index(min(...)) does; a NaN (an
+    # unknown stored value) would win there, so such a series takes the slow path.
+    fast = not np.isnan(series).any()
     out = [(timestamps[0], values[0])]
     for b in range(buckets):
         lo, hi = 1 + b * n // buckets, 1 + (b + 1) * n // buckets
-        bucket = values[lo:hi]
-        try:
-            lowest = lo + bucket.index(min(bucket))
-            highest = lo + bucket.index(max(bucket))
-        except ValueError:  # a NaN (an unknown stored value) compares unequal to itself
+        if fast:
+            bucket = series[lo:hi]
+            lowest = lo + int(bucket.argmin())
+            highest = lo + int(bucket.argmax())
+        else:
             lowest = min(range(lo, hi), key=values.__getitem__)
             highest = max(range(lo, hi), key=values.__getitem__)
         for i in sorted({lowest, highest}):
@@ -379,20 +393,23 @@ def _metrics(
 
     sharpe: float | None = None
     volatility: float | None = None
-    returns = _returns(values)
+    series = np.asarray(values, dtype=float)
+    returns_array = _returns(series)
+    returns = returns_array.tolist()
     per_year = periods_per_year(timestamps)
     # A return beyond float range (from an equity near zero) has no usable statistics.
     if len(returns) >= 2 and per_year is not None and math.isfinite(sum(returns)):
-        mean = math.fsum(returns) / len(returns)
-        deviations = list(map(operator.sub, returns, itertools.repeat(mean)))
-        stdev = math.sqrt(math.fsum(map(operator.mul, deviations, deviations)) / (len(returns) - 1))
+        mean = math.fsum(returns) / len(returns)  # exact sums: returns may cancel out
+        deviations = returns_array - mean
+        squares = (deviations * deviations).tolist()
+        stdev = math.sqrt(math.fsum(squares) / (len(returns) - 1))
         volatility = stdev * math.sqrt(per_year)
         if stdev > _ZERO_STDEV:
             sharpe = mean / stdev * math.sqrt(per_year)
         else:
             volatility = 0.0
 
-    max_drawdown, duration = _drawdown_stats(timestamps, values)
+    max_drawdown, duration = _drawdown_stats(timestamps, series)
 
     wins = sum(1 for trade in trades if trade.pnl > 0)
     return {
