@@ -7,6 +7,11 @@ for every strategy, the SHA-256 of the exact code and the key that signed it).
 The HTML has no external assets and no JavaScript, so it can be archived or
 mailed as one file.  Both files are written atomically.
 
+Data matplotlib cannot draw (equity that is not finite or near the float
+limit, timestamps at the edge of the calendar) never costs the report: the
+chart is left out, the page says "chart not drawn: <reason>" instead, and a
+``report_chart_not_drawn`` warning is logged.
+
 Both consume :class:`bastion.interfaces.RunData` as a store's ``load_run``
 returns it; metric keys are those of :func:`bastion._metrics.compute_metrics`
 (any extra keys a store keeps are shown too, missing ones as "—").
@@ -19,6 +24,7 @@ import html
 import io
 import json
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +42,7 @@ from rich.text import Text
 
 from bastion._fsutil import atomic_write_many
 from bastion._keys import is_example_key
+from bastion._logging import get_logger
 from bastion._metrics import downsample, drawdown_series
 from bastion._version import __version__
 from bastion.interfaces import RunData, StrategyRunData
@@ -256,6 +263,48 @@ def render_chart(run: RunData) -> bytes:
     return buffer.getvalue()
 
 
+# What drawing extreme data raises: matplotlib's date range check and numpy's
+# ``arange: cannot compute length`` are ValueErrors; float overflow in the axis
+# arithmetic is an ArithmeticError, or a RuntimeWarning that _chart_or_reason
+# turns into an error.
+_CHART_ERRORS: tuple[type[Exception], ...] = (ValueError, ArithmeticError, RuntimeWarning)
+_REASON_CHARS = 300
+
+
+def _unchartable(run: RunData) -> str | None:
+    """Why the chart cannot be drawn, if a cheap look at the data already tells."""
+    for strategy in run.strategies:
+        for ts, value in strategy.equity:
+            if not math.isfinite(value):
+                return (
+                    f"strategy {strategy.record.name} has a non-finite equity value "
+                    f"({value!r} at {ts.isoformat()})"
+                )
+    return None
+
+
+def _chart_or_reason(run: RunData) -> tuple[bytes | None, str | None]:
+    """The chart's PNG, or ``None`` and a short reason why it could not be drawn.
+
+    Only the drawing is guarded: errors matplotlib (or the drawdown and
+    down-sampling helpers) raise on data they cannot handle.  Numeric
+    RuntimeWarnings (overflow in the axis arithmetic) count as failures too:
+    a chart drawn through them would be wrong.
+    """
+    reason = _unchartable(run)
+    if reason is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                return render_chart(run), None
+        except _CHART_ERRORS as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+    if len(reason) > _REASON_CHARS:
+        reason = reason[: _REASON_CHARS - 1] + "…"
+    get_logger().warning("report_chart_not_drawn", run_id=run.row.run_id, reason=reason)
+    return None, reason
+
+
 # --------------------------------------------------------------------------- HTML
 
 _CSS = """
@@ -413,9 +462,28 @@ def _strategy_section(strategy: StrategyRunData) -> str:
     return "".join(parts)
 
 
-def render_html(run: RunData, png: bytes) -> str:
-    """The report page, with ``png`` embedded as a data URI; every stored text is escaped."""
+def _chart_section(run: RunData, png: bytes | None, chart_note: str | None) -> str:
+    names = ", ".join(strategy.record.name for strategy in run.strategies) or "no strategies"
+    if png is None:
+        reason = chart_note or "no image"
+        return (
+            "<section><h2>Equity and drawdown</h2>"
+            f'<p class="note bad">chart not drawn: {_e(reason)}</p></section>'
+        )
     image = base64.b64encode(png).decode("ascii")
+    return (
+        "<section><h2>Equity and drawdown</h2>"
+        f'<img class="chart" src="data:image/png;base64,{image}" '
+        f'alt="{_e("Equity curve and drawdown of each strategy: " + names)}"></section>'
+    )
+
+
+def render_html(run: RunData, png: bytes | None, chart_note: str | None = None) -> str:
+    """The report page, with ``png`` embedded as a data URI; every stored text is escaped.
+
+    With ``png`` ``None`` the page has no image but says "chart not drawn:
+    ``chart_note``" where the chart would be.
+    """
     title = f"Bastion {run.row.kind} report — {run.row.run_id}"
     names = ", ".join(strategy.record.name for strategy in run.strategies) or "no strategies"
     generated = datetime.now(UTC).replace(microsecond=0).isoformat(sep=" ")
@@ -427,9 +495,7 @@ def render_html(run: RunData, png: bytes) -> str:
         f"<h1>{_e(title)}</h1>"
         f'<p class="muted">{_e(run.info.environment)} · {_e(run.row.status)} · '
         f"{_e(names)}</p>"
-        "<section><h2>Equity and drawdown</h2>"
-        f'<img class="chart" src="data:image/png;base64,{image}" '
-        f'alt="{_e("Equity curve and drawdown of each strategy: " + names)}"></section>'
+        f"{_chart_section(run, png, chart_note)}"
         f"{_summary_section(run)}{_run_section(run)}"
         f"{''.join(_strategy_section(strategy) for strategy in run.strategies)}"
         f"<footer>Produced by Bastion {_e(__version__)} at {_e(generated)}. "
@@ -445,10 +511,19 @@ def render_report(run: RunData, out_dir: Path) -> Path:
     ``out_dir`` is created if missing.  Both files are written to temporary
     names first and renamed into place only when both are complete, so a crash
     never leaves a half-written report (an older report stays as it was).
+
+    If the chart cannot be drawn (see :func:`_chart_or_reason`) only
+    ``report.html`` is written, saying why in place of the chart, and an older
+    ``equity.png`` in ``out_dir`` is removed so it cannot pass for this run's.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    png = render_chart(run)
-    page = render_html(run, png)
+    png, chart_note = _chart_or_reason(run)
+    page = render_html(run, png) if png is not None else render_html(run, None, chart_note)
     html_path = out_dir / HTML_NAME
-    atomic_write_many([(out_dir / PNG_NAME, png), (html_path, page.encode("utf-8"))])
+    files = [(html_path, page.encode("utf-8"))]
+    if png is not None:
+        files.insert(0, (out_dir / PNG_NAME, png))
+    atomic_write_many(files)
+    if png is None:
+        (out_dir / PNG_NAME).unlink(missing_ok=True)
     return html_path

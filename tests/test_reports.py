@@ -12,8 +12,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from rich.console import Console
 
+from bastion._logging import get_logger
 from bastion._metrics import TradeRecord, compute_metrics
 from bastion.interfaces import RunData, RunInfo, RunRow, StrategyRecord, StrategyRunData
 from bastion.models import Position
@@ -278,6 +280,114 @@ def test_long_series_are_downsampled_for_the_chart(tmp_path: Path) -> None:
     ]
     render_report(run_data([strategy("fast.py", SHA_A, SIGNER_A, points)]), tmp_path)
     assert len((tmp_path / "equity.png").read_bytes()) < 2_000_000
+
+
+# --------------------------------------------------------------------------- extreme data
+
+
+def bare(name: str, equity: Sequence[tuple[datetime, float]]) -> StrategyRunData:
+    """A strategy with the given equity and no metrics (compute_metrics refuses non-finite)."""
+    item = strategy(name, SHA_A, SIGNER_A, [])
+    return StrategyRunData(
+        record=item.record,
+        metrics={},
+        equity=equity,
+        positions=[],
+        orders=0,
+        fills=0,
+        quarantined=None,
+    )
+
+
+def assert_report_without_chart(run: RunData, out: Path, reason: str) -> str:
+    """render_report returns the HTML path, writes no PNG, notes why and logs a warning."""
+    get_logger()  # configure logging first, or that would replace capture_logs' set-up
+    with structlog.testing.capture_logs() as logs:
+        html_path = render_report(run, out)
+    assert html_path == out / "report.html"
+    page = html_path.read_text(encoding="utf-8")
+    assert "chart not drawn: " in page
+    assert reason in page
+    assert "data:image/png" not in page
+    assert not (out / "equity.png").exists()
+    warned = [e for e in logs if e["event"] == "report_chart_not_drawn"]
+    assert len(warned) == 1 and warned[0]["log_level"] == "warning"
+    assert warned[0]["run_id"] == run.row.run_id and reason in warned[0]["reason"]
+    return page
+
+
+def test_a_date_at_the_end_of_the_calendar_skips_the_chart_not_the_report(
+    tmp_path: Path,
+) -> None:
+    """One equity point on 9999-12-31 (matplotlib cannot place the axis margin past year
+    9999) leaves the chart out with a note; the rest of the report is written as usual."""
+    points = [(datetime(9999, 12, 31, tzinfo=UTC), 10_000.0)]
+    run = run_data([strategy("sma_cross.py", SHA_A, SIGNER_A, points)])
+    page = assert_report_without_chart(run, tmp_path, "between year 0001 and 9999")
+    assert SHA_A in page and "run-0001" in page
+    assert ">10,000.00<" in page  # the metrics are still there
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ([1e308, 1e308], "ValueError: arange: cannot compute length"),
+        ([1e308, -1e308, 1e308], "RuntimeWarning: overflow encountered"),
+    ],
+    ids=["flat-at-1e308", "swinging-across-1e308"],
+)
+def test_equity_near_the_float_limit_skips_the_chart_not_the_report(
+    values: list[float], reason: str, tmp_path: Path
+) -> None:
+    """Equity of +-1e308 (numpy cannot size the axis ticks, or the axis arithmetic
+    overflows) leaves the chart out with a note naming the error instead of raising."""
+    points = [(T0 + timedelta(days=i), value) for i, value in enumerate(values)]
+    run = run_data([bare("huge.py", points)])
+    page = assert_report_without_chart(run, tmp_path, reason)
+    assert "huge.py" in page and SHA_A in page
+
+
+def test_non_finite_equity_skips_the_chart_before_drawing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored equity that is NaN or infinite is caught by a pre-check: matplotlib is never
+    asked to draw it, and the note names the strategy."""
+
+    def never(run: RunData) -> bytes:
+        raise AssertionError("render_chart must not be called")
+
+    monkeypatch.setattr(reports, "render_chart", never)
+    run = run_data(
+        [
+            bare("fine.py", curve(10, 0.001, 0.01)),
+            bare("broken.py", [(T0, 10_000.0), (T0 + timedelta(days=1), math.inf)]),
+        ]
+    )
+    assert_report_without_chart(run, tmp_path, "strategy broken.py has a non-finite equity value")
+
+
+def test_a_skipped_chart_removes_an_older_png(two_strategies: RunData, tmp_path: Path) -> None:
+    """Re-rendering into a folder that holds an earlier chart does not leave that chart
+    beside a report that says its chart was not drawn."""
+    render_report(two_strategies, tmp_path)
+    assert (tmp_path / "equity.png").exists()
+    run = run_data([bare("huge.py", [(T0, 1e308)])])
+    assert_report_without_chart(run, tmp_path, "cannot compute length")
+
+
+def test_unexpected_chart_errors_still_propagate(
+    two_strategies: RunData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only data errors are absorbed: a bug in the chart code (here a TypeError) still
+    raises, and no report is written."""
+
+    def bug(run: RunData) -> bytes:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(reports, "render_chart", bug)
+    with pytest.raises(TypeError, match="a bug"):
+        render_report(two_strategies, tmp_path)
+    assert not (tmp_path / "report.html").exists()
 
 
 # --------------------------------------------------------------------------- terminal table
