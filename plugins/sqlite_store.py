@@ -158,23 +158,41 @@ _FILL_INSERT_SQL = f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES (NULL, {', '.joi
 _ORDER_STATUS_AT = 14  # index of status (then reason, filled) in a buffered order row
 
 
-TRADES_DIGEST_FORM: Final = 2
+TRADES_DIGEST_FORM: Final = 3
+_DIGEST_FORMS: Final = frozenset({1, 2, 3})
+
+# Form 3 also covers what the engine stores at the end of a run, before
+# finish_run writes run_finished: the equity curve, the positions left, and
+# each strategy's results (with the parameters it ran with).
+_RESULT_TABLES: Final = (
+    ("equity", "strategy, ts, equity", "strategy, ts, rowid"),
+    ("positions", "strategy, symbol, quantity, avg_price, realized", "strategy, symbol"),
+    ("run_strategies", "name, params, metrics, quarantined", "name"),
+)
 
 
-def _trades_digest(conn: sqlite3.Connection, run_id: str, form: int = TRADES_DIGEST_FORM) -> str:
-    """SHA-256 over a run's order and fill rows (all columns but wall-clock ``updated``).
+def _trades_digest(conn: sqlite3.Connection, run_id: str, form: int | None = None) -> str:
+    """SHA-256 over a run's order and fill rows (all columns but wall-clock ``updated``),
+    and from form 3 on also over its equity, positions and strategy results.
 
-    Form 2 hashes each table's rows as one JSON array; form 1 (runs stored
-    before it) hashed each row as a JSON line.  ``run_finished`` says which.
+    For each table its name, then (forms 2 and 3) its rows as one JSON array;
+    form 1 (runs stored before form 2) hashed each order and fill row as a JSON
+    line.  Form 3 adds the tables of :data:`_RESULT_TABLES` after ``fills``.
+    ``run_finished`` says which form its digest uses; ``None`` is
+    :data:`TRADES_DIGEST_FORM`, the form new runs get.
     """
+    if form is None:
+        form = TRADES_DIGEST_FORM
     digest = hashlib.sha256()
-    for table, columns, key in (
+    tables = [
         ("orders", _ORDER_COLUMNS, "client_order_id"),
         ("fills", _FILL_COLUMNS, "id"),
-    ):
+        *(_RESULT_TABLES if form >= 3 else ()),
+    ]
+    for table, columns, order in tables:
         digest.update(table.encode())
         rows = conn.execute(
-            f"SELECT {columns} FROM {table} WHERE run_id = ? ORDER BY {key}",  # noqa: S608
+            f"SELECT {columns} FROM {table} WHERE run_id = ? ORDER BY {order}",  # noqa: S608
             (run_id,),
         ).fetchall()
         if form == 1:
@@ -184,6 +202,139 @@ def _trades_digest(conn: sqlite3.Connection, run_id: str, form: int = TRADES_DIG
         else:  # one JSON array per table: [[column, ...], ...] in key order
             digest.update(json.dumps(rows, separators=(",", ":")).encode())
     return digest.hexdigest()
+
+
+def _digest_covers(form: int) -> str:
+    return "orders, fills, equity, positions or results" if form >= 3 else "orders or fills"
+
+
+def _same_json(stored: object, recorded: object) -> bool:
+    """Whether ``stored`` (JSON text from a table) holds the value ``recorded``."""
+    try:
+        return isinstance(stored, str) and _dumps(json.loads(stored)) == _dumps(recorded)
+    except (ValueError, TypeError):
+        return False
+
+
+_RUN_COLUMNS: Final = (
+    "kind",
+    "environment",
+    "status",
+    "started",
+    "finished",
+    "bastion_version",
+    "config",
+    "error",
+)
+_STARTED_FIELDS: Final = ("kind", "environment", "started", "bastion_version")
+_FINISHED_FIELDS: Final = ("status", "error", "finished")
+_STRATEGY_FIELDS: Final = ("sha256", "signer", "signer_name", "whitelist_version", "unsigned")
+
+
+def _run_records_problem(conn: sqlite3.Connection) -> tuple[int, str] | None:
+    """The first ``run_started`` or ``run_finished`` record the stored runs no longer match.
+
+    ``run_started``: the run's row still has the kind, environment, start time,
+    version and configuration it recorded, and its ``run_strategies`` rows the
+    same strategies (name, SHA-256, signer, signer name, whitelist version,
+    unsigned); a run that has no ``run_finished`` record is still ``running``.
+    ``run_finished``: the run's last one still matches its status, error and
+    finish time, and every one its digest.  Returns ``(record id, reason)``.
+    """
+    runs = {
+        str(row[0]): dict(zip(_RUN_COLUMNS, row[1:], strict=True))
+        for row in conn.execute(f"SELECT run_id, {', '.join(_RUN_COLUMNS)} FROM runs")  # noqa: S608
+    }
+    strategies: dict[str, dict[str, dict[str, Any]]] = {}
+    for run_id, name, *values in conn.execute(
+        f"SELECT run_id, name, {', '.join(_STRATEGY_FIELDS)} FROM run_strategies"  # noqa: S608
+    ):
+        strategies.setdefault(str(run_id), {})[str(name)] = dict(
+            zip(_STRATEGY_FIELDS, values, strict=True)
+        )
+    records: list[tuple[int, str, str, dict[str, Any]]] = []
+    last_finished: dict[str, int] = {}
+    for record_id, event, payload in conn.execute(
+        "SELECT id, event, payload FROM audit "
+        "WHERE event IN ('run_started', 'run_finished') ORDER BY id"
+    ):
+        recorded = json.loads(payload)
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("run_id"), str):
+            continue  # not written by begin_run or finish_run
+        records.append((int(record_id), str(event), recorded["run_id"], recorded))
+        if event == "run_finished":
+            last_finished[recorded["run_id"]] = int(record_id)
+
+    for record_id, event, run_id, recorded in records:
+        where = f"record {record_id}: "
+        row = runs.get(run_id)
+        if row is None:
+            return record_id, f"{where}run {run_id} was deleted from the runs table"
+        if event == "run_started":
+            for field in _STARTED_FIELDS:
+                if field in recorded and row[field] != recorded[field]:
+                    return record_id, f"{where}run {run_id}'s {field} was changed after it started"
+            if "config" in recorded and not _same_json(row["config"], recorded["config"]):
+                return record_id, f"{where}run {run_id}'s config was changed after it started"
+            if run_id not in last_finished and (
+                row["status"] != "running" or row["error"] is not None or row["finished"]
+            ):
+                return record_id, (
+                    f"{where}run {run_id}'s status was changed to {row['status']!r}, but the "
+                    "run never finished (it has no run_finished record)"
+                )
+            problem = _strategies_problem(run_id, recorded, strategies.get(run_id, {}))
+            if problem is not None:
+                return record_id, where + problem
+            continue
+        if record_id == last_finished[run_id]:
+            for field in _FINISHED_FIELDS:
+                if field in recorded and row[field] != recorded[field]:
+                    return record_id, f"{where}run {run_id}'s {field} was changed after it finished"
+        digest = recorded.get("trades_sha256")
+        if digest is None:
+            continue  # recorded by a build that kept no digest
+        form = recorded.get("trades_digest_form", 1)
+        if not isinstance(form, int) or form not in _DIGEST_FORMS:
+            return record_id, (
+                f"{where}run {run_id} has a digest of form {form!r}, which this version of "
+                "Bastion cannot check; upgrade Bastion"
+            )
+        if digest != _trades_digest(conn, run_id, form):
+            return record_id, (
+                f"{where}the {_digest_covers(form)} of run {run_id} "
+                "were changed after the run finished"
+            )
+    return None
+
+
+def _strategies_problem(
+    run_id: str, recorded: Mapping[str, Any], stored: Mapping[str, Mapping[str, Any]]
+) -> str | None:
+    """How a run's stored strategies differ from its run_started record, if they do."""
+    listed = recorded.get("strategies")
+    if not isinstance(listed, list):
+        return None
+    names = set()
+    for entry in listed:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        name = entry["name"]
+        names.add(name)
+        row = stored.get(name)
+        if row is None:
+            return f"strategy {name} of run {run_id} was removed after the run started"
+        for field in _STRATEGY_FIELDS:
+            value = bool(row[field]) if field == "unsigned" else row[field]
+            if field in entry and value != entry[field]:
+                return (
+                    f"the {field} of strategy {name} in run {run_id} "
+                    "was changed after the run started"
+                )
+    added = sorted(set(stored) - names)
+    if added:
+        return f"strategy {added[0]} was added to run {run_id} after the run started"
+    return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -631,7 +782,25 @@ class SQLiteStore:
             self._append_audit(event, payload)
 
     def verify_audit(self) -> AuditCheck:
-        """Recompute the whole chain in id order; report the first record that fails it."""
+        """Check the audit log and the runs it vouches for; report the first record at fault.
+
+        In one read transaction: recompute the whole chain in id order (every
+        record's hash, its link to the previous one, no id missing, also at the
+        end).  Then, in id order over the ``run_started`` and ``run_finished``
+        records, check that the stored runs still match what they recorded:
+
+        * ``run_started``: the run's row (kind, environment, start time,
+          version, configuration) and its ``run_strategies`` rows (the same
+          names, and each one's SHA-256, signer, signer name, whitelist version
+          and unsigned flag); a run without a ``run_finished`` record must
+          still be ``running`` with no error;
+        * ``run_finished``: the run's status, error and finish time equal those
+          of its last ``run_finished`` record, and the digest each one carries
+          equals a fresh one: orders and fills, and from digest form 3 also the
+          equity points, end-of-run positions and each strategy's parameters,
+          metrics and quarantine reason (``trades_digest_form`` in the record
+          says which form; forms 1 and 2 of runs stored earlier still check).
+        """
         with self._read() as conn:
             total = int(conn.execute("SELECT count(*) FROM audit").fetchone()[0])
             seq_row = conn.execute(
@@ -669,20 +838,10 @@ class SQLiteStore:
                     prev_id + 1,
                     f"records missing {where} (the log reached record {highest})",
                 )
-            # Every finished run vouches for its order and fill rows by digest.
-            finished = conn.execute(
-                "SELECT id, payload FROM audit WHERE event = 'run_finished' ORDER BY id"
-            ).fetchall()
-            for record_id, payload in finished:
-                recorded = json.loads(payload)
-                digest = recorded.get("trades_sha256")
-                form = recorded.get("trades_digest_form", 1)
-                if digest is not None and digest != _trades_digest(conn, recorded["run_id"], form):
-                    return broken(
-                        record_id,
-                        f"record {record_id}: the orders or fills of run {recorded['run_id']} "
-                        "were changed after the run finished",
-                    )
+            # The runs the log records still match it (see _run_records_problem).
+            problem = _run_records_problem(conn)
+            if problem is not None:
+                return broken(*problem)
         return AuditCheck(ok=True, records=total, first_broken=None, reason=None)
 
     # ----------------------------------------------------------------- runs

@@ -717,9 +717,234 @@ def test_changed_trades_after_finish_are_detected(store: SQLiteStore, statement:
     assert not check.ok
     assert check.first_broken == finished_id
     assert check.reason == (
+        f"record {finished_id}: the orders, fills, equity, positions or results of run "
+        f"{RUN_ID} were changed after the run finished"
+    )
+
+
+# ------------------------------------------------------------------ runs the log vouches for
+
+FINISHED_FORM3 = "the orders, fills, equity, positions or results of run"
+
+
+def finished_backtest(
+    store: SQLiteStore, status: str = "completed", error: str | None = None
+) -> int:
+    """A backtest of two strategies stored as the engine stores one: trades, then equity,
+    positions and results, then run_finished.  Returns the run_finished record's id."""
+    store.begin_run(run_info(kind="backtest"), [SIGNED, UNSIGNED])
+    order = make_order("o-1")
+    store.record_order(RUN_ID, order, "pending", None)
+    store.record_fill(RUN_ID, make_fill(order, "10", "101.5"), order)
+    store.update_order(RUN_ID, "o-1", "filled", None, Decimal(10))
+    for strategy, drift in ((SIGNED, 1.5), (UNSIGNED, -0.25)):
+        points = [(T0 + timedelta(days=i), 100_000.0 + drift * i) for i in range(5)]
+        store.record_equity(RUN_ID, strategy.name, points)
+        store.record_result(
+            RUN_ID, strategy.name, {"total_return": drift / 1000, "trades": 1}, None
+        )
+    store.record_positions(
+        RUN_ID, SIGNED.name, [Position("X", Decimal("10"), Decimal("101.5"), Decimal("0"))]
+    )
+    store.finish_run(RUN_ID, status, error)
+    rows = audit_rows(store)
+    assert rows[-1][2] == "run_finished"
+    assert json.loads(rows[-1][3])["trades_digest_form"] == 3
+    assert store.verify_audit().ok
+    return int(rows[-1][0])
+
+
+@pytest.mark.parametrize(
+    ("statement", "field"),
+    [
+        ("UPDATE runs SET status = 'completed', error = NULL", "status"),
+        ("UPDATE runs SET error = 'a gentler reason'", "error"),
+        ("UPDATE runs SET finished = '2030-01-01T00:00:00.000000Z'", "finished"),
+    ],
+    ids=["failed-to-completed", "error", "finished-time"],
+)
+def test_a_finished_runs_status_error_or_end_time_changed_is_detected(
+    store: SQLiteStore, statement: str, field: str
+) -> None:
+    """Turning a failed run into a completed one (or rewording its error, or moving its end)
+    fails verify at the run_finished record, naming the run and the field."""
+    finished_id = finished_backtest(store, "failed", "source: bad bar at data/X.csv:17")
+    tamper(store, statement)
+    check = store.verify_audit()
+    assert (check.ok, check.first_broken) == (False, finished_id)
+    assert check.reason == (
+        f"record {finished_id}: run {RUN_ID}'s {field} was changed after it finished"
+    )
+
+
+def test_a_run_that_never_finished_cannot_be_marked_completed(store: SQLiteStore) -> None:
+    """A run with no run_finished record (still running, or interrupted) must still say
+    running: marking it completed fails verify at its run_started record."""
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    store.close()
+    reopened = SQLiteStore.open(Path(store.location).parent)
+    try:
+        assert reopened.verify_audit().ok
+        tamper(reopened, "UPDATE runs SET status = 'completed'")
+        check = reopened.verify_audit()
+        assert (check.ok, check.first_broken) == (False, 1)
+        assert check.reason == (
+            f"record 1: run {RUN_ID}'s status was changed to 'completed', but the run never "
+            "finished (it has no run_finished record)"
+        )
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize(
+    ("statement", "reason"),
+    [
+        (
+            f"UPDATE run_strategies SET sha256 = '{'c' * 64}' WHERE name = 'momentum.py'",
+            "the sha256 of strategy momentum.py in run {run} was changed after the run started",
+        ),
+        (
+            "UPDATE run_strategies SET signer = 'someone else' WHERE name = 'momentum.py'",
+            "the signer of strategy momentum.py in run {run} was changed after the run started",
+        ),
+        (
+            "UPDATE run_strategies SET unsigned = 0 WHERE name = 'scratch.py'",
+            "the unsigned of strategy scratch.py in run {run} was changed after the run started",
+        ),
+        (
+            "UPDATE run_strategies SET whitelist_version = 9 WHERE name = 'momentum.py'",
+            "the whitelist_version of strategy momentum.py in run {run} "
+            "was changed after the run started",
+        ),
+        (
+            "DELETE FROM run_strategies WHERE name = 'scratch.py'",
+            "strategy scratch.py of run {run} was removed after the run started",
+        ),
+        (
+            "INSERT INTO run_strategies (run_id, name, sha256, unsigned, params) "
+            f"SELECT run_id, 'extra.py', '{'d' * 64}', 0, '{{}}' FROM runs",
+            "strategy extra.py was added to run {run} after the run started",
+        ),
+        ("UPDATE runs SET kind = 'live'", "run {run}'s kind was changed after it started"),
+        (
+            """UPDATE runs SET config = '{"cash":"1"}'""",
+            "run {run}'s config was changed after it started",
+        ),
+    ],
+    ids=["sha256", "signer", "unsigned", "whitelist-version", "removed", "added", "kind", "config"],
+)
+def test_a_runs_recorded_strategies_or_settings_changed_is_detected(
+    store: SQLiteStore, statement: str, reason: str
+) -> None:
+    """Editing what run_started recorded (a strategy's SHA-256, signer, whitelist version or
+    unsigned flag, the strategy list, the run's kind or config) fails verify at record 1,
+    naming the run and the strategy."""
+    finished_backtest(store)
+    tamper(store, statement)
+    check = store.verify_audit()
+    assert (check.ok, check.first_broken) == (False, 1)
+    assert check.reason == "record 1: " + reason.format(run=RUN_ID)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO equity SELECT * FROM equity",
+        "UPDATE equity SET equity = equity * 2 "
+        "WHERE rowid = (SELECT max(rowid) FROM equity WHERE strategy = 'scratch.py')",
+        "DELETE FROM equity WHERE ts = (SELECT max(ts) FROM equity)",
+        "UPDATE positions SET quantity = '1000'",
+        "DELETE FROM positions",
+        """UPDATE run_strategies SET metrics = '{"total_return":0.5,"trades":1}' """
+        "WHERE name = 'scratch.py'",
+        "UPDATE run_strategies SET quarantined = 'deadline' WHERE name = 'momentum.py'",
+        """UPDATE run_strategies SET params = '{"fast":1}' WHERE name = 'momentum.py'""",
+    ],
+    ids=[
+        "equity-doubled",
+        "equity-edited",
+        "equity-deleted",
+        "positions-edited",
+        "positions-deleted",
+        "metrics",
+        "quarantined",
+        "params",
+    ],
+)
+def test_changed_results_after_finish_are_detected(store: SQLiteStore, statement: str) -> None:
+    """With digest form 3 a finished run's equity rows, positions and strategy results
+    (metrics, quarantine, parameters) are covered too: any edit fails verify at its
+    run_finished record."""
+    finished_id = finished_backtest(store)
+    tamper(store, statement)
+    check = store.verify_audit()
+    assert (check.ok, check.first_broken) == (False, finished_id)
+    assert check.reason == (
+        f"record {finished_id}: {FINISHED_FORM3} {RUN_ID} were changed after the run finished"
+    )
+
+
+def test_runs_finished_with_the_second_digest_form_still_verify(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run_finished record of digest form 2 (stored before form 3) is checked with that
+    form: it verifies, its orders and fills are still covered, its equity (which form 2
+    never covered) is not."""
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite_store, "TRADES_DIGEST_FORM", 2)
+        store.begin_run(run_info(kind="backtest"), [SIGNED])
+        order = make_order("o-1")
+        store.record_order(RUN_ID, order, "pending", None)
+        store.record_fill(RUN_ID, make_fill(order, "10", "101.5"), order)
+        store.record_equity(RUN_ID, SIGNED.name, [(T0, 100_000.0)])
+        store.finish_run(RUN_ID, "completed", None)
+    finished_id, _, _, payload, _, _ = audit_rows(store)[-1]
+    assert json.loads(payload)["trades_digest_form"] == 2
+    assert sqlite_store.TRADES_DIGEST_FORM == 3
+    assert store.verify_audit().ok
+    tamper(store, "INSERT INTO equity SELECT * FROM equity")
+    assert store.verify_audit().ok
+    with store._write() as conn:
+        conn.execute("UPDATE fills SET price = '99'")
+    check = store.verify_audit()
+    assert (check.ok, check.first_broken) == (False, finished_id)
+    assert check.reason == (
         f"record {finished_id}: the orders or fills of run {RUN_ID} "
         "were changed after the run finished"
     )
+
+
+def test_a_digest_form_from_a_newer_version_is_reported_not_misread(store: SQLiteStore) -> None:
+    """A run_finished record naming a digest form this version does not know fails verify
+    with a reason that says so, rather than calling the run's rows changed."""
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    with store._write():
+        store._append_audit(
+            "run_finished",
+            {"run_id": RUN_ID, "trades_sha256": "0" * 64, "trades_digest_form": 99},
+        )
+    check = store.verify_audit()
+    assert (check.ok, check.first_broken) == (False, 2)
+    assert check.reason == (
+        f"record 2: run {RUN_ID} has a digest of form 99, which this version of Bastion "
+        "cannot check; upgrade Bastion"
+    )
+
+
+def test_a_deleted_run_is_detected(store: SQLiteStore) -> None:
+    """Deleting a run's rows altogether (foreign keys off, as the sqlite3 shell has them)
+    fails verify at its run_started record."""
+    finished_backtest(store)
+    tamper(
+        store,
+        *(
+            f"DELETE FROM {table} WHERE run_id = '{RUN_ID}'"
+            for table in ("fills", "orders", "equity", "positions", "run_strategies", "runs")
+        ),
+    )
+    check = store.verify_audit()
+    assert (check.ok, check.first_broken) == (False, 1)
+    assert check.reason == f"record 1: run {RUN_ID} was deleted from the runs table"
 
 
 # --------------------------------------------------------------------------- backtest write-behind
@@ -1030,8 +1255,8 @@ def test_audit_verifies_a_batched_backtest_and_names_it_when_a_fill_changes(
     check = store.verify_audit()
     assert (check.ok, check.first_broken) == (False, finished_id)
     assert check.reason == (
-        f"record {finished_id}: the orders or fills of run {RUN_ID} "
-        "were changed after the run finished"
+        f"record {finished_id}: the orders, fills, equity, positions or results of run "
+        f"{RUN_ID} were changed after the run finished"
     )
 
 
