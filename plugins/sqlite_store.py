@@ -24,7 +24,10 @@ Audit log
     ``prev_hash`` the previous record's hash (64 zeros for the first).
     ``sqlite_sequence`` remembers the highest id ever written, so records cut
     from the end of the log are noticed too.  :meth:`SQLiteStore.verify_audit`
-    recomputes the chain.
+    recomputes the chain, then checks that every run still matches what its
+    ``run_started`` and ``run_finished`` records say (status, strategies and
+    their SHA-256s, and a digest of its orders, fills, equity, positions and
+    results).
 """
 
 from __future__ import annotations
