@@ -653,18 +653,33 @@ class SQLiteStore:
                 return
             if self._conn.in_transaction or self._pending_orders or self._pending_fills:
                 self._flush()  # the open batch, with its buffered rows, goes first
-            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise self._read_only(exc) from None
             self._in_write = True
             try:
                 yield self._conn
-            except BaseException:
+            except BaseException as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise self._read_only(exc) from None
                 raise
             else:
                 self._conn.execute("COMMIT")
             finally:
                 self._in_write = False
+
+    def _read_only(self, exc: sqlite3.OperationalError) -> Exception:
+        """What to raise for ``exc``: a one-line error when SQLite may not write the file."""
+        if "readonly" not in str(exc) and "read-only" not in str(exc):
+            return exc
+        return BastionError(
+            f"cannot write to {self.path}: {exc}; make it, its folder and its "
+            f"{DB_NAME}-wal and {DB_NAME}-shm files writable (or delete a stale "
+            f"read-only {DB_NAME}-shm)"
+        )
 
     @contextmanager
     def _batched_write(self) -> Iterator[sqlite3.Connection]:

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bastion import ConfigError, FormatError, hookspecs
+from bastion import BastionError, ConfigError, FormatError, hookspecs
 from bastion.interfaces import RunInfo, Store, StrategyRecord
 from bastion.models import Fill, Order, OrderIntent, OrderStatus, OrderType, Position, Side
 from bastion.plugins import sqlite_store
@@ -1372,3 +1372,29 @@ def test_runs_finished_with_the_first_digest_form_still_verify(store: SQLiteStor
         conn.execute("UPDATE fills SET price = '99'")
     check = store.verify_audit()
     assert not check.ok and RUN_ID in str(check.reason)
+
+
+def test_a_read_only_store_is_a_one_line_error_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store SQLite can only read (file permissions, or a stale read-only -shm file left
+    by an earlier run; simulated with a read-only connection since CI runs as root) refuses
+    the first write with a BastionError naming the file and what to make writable."""
+    SQLiteStore.open(tmp_path / "data").close()
+    real_connect = sqlite3.connect
+
+    def read_only(path: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        return real_connect(f"file:{path}?mode=ro", *args, uri=True, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", read_only)
+    store = SQLiteStore.open(tmp_path / "data")
+    try:
+        assert store.list_runs() == []  # reading still works
+        with pytest.raises(BastionError) as caught:
+            store.begin_run(RunInfo("r1", "backtest", "development", T0, "t", {}), [])
+    finally:
+        store.close()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot write to {tmp_path / 'data' / 'bastion.db'}: ")
+    assert "bastion.db-shm" in message
