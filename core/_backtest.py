@@ -204,6 +204,7 @@ class PreparedBacktest:
     store_factory: Callable[..., Store]
     first_bar: Bar
     bars: Iterator[Bar]
+    total: int | None  # bars the run will see, if the source can tell in advance
     limits: OrderLimits
     data_dir: Any
     environment: str
@@ -344,6 +345,8 @@ def prepare_backtest(
     params = resolve_params(strategies, request.params, config, str(workspace.config_file))
     limits = _limits(config, environment, str(workspace.config_file))
     bars = iter(source.bars(symbols, request.start, request.end))
+    counter = getattr(source, "count", None)
+    total = counter(symbols, request.start, request.end) if callable(counter) else None
     first = next(bars, None)
     if first is None:
         span = (
@@ -364,6 +367,7 @@ def prepare_backtest(
         store_factory=store_factory,
         first_bar=first,
         bars=bars,
+        total=total if isinstance(total, int) and total > 0 else None,
         limits=limits,
         data_dir=workspace.ensure_data_dir(),
         environment=environment,

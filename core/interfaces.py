@@ -60,6 +60,11 @@ class Source(Protocol):
 
         Ordered by ``(ts, symbol)`` across symbols; each timestamp at most once
         per symbol.  Lazily produced where possible.
+
+        Optional: a source that knows how many bars ``bars()`` will yield
+        without producing them may also define ``count(symbols, start, end)
+        -> int | None`` with the same arguments; the progress bar then shows a
+        total and the time left.
         """
         ...
 

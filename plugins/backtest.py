@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from bastion import ConfigError, hookimpl
@@ -143,17 +149,22 @@ def backtest_command(
         err_console.print(
             "note: strategies run in-process (trusted backtest mode, no sandbox)", markup=False
         )
+    counted = (
+        (TextColumn("{task.completed:,} of {task.total:,} bars"), TimeRemainingColumn())
+        if prepared.total
+        else (TextColumn("{task.completed:,} bars"),)
+    )
     progress = Progress(
         TextColumn("backtest"),
         BarColumn(bar_width=None),
-        TextColumn("{task.completed:,} bars"),
+        *counted,
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
         disable=as_json,
     )
     with progress:
-        task = progress.add_task("bars", total=None)
+        task = progress.add_task("bars", total=prepared.total)
         result, store = prepared.run(lambda n: progress.update(task, completed=n))
     try:
         run = store.load_run(result.run_id)

@@ -149,19 +149,38 @@ class CsvSource:
 
         A ``start`` or ``end`` without a time zone is taken as UTC.
         """
+        streams = [
+            islice(self._bars[symbol], lo, hi)
+            for symbol, lo, hi in self._spans(symbols, start, end)
+            if lo < hi
+        ]
+        if len(streams) == 1:
+            return streams[0]
+        return heapq.merge(*streams, key=_BAR_KEY)
+
+    def count(
+        self,
+        symbols: Sequence[str] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> int:
+        """How many bars :meth:`bars` yields for the same arguments (for a progress bar)."""
+        return sum(max(hi - lo, 0) for _, lo, hi in self._spans(symbols, start, end))
+
+    def _spans(
+        self, symbols: Sequence[str] | None, start: datetime | None, end: datetime | None
+    ) -> list[tuple[str, int, int]]:
+        """For each wanted symbol, the index range of its bars within ``start``..``end``."""
         wanted = self._check_symbols(symbols)
         lo_ts = _bound("start", start)
         hi_ts = _bound("end", end)
-        streams: list[Iterator[Bar]] = []
+        spans = []
         for symbol in wanted:
             times = self._times[symbol]
             lo = 0 if lo_ts is None else bisect.bisect_left(times, lo_ts)
             hi = len(times) if hi_ts is None else bisect.bisect_right(times, hi_ts)
-            if lo < hi:
-                streams.append(islice(self._bars[symbol], lo, hi))
-        if len(streams) == 1:
-            return streams[0]
-        return heapq.merge(*streams, key=_BAR_KEY)
+            spans.append((symbol, lo, hi))
+        return spans
 
     def _check_symbols(self, symbols: Sequence[str] | None) -> tuple[str, ...]:
         if symbols is None:

@@ -223,21 +223,36 @@ class SyntheticSource:
 
         A ``start`` or ``end`` without a time zone is taken as UTC.
         """
-        if symbols is None:
-            wanted = self._symbols
-        else:
-            if isinstance(symbols, str):
-                symbols = (symbols,)
-            for symbol in symbols:
-                if symbol not in self._index:
-                    raise ConfigError(
-                        f"symbol {symbol!r} is not in {self.description}; "
-                        f"it has: {', '.join(self._symbols)}"
-                    )
-            wanted = tuple(sorted(set(symbols)))
+        wanted = self._wanted(symbols)
         lo = None if start is None else _as_utc(start)
         hi = None if end is None else _as_utc(end)
         return self._generate(wanted, lo, hi)
+
+    def count(
+        self,
+        symbols: Sequence[str] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> int | None:
+        """How many bars :meth:`bars` yields, when that is known without generating them:
+        every bar of every symbol asked for (``None`` with a ``start`` or ``end``)."""
+        wanted = self._wanted(symbols)
+        if start is not None or end is not None:
+            return None
+        return self.spec.bars * len(wanted)
+
+    def _wanted(self, symbols: Sequence[str] | None) -> tuple[str, ...]:
+        if symbols is None:
+            return self._symbols
+        if isinstance(symbols, str):  # a lone "SYN0" would otherwise be iterated per letter
+            symbols = (symbols,)
+        for symbol in symbols:
+            if symbol not in self._index:
+                raise ConfigError(
+                    f"symbol {symbol!r} is not in {self.description}; "
+                    f"it has: {', '.join(self._symbols)}"
+                )
+        return tuple(sorted(set(symbols)))
 
     def _generate(
         self, wanted: tuple[str, ...], lo: datetime | None, hi: datetime | None

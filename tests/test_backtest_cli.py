@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from click.testing import Result
 
+from bastion import Gate, Kernel, Workspace
+from bastion._backtest import BacktestRequest, parse_date, prepare_backtest
 from bastion._engine import Engine
 
 from .conftest import CLI, REPO, WS, one_error_line
@@ -916,3 +918,21 @@ def test_aggregate_view_adds_up_the_strategies(cli: CLI, examples: Path) -> None
     assert data["aggregate"]["end_equity"] == pytest.approx(sum(ends), abs=0.01)
     assert data["aggregate"]["start_equity"] == pytest.approx(200_000)
     assert data["sandbox"] == "in-process"
+
+
+def test_the_progress_total_is_known_when_the_source_can_count(examples: Path) -> None:
+    """A prepared backtest knows how many bars it will run when its source can count them
+    (the progress bar then shows a total and the time left), and None when it cannot."""
+    kernel = Kernel(entry_points=False)
+    gate = Gate(Workspace(examples))
+    sample = prepare_backtest(kernel, gate, BacktestRequest(), "development")
+    assert sample.total == 3900  # 5 symbols x 780 days of the bundled sample
+    result, store = sample.run()
+    store.close()
+    assert result.bars == 3900
+    short = prepare_backtest(
+        kernel, gate, BacktestRequest(source="synthetic:300,symbols=2"), "development"
+    )
+    assert short.total == 600
+    dated = BacktestRequest(source="synthetic:300", start=parse_date("2000-02-01", "--from"))
+    assert prepare_backtest(kernel, gate, dated, "development").total is None

@@ -342,6 +342,29 @@ def test_start_end_filter_is_inclusive(sample: CsvSource) -> None:
     assert [bar.ts for bar in only_start] == [_close("2023-12-28"), _close("2023-12-29")]
 
 
+@pytest.mark.parametrize(
+    ("symbols", "start", "end"),
+    [
+        (None, None, None),
+        (["ALPHA", "ECHO"], "2022-03-01", "2022-03-04"),
+        (["DELTA"], "2023-12-28", None),
+        (None, None, "2021-01-05"),
+        (None, "2030-01-01", None),
+        (["BRAVO"], "2022-03-05", "2022-03-06"),  # a weekend: nothing
+    ],
+)
+def test_count_is_what_bars_yields(
+    sample: CsvSource, symbols: list[str] | None, start: str | None, end: str | None
+) -> None:
+    """count() says in advance how many bars bars() yields for the same arguments (the
+    progress bar's total), and checks symbols the same way."""
+    lo = _close(start) if start else None
+    hi = _close(end) if end else None
+    assert sample.count(symbols, lo, hi) == len(list(sample.bars(symbols, lo, hi)))
+    with pytest.raises(ConfigError, match="'ZZZ'"):
+        sample.count(["ZZZ"])
+
+
 def test_start_end_out_of_utc_range_is_a_config_error(sample: CsvSource) -> None:
     """A `start` or `end` that overflows when converted to UTC is a ConfigError naming it."""
     late = datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))

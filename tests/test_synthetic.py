@@ -244,3 +244,15 @@ def test_sample_data_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "ECHO.csv" in capsys.readouterr().out
     assert synthetic._main([]) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_count_is_known_without_a_period_and_none_with_one() -> None:
+    """count() is every bar of every symbol asked for (the progress bar's total) when no
+    period is given, None with one (weekend gaps make it costly), and checks symbols."""
+    source = SyntheticSource.open("50,symbols=3,seed=1")
+    assert source.count() == 150 == len(list(source.bars()))
+    assert source.count(["SYN1"]) == 50 == len(list(source.bars(["SYN1"])))
+    assert source.count("SYN1") == 50
+    assert source.count(start=datetime(2020, 1, 1, tzinfo=UTC)) is None
+    with pytest.raises(ConfigError, match="'SYN9'"):
+        source.count(["SYN9"])
