@@ -8,7 +8,7 @@
 * a folder: every ``*.csv`` file directly inside it, read as above, except
   hidden files (names starting with ``.``, such as editor temporary files).
   A symbol may come from one file only;
-* ``sample`` (or nothing): the bundled, synthetic sample data
+* ``sample``: the bundled, synthetic sample data
   (``bastion/plugins/sample_data``, five symbols of weekday bars for
   2021-01-04..2023-12-29).
 
@@ -105,8 +105,14 @@ class CsvSource:
     def open(cls, spec: str) -> CsvSource:
         """Read and validate ``spec``: a CSV file, a folder of them, or ``sample``."""
         spec = spec.strip()
+        if not spec:
+            # Most likely an unset variable in `--source csv:$DATA`: never guess.
+            raise ConfigError(
+                "csv source needs a path: --source csv:PATH (a file or a folder) "
+                "or csv:sample for the bundled data"
+            )
         try:
-            path = SAMPLE_DATA if spec in ("", "sample") else Path(spec).expanduser()
+            path = SAMPLE_DATA if spec == "sample" else Path(spec).expanduser()
         except RuntimeError:  # "~someone" with no such user, or no home directory
             raise ConfigError(
                 f"csv source: cannot expand '~' in {spec}; give the full path"

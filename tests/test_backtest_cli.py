@@ -369,6 +369,7 @@ BAD_INPUTS = [
     ),
     pytest.param(["--broker", "sim:bogus=1"], ["bogus"], id="unknown-broker-option"),
     pytest.param(["--source", "synthetic:abc"], ["synthetic", "'abc'"], id="bad-synthetic"),
+    pytest.param(["--source", "csv:"], ["csv source needs a path"], id="csv-without-path"),
     pytest.param(["--param", "nope=1"], ["--param", "'nope'"], id="unknown-param"),
     pytest.param(["--param", "fast=abc"], ["--param", "fast", "'abc'"], id="param-wrong-type"),
     pytest.param(

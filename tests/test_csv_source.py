@@ -70,9 +70,11 @@ def test_sample_prices_and_volumes_are_realistic(sample: CsvSource) -> None:
         assert 100_000 <= bar.volume <= 5_000_000
 
 
-def test_empty_spec_means_sample() -> None:
-    """An empty spec opens the bundled sample too."""
-    assert CsvSource.open("").symbols() == SAMPLE_SYMBOLS
+@pytest.mark.parametrize("spec", ["", "  "])
+def test_empty_spec_is_refused(spec: str) -> None:
+    """An empty path (say `csv:$DATA` with DATA unset) is an error, never the sample."""
+    with pytest.raises(ConfigError, match=r"needs a path: --source csv:PATH .* csv:sample"):
+        CsvSource.open(spec)
 
 
 def test_registered_through_the_hook(sample: CsvSource) -> None:
