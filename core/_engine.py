@@ -122,6 +122,7 @@ class Engine:
         self._by_name = {slot.info.name: slot for slot in self.slots}
         self._orders: dict[str, Order] = {}
         self._filled: dict[str, Decimal] = {}
+        self._cancelled: dict[str, str] = {}  # client order id -> why it was cancelled
         self._last: dict[str, float] = {}
         self._ts: list[datetime] = []
         self._seq = 0
@@ -264,7 +265,11 @@ class Engine:
             self.store.record_order(self.config.run_id, order, OrderStatus.PENDING, None)
             if self._order_event is not None:
                 self._order_event(order=order, status="submitted", reason=None)
-            account = slot.portfolio.snapshot(self._last, also=(intent.symbol,))
+            # Marks for every symbol the broker may value: held, ordered, or with
+            # orders of this strategy still working.
+            account = slot.portfolio.snapshot(
+                self._last, also=(intent.symbol, *slot.runner.working_symbols())
+            )
             reason = self.broker.submit(order, account)
             if reason is not None:
                 self.store.update_order(
@@ -369,36 +374,52 @@ class Engine:
         order = self._orders.get(fill.order_id)
         if order is None:
             raise RuntimeError(f"broker reported a fill for unknown order {fill.order_id}")
+        if fill.symbol not in self._last:
+            # A fill before the symbol's first close: its price is the only mark
+            # there is, and the bar's close then moves every holder from it.
+            self._last[fill.symbol] = float(fill.price)
         slot = self._by_name[order.strategy]
         portfolio = slot.portfolio
         portfolio.apply(fill)
-        slot.runner.working(fill.symbol, -fill.signed_quantity)
+        cid = order.client_order_id
+        # An order cancelled (quarantine, margin call) after the broker executed
+        # part of it on this bar: the execution stands, its remainder was
+        # already taken off the strategy's working quantity.
+        cancelled = self._cancelled.get(cid)
+        if cancelled is None:
+            slot.runner.working(fill.symbol, -fill.signed_quantity)
         slot.fills += 1
-        self._resync(slot, fill)
-        filled = self._filled[order.client_order_id] + fill.quantity
-        self._filled[order.client_order_id] = filled
-        status = OrderStatus.FILLED if filled >= order.quantity else OrderStatus.PARTIAL
+        self._resync(slot)
+        filled = self._filled[cid] + fill.quantity
+        self._filled[cid] = filled
+        if filled >= order.quantity:
+            status, reason = OrderStatus.FILLED, None
+        elif cancelled is not None:
+            status, reason = OrderStatus.CANCELLED, cancelled
+        else:
+            status, reason = OrderStatus.PARTIAL, None
         run_id = self.config.run_id
         self.store.record_fill(run_id, fill, order)
-        self.store.update_order(run_id, order.client_order_id, status, None, filled)
+        self.store.update_order(run_id, cid, status, reason, filled)
         if self._fill_event is not None:
             self._fill_event(fill=fill, strategy=slot.info)
         if status is OrderStatus.FILLED and self._order_event is not None:
             self._order_event(order=order, status="filled", reason=None)
         if slot.margin_call and not portfolio.quantities_f:
             slot.margin_call = False
-        self._call(
-            slot, lambda s: s.runner.fill(fill, s.portfolio.snapshot(self._marks(fill))), fill.ts
-        )
+        margin = self.broker.maintenance_margin
+        if (
+            margin is not None
+            and not slot.margin_call
+            and slot.equity_f < margin * slot.gross_f
+            and not order.liquidation
+        ):
+            self._margin_call(slot, fill.ts)  # a fill can leave the account under water too
+        self._call(slot, lambda s: s.runner.fill(fill, s.portfolio.snapshot(self._last)), fill.ts)
 
-    def _marks(self, fill: Fill) -> Mapping[str, float]:
-        if fill.symbol in self._last:
-            return self._last
-        return {**self._last, fill.symbol: float(fill.price)}
-
-    def _resync(self, slot: _Slot, fill: Fill) -> None:
+    def _resync(self, slot: _Slot) -> None:
         """Exact float mirrors of equity and gross exposure after a fill."""
-        marks = self._marks(fill)
+        marks = self._last
         portfolio = slot.portfolio
         equity = portfolio.cash_f
         gross = 0.0
@@ -447,6 +468,7 @@ class Engine:
 
     def _cancel(self, orders: Sequence[Order], reason: str) -> None:
         for order in orders:
+            self._cancelled[order.client_order_id] = reason
             filled = self._filled.get(order.client_order_id, ZERO)
             self.store.update_order(
                 self.config.run_id,

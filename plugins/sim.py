@@ -133,7 +133,19 @@ class SimOptions:
             if key in ("long_leverage", "short_leverage") and number <= 0:
                 raise ConfigError(f"sim broker: {key} must be positive")
             values[names[key]] = number
-        return cls(**values)  # type: ignore[arg-type]
+        options = cls(**values)  # type: ignore[arg-type]
+        if options.maintenance:
+            # Fully used leverage L leaves equity / exposure = 1 / L: below the
+            # maintenance level, every full-size position would be called at once.
+            ceiling = 1 / options.maintenance
+            for key in ("long_leverage", "short_leverage"):
+                if getattr(options, key) > ceiling:
+                    raise ConfigError(
+                        f"sim broker: {key}={getattr(options, key):g} with "
+                        f"maintenance={options.maintenance:g} puts a fully used account under "
+                        f"maintenance at once; use {key} <= {ceiling:g} or a lower maintenance"
+                    )
+        return options
 
 
 @attrs.define
@@ -179,36 +191,45 @@ class SimBroker:
         self, strategy: str
     ) -> tuple[dict[str, Decimal], dict[str, Decimal], dict[str, Decimal]]:
         """What the strategy's working orders still ask for, by symbol: quantities to buy,
-        quantities to sell, and the limit or stop price of one of them (to value the
-        symbol without a mark)."""
+        quantities to sell, and the highest limit or stop price among them.
+
+        Margin-call liquidations count too: a strategy selling on top of its own
+        liquidation could otherwise go short unchecked.
+        """
         buys: dict[str, Decimal] = {}
         sells: dict[str, Decimal] = {}
         own_prices: dict[str, Decimal] = {}
         for symbol, orders in self._working.items():
             for working in orders:
                 order = working.order
-                if order.strategy == strategy and not order.liquidation:
+                if order.strategy == strategy:
                     side = buys if order.side is Side.BUY else sells
                     side[symbol] = side.get(symbol, ZERO) + working.remaining
                     price = order.intent.limit_price or order.intent.stop_price
-                    if price is not None:
-                        own_prices.setdefault(symbol, price)
+                    if price is not None and price > own_prices.get(symbol, ZERO):
+                        own_prices[symbol] = price
         return buys, sells, own_prices
 
     def _check_buying_power(self, order: Order, account: AccountSnapshot) -> str | None:
         """Would the positions fit the leverage limits, whichever of the strategy's working
-        orders fill?
+        orders fill, at whatever price they fill?
 
         Each working order is assumed to fill if that adds exposure and not to
         fill if it would reduce it: a protective stop below a long position
-        frees no buying power, because it may never trigger.  An order that
-        cannot add exposure whatever fills (it and the working orders on its
-        side together at most close the position) is always accepted.
+        frees no buying power, because it may never trigger.  Quantities that
+        may be bought or sold in a symbol are valued at the higher of its last
+        price and every limit or stop price of the strategy's orders there
+        (this one included): a sell limit or a buy stop far from the market
+        fills at the market, and a buy limit above it may fill up to its limit.
+        An order that cannot add exposure whatever fills (it and the working
+        orders on its side together at most close the position) is always
+        accepted.
         """
         intent = order.intent
         symbol = intent.symbol
-        price = intent.limit_price or intent.stop_price or account.prices.get(symbol)
-        if price is None:
+        own = intent.limit_price or intent.stop_price
+        mark = account.prices.get(symbol)
+        if own is None and mark is None:
             return f"no price seen yet for {symbol}; cannot check buying power"
         buys, sells, own_prices = self._committed(order.strategy)
         what = " (with working orders)" if buys or sells else ""
@@ -221,22 +242,28 @@ class SimBroker:
             sells[symbol] = sells.get(symbol, ZERO) + intent.quantity
             if held > 0 and sells[symbol] <= held:
                 return None  # sells at most the long, whatever fills
+        if own is not None and own > own_prices.get(symbol, ZERO):
+            own_prices[symbol] = own
         equity = account.equity
         if equity <= 0:
             return f"account equity is {equity:.2f}; only orders that reduce positions"
         long_value = short_value = ZERO
-        for name in {*account.positions, *buys, *sells}:
+        for name in sorted({*account.positions, *buys, *sells}):
             quantity = account.positions.get(name, ZERO)
-            # The order's own symbol is valued at the order's price (its limit or
-            # stop, else the mark); others at the mark, else the strategy's own
-            # limit or stop price in that symbol (only those work without a price).
-            mark = price if name == symbol else account.prices.get(name, own_prices.get(name, ZERO))
+            last = account.prices.get(name)
+            if name in buys or name in sells:
+                candidates = [p for p in (last, own_prices.get(name)) if p is not None]
+                if not candidates:  # a working market order the snapshot has no price for
+                    return f"no price seen yet for {name}; cannot check buying power"
+                price = max(candidates)
+            else:
+                price = last if last is not None else ZERO
             most_long = quantity + buys.get(name, ZERO)
             most_short = sells.get(name, ZERO) - quantity
             if most_long > 0:
-                long_value += most_long * mark
+                long_value += most_long * price
             if most_short > 0:
-                short_value += most_short * mark
+                short_value += most_short * price
         long_limit = equity * self._long_leverage
         short_limit = equity * self._short_leverage
         if long_value > long_limit:

@@ -595,3 +595,155 @@ def on_bar(ctx, bar):
     assert quarantined is not None and quarantined.startswith("on_bar: raised ValueError: ")
     assert reason in quarantined
     assert h.rows("SELECT count(*) FROM orders") == [(0,)]
+
+
+ENTER_BBB_EARLY = """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order("BBB", ctx.params["quantity"], limit=200, tag="entry")
+
+@strategy.hook
+def on_fill(ctx, fill):
+    if fill.side == "buy" and ctx.params["protect"]:
+        ctx.order("BBB", -fill.quantity, stop=40, tag="protective-stop")
+
+PARAMS = {"quantity": 700, "protect": False}
+"""
+
+
+def _early_bbb() -> list[Bar]:
+    """AAA from day 0; BBB only from day 1, opening at 100 and closing at 50."""
+    bbb_first = Bar(
+        symbol="BBB",
+        ts=T0 + timedelta(days=1),
+        open=100.0,
+        high=101.0,
+        low=49.0,
+        close=50.0,
+        volume=1e6,
+    )
+    return [
+        bar("AAA", 0, 100.0),
+        bar("AAA", 1, 100.0),
+        bbb_first,
+        bar("AAA", 2, 100.0),
+        bar("BBB", 2, 50.0),
+    ]
+
+
+def test_a_fill_on_a_symbols_first_bar_is_marked_at_that_bars_close(ws: WS, h: Harness) -> None:
+    """A position filled on the first bar a symbol has is marked to that bar's close at
+    once (its equity used to stay at the fill price until the next price change)."""
+    s = admit(ws, "early.py", ENTER_BBB_EARLY)
+    result = h.run([s], _early_bbb())
+    assert h.engine.slots[0].values == [100_000.0, 65_000.0, 65_000.0]
+    assert result.strategies[0].equity == Decimal(65_000)
+
+
+def test_an_order_from_on_fill_on_a_symbols_first_bar_is_handled(ws: WS, h: Harness) -> None:
+    """on_fill may order in a symbol whose first bar brought the fill (a protective stop):
+    the order is stored and accepted, and the run does not fail (it used to crash on the
+    missing mark)."""
+    s = admit(ws, "protect.py", ENTER_BBB_EARLY)
+    result = h.run([s], _early_bbb(), params={"protect": True})
+    assert result.strategies[0].quarantined is None
+    rows = h.rows("SELECT tag, status FROM orders ORDER BY client_order_id")
+    assert rows == [("entry", "filled"), ("protective-stop", "cancelled")]  # cancelled: end
+
+
+def test_a_fill_that_leaves_the_account_under_maintenance_is_margin_called(
+    ws: WS, h: Harness
+) -> None:
+    """The maintenance level is checked after every fill, not only when a price moves: at
+    full 2x leverage with maintenance 0.5, the commission alone puts the account under it,
+    and the position is liquidated on the next bar although the price never changes."""
+    s = admit(
+        ws,
+        "full.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order(bar.symbol, 1990)
+""",
+    )
+    h.run(
+        [s],
+        [bar("AAA", d, 100.0) for d in range(4)],
+        broker="commission=per-share:1,slippage=0,maintenance=0.5,long_leverage=2",
+    )
+    rows = h.rows("SELECT liquidation, side, status FROM orders ORDER BY created, liquidation")
+    assert rows == [(0, "buy", "filled"), (1, "sell", "filled")]
+    assert "margin_call" in [e for (e,) in h.rows("SELECT event FROM audit")]
+
+
+def test_an_order_cancelled_after_its_fill_was_computed_keeps_its_cancellation(
+    ws: WS, h: Harness
+) -> None:
+    """Two orders fill partly on one bar; on_fill for the first raises, which cancels the
+    second, whose fill the broker had already made. The fill is booked, the order stays
+    cancelled with its reason (it used to end as "partial" with none), and nothing of it is
+    left working."""
+    s = admit(
+        ws,
+        "fragile.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order(bar.symbol, 50, tag="A")
+        ctx.order(bar.symbol, 200, tag="B")
+
+@strategy.hook
+def on_fill(ctx, fill):
+    raise RuntimeError("cannot cope")
+""",
+    )
+    result = h.run(
+        [s],
+        [bar("AAA", d, 100.0, volume=1000) for d in range(4)],
+        broker="commission=none,slippage=0,participation=0.1",
+    )
+    assert result.strategies[0].quarantined == "on_fill: raised RuntimeError: cannot cope"
+    rows = h.rows("SELECT tag, status, reason, filled FROM orders ORDER BY client_order_id")
+    assert rows == [
+        ("A", "filled", None, "50"),
+        ("B", "cancelled", "strategy quarantined", "50"),
+    ]
+    assert h.engine.slots[0].runner.ctx.pending("AAA") == 0
+    assert h.engine.slots[0].portfolio.quantity("AAA") == 100
+
+
+def test_orders_in_several_symbols_on_one_bar_share_one_leverage_limit(ws: WS, h: Harness) -> None:
+    """Five buys of 1.4x equity each, in five symbols on one bar: the first is accepted,
+    the rest are rejected for buying power (each used to be checked as if alone, the
+    others' working orders valued at 0, and all five filled: 7x leverage)."""
+    s = admit(
+        ws,
+        "spread.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if bar.symbol == "E" and not ctx.state.get("done"):
+        ctx.state["done"] = True
+        for symbol in "ABCDE":
+            ctx.order(symbol, 1400)
+""",
+    )
+    bars = [bar(symbol, d, 100.0) for d in range(3) for symbol in "ABCDE"]
+    result = h.run([s], bars)
+    statuses = h.rows("SELECT symbol, status FROM orders ORDER BY client_order_id")
+    assert statuses == [("A", "filled")] + [(x, "rejected") for x in "BCDE"]
+    assert result.strategies[0].fills == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -178,7 +179,9 @@ def test_options_tolerate_spaces_and_empty_parts() -> None:
         ("participation=1", "participation", 1.0),
         ("slippage=0", "slippage_bps", 0.0),
         ("maintenance=0", "maintenance", 0.0),
-        ("maintenance=0.99", "maintenance", 0.99),
+        ("maintenance=0.99,long_leverage=1,short_leverage=1", "maintenance", 0.99),
+        ("maintenance=0.25,long_leverage=4,short_leverage=4", "long_leverage", 4.0),
+        ("maintenance=0,long_leverage=10", "long_leverage", 10.0),
         ("long_leverage=0.5", "long_leverage", 0.5),
         ("commission=none", "commission", "none"),
         ("commission=per-share", "commission", "per-share"),
@@ -190,6 +193,21 @@ def test_options_boundary_values_accepted(spec: str, field: str, value: object) 
     """Values at the edges of their ranges are accepted: participation 1, slippage 0,
     maintenance 0 (or just below 1), leverage below 1, and short commission specs."""
     assert getattr(SimOptions.parse(spec), field) == value
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("long_leverage=5", "long_leverage=5 with maintenance=0.25"),
+        ("maintenance=0.6", "short_leverage=2 with maintenance=0.6"),
+        ("short_leverage=4.5", "use short_leverage <= 4"),
+    ],
+)
+def test_leverage_beyond_the_maintenance_level_is_refused(spec: str, fragment: str) -> None:
+    """Leverage L fully used leaves equity / exposure = 1/L: above 1/maintenance every
+    full-size position would be margin-called the moment it filled, so it is a config error."""
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        SimOptions.parse(spec)
 
 
 def test_maintenance_zero_disables_margin_calls() -> None:
@@ -1210,12 +1228,16 @@ def test_partly_filled_orders_count_only_what_remains() -> None:
     assert broker.submit(order("buy", 1), after) is not None
 
 
-def test_liquidation_orders_are_not_limited_and_not_counted() -> None:
-    """Margin-call liquidations skip the buying-power check and are not counted as the
-    strategy's committed exposure."""
+def test_liquidation_orders_are_not_limited_but_count_as_working() -> None:
+    """A margin-call liquidation skips the buying-power check, and it counts among the
+    strategy's working sells: selling on top of its own liquidation is checked as the
+    short it could become (it used to pass as "reducing" and go short unchecked)."""
     broker = SimBroker.open(FREE)
-    assert broker.submit(order("sell", 5000, liquidation=True), account(100)) is None
-    assert broker.submit(order("buy", 1500), account(100_000)) is None
+    called = account(10_000, positions={"X": 1500})  # 150k long on 10k equity
+    assert broker.submit(order("sell", 1500, liquidation=True), called) is None
+    reason = broker.submit(order("sell", 1500), called)
+    assert reason is not None and "(with working orders)" in reason
+    assert SimBroker.open(FREE).submit(order("sell", 1500), called) is None  # alone: reduces
 
 
 def test_unpriced_working_orders_are_valued_at_the_strategys_own_limit() -> None:
@@ -1251,3 +1273,36 @@ def test_working_sells_beyond_the_long_count_as_a_short() -> None:
     assert broker.submit(order("sell", 2000), long_x) is None  # could be short 2000: 200k
     reason = broker.submit(order("sell", 1), long_x)  # 200.1k of 200k allowed
     assert reason is not None and "short exposure (with working orders) 200,100.00" in reason
+
+
+def test_working_orders_in_other_symbols_count_at_their_price() -> None:
+    """Working buys across several symbols add up: five 1.4x orders on one bar are not all
+    accepted (each used to be checked alone, the others valued at 0)."""
+    broker = SimBroker.open(FREE)
+    marks = account(100_000, prices={s: 100 for s in "ABCDE"})
+    accepted = [
+        broker.submit(order("buy", 700, symbol=s), marks) is None for s in "ABCDE"
+    ]  # 70k each against 150k
+    assert accepted == [True, True, False, False, False]
+    # A working market order the snapshot has no price for is refused, never valued at 0.
+    blind = account(100_000, prices={"X": 100})
+    assert "no price seen yet for A" in (broker.submit(order("buy", 1), blind) or "")
+
+
+@pytest.mark.parametrize(
+    ("side", "kind", "price", "what"),
+    [
+        ("sell", "limit", "0.01", "short exposure 10,000,000.00"),
+        ("buy", "stop", "0.01", "long exposure 10,000,000.00"),
+        ("buy", "limit", "1000", "long exposure 100,000,000.00"),
+    ],
+)
+def test_limit_or_stop_far_from_the_market_is_valued_at_the_worse_price(
+    side: str, kind: str, price: str, what: str
+) -> None:
+    """A sell limit or a buy stop far below the market fills at the market, and a buy limit
+    far above may fill up to its limit: each is valued at the higher of the last price and
+    its own (a 0.01 limit used to make 100,000 shares look like 1,000 of exposure)."""
+    order_ = order(side, 100_000, type=kind, **{kind: price})  # type: ignore[arg-type]
+    reason = SimBroker.open(FREE).submit(order_, account(100_000))
+    assert reason is not None and what in reason
