@@ -165,11 +165,15 @@ def resolve_params(
 
 
 def _limits(config: Mapping[str, Any], environment: str, config_name: str) -> OrderLimits:
-    table = (
-        config.get("limits", {}).get(environment, {})
-        if isinstance(config.get("limits", {}), dict)
-        else {}
-    )
+    limits = config.get("limits", {})
+    if not isinstance(limits, dict):
+        raise ConfigError(f"{config_name}: [limits] must be a table of [limits.ENV] tables")
+    table = limits.get(environment, {})
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"{config_name}: limits.{environment} must be a table like "
+            f"[limits.{environment}] with max_order_quantity / max_order_notional"
+        )
     values = {}
     for key in ("max_order_quantity", "max_order_notional"):
         if key in table:

@@ -400,8 +400,9 @@ def _metrics(
     # A return beyond float range (from an equity near zero) has no usable statistics.
     if len(returns) >= 2 and per_year is not None and math.isfinite(sum(returns)):
         mean = math.fsum(returns) / len(returns)  # exact sums: returns may cancel out
-        deviations = returns_array - mean
-        squares = (deviations * deviations).tolist()
+        with np.errstate(all="ignore"):  # a square beyond float range is inf, as in Python
+            deviations = returns_array - mean
+            squares = (deviations * deviations).tolist()
         stdev = math.sqrt(math.fsum(squares) / (len(returns) - 1))
         volatility = stdev * math.sqrt(per_year)
         if stdev > _ZERO_STDEV:

@@ -326,7 +326,10 @@ def audit_verify(app: App, storage: str) -> None:
         console.print(f"audit log intact: {check.records} records ({store.location})", markup=False)
         return
     err_console.print(
-        f"audit log BROKEN at record {check.first_broken}: {check.reason}", markup=False
+        f"audit log BROKEN at record {check.first_broken}: {check.reason}"
+        if check.first_broken is not None
+        else f"audit log BROKEN: {check.reason}",
+        markup=False,
     )
     raise SystemExit(1)
 

@@ -264,14 +264,16 @@ class SimBroker:
                 long_value += most_long * price
             if most_short > 0:
                 short_value += most_short * price
+        # A buy can only add long exposure and a sell only short exposure: an order is
+        # held to its own side's limit (reversing out of an over-limit long is allowed).
         long_limit = equity * self._long_leverage
         short_limit = equity * self._short_leverage
-        if long_value > long_limit:
+        if intent.side is Side.BUY and long_value > long_limit:
             return (
                 f"insufficient buying power: long exposure{what} {long_value:,.2f} would exceed "
                 f"{self.options.long_leverage}x equity ({long_limit:,.2f})"
             )
-        if short_value > short_limit:
+        if intent.side is Side.SELL and short_value > short_limit:
             return (
                 f"insufficient margin: short exposure{what} {short_value:,.2f} would exceed "
                 f"{self.options.short_leverage}x equity ({short_limit:,.2f})"

@@ -234,7 +234,7 @@ _FINISHED_FIELDS: Final = ("status", "error", "finished")
 _STRATEGY_FIELDS: Final = ("sha256", "signer", "signer_name", "whitelist_version", "unsigned")
 
 
-def _run_records_problem(conn: sqlite3.Connection) -> tuple[int, str] | None:
+def _run_records_problem(conn: sqlite3.Connection) -> tuple[int | None, str] | None:
     """The first ``run_started`` or ``run_finished`` record the stored runs no longer match.
 
     ``run_started``: the run's row still has the kind, environment, start time,
@@ -308,6 +308,14 @@ def _run_records_problem(conn: sqlite3.Connection) -> tuple[int, str] | None:
                 f"{where}the {_digest_covers(form)} of run {run_id} "
                 "were changed after the run finished"
             )
+    # Every stored run was started through begin_run, which records it.
+    started = {run_id for _, event, run_id, _ in records if event == "run_started"}
+    unvouched = sorted((set(runs) | set(strategies)) - started)
+    if unvouched:
+        return None, (
+            f"run {unvouched[0]} is stored but no audit record says it ever started: "
+            "it was added to the database outside Bastion"
+        )
     return None
 
 
@@ -826,7 +834,7 @@ class SQLiteStore:
             ).fetchone()
             highest = int(seq_row[0]) if seq_row else 0
 
-            def broken(record: int, reason: str) -> AuditCheck:
+            def broken(record: int | None, reason: str) -> AuditCheck:
                 return AuditCheck(ok=False, records=total, first_broken=record, reason=reason)
 
             prev_id = 0

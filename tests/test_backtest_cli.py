@@ -937,3 +937,56 @@ def test_the_progress_total_is_known_when_the_source_can_count(examples: Path) -
     assert short.total == 600
     dated = BacktestRequest(source="synthetic:300", start=parse_date("2000-02-01", "--from"))
     assert prepare_backtest(kernel, gate, dated, "development").total is None
+
+
+def test_audit_verify_detects_a_run_added_behind_bastions_back(cli: CLI, examples: Path) -> None:
+    """A runs row (with its strategies) inserted directly into the database, which no
+    run_started record vouches for, makes audit verify fail naming that run."""
+    backtest_json(cli, examples, "sma_cross", *SHORT)
+    conn = connect(examples)
+    try:
+        conn.execute(
+            "INSERT INTO runs SELECT '20991231T000000-fake01', kind, environment, status, "
+            "started, finished, bastion_version, config, error, pid FROM runs"
+        )
+        conn.commit()
+    finally:
+        conn.close()
+    r = cli("audit", "verify", "--home", examples)
+    assert r.exit_code == 1
+    one_error_line(r.stderr, "audit log BROKEN: run 20991231T000000-fake01", "outside Bastion")
+
+
+@pytest.mark.parametrize(
+    "toml",
+    [
+        "[limits]\ndevelopment = 5\n",
+        '[limits]\ndevelopment = "max_order_quantity = 1"\n',
+        'limits = "none"\n',
+    ],
+)
+def test_limits_that_are_not_tables_are_refused(cli: CLI, examples: Path, toml: str) -> None:
+    """[limits] and [limits.ENV] must be tables: anything else is a one-line error naming
+    the file (a string used to crash, and "1" to run with no limits at all)."""
+    (examples / "bastion.toml").write_text(toml)
+    r = backtest(cli, examples, "sma_cross", "--json", "--no-report", *SHORT)
+    assert r.exit_code == 2
+    one_error_line(r.stderr, "bastion.toml", "must be a table")
+    assert store_counts(examples) is None
+
+
+def test_a_full_disk_is_one_line_naming_the_file(
+    cli: CLI, examples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write the disk refuses (no space: the error carries no file name of its own) is a
+    one-line error naming the file being written, not a traceback."""
+    data = backtest_json(cli, examples, "sma_cross", *SHORT)
+
+    def full(fd: int, data: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("bastion._fsutil.os.write", full)
+    r = cli("report", "--home", examples, data["run_id"])
+    assert r.exit_code == 1
+    one_error_line(r.stderr, "bastion: error: cannot use", "No space left on device")
+    assert not list((examples / ".bastion").rglob("*.tmp"))  # nothing half-written

@@ -857,3 +857,10 @@ def test_returns_beyond_float_range_do_not_raise() -> None:
     """Finite, ordered equity is valid input: compute_metrics does not raise ValueError for it."""
     m = compute_metrics(daily([1e-300, 1e10, 1e-300, -1e10]), [], 0, 4, 100.0)
     assert m["sharpe"] is None and m["volatility"] is None
+
+
+def test_a_squared_deviation_beyond_float_range_is_quiet() -> None:
+    """Returns whose sum is finite but whose squared deviation overflows give an infinite
+    variance quietly, as plain Python floats do (no numpy RuntimeWarning escapes)."""
+    m = metrics([1.0, 1e-150, 1e5, 1e5])
+    assert m["volatility"] is not None and math.isinf(m["volatility"])

@@ -1204,8 +1204,8 @@ def test_sells_that_at_most_close_the_long_are_always_accepted() -> None:
     limit; a buy is not."""
     broker = SimBroker.open(FREE)
     over = account(10_000, positions={"X": 150})  # 15k long of 15k allowed
-    assert broker.submit(order("sell", 50), over) is None  # committed 100
-    assert broker.submit(order("sell", 100), over) is None  # committed 0
+    assert broker.submit(order("sell", 50), over) is None  # 50 of the 150 working
+    assert broker.submit(order("sell", 100), over) is None  # all 150 working
     assert SimBroker.open(FREE).submit(order("buy", 1), over) is not None  # nothing offsets
 
 
@@ -1306,3 +1306,25 @@ def test_limit_or_stop_far_from_the_market_is_valued_at_the_worse_price(
     order_ = order(side, 100_000, type=kind, **{kind: price})  # type: ignore[arg-type]
     reason = SimBroker.open(FREE).submit(order_, account(100_000))
     assert reason is not None and what in reason
+
+
+@pytest.mark.parametrize(
+    ("held", "side", "quantity"),
+    [(1000, "sell", 1100), (-1000, "buy", 1100), (1000, "sell", 2000)],
+)
+def test_reversing_out_of_an_over_limit_position_is_held_to_its_own_side(
+    held: int, side: str, quantity: int
+) -> None:
+    """A sell can only add short exposure and a buy only long: flipping out of a position
+    that drifted over its limit is checked against the new side's limit alone (it used to
+    be refused for the old side's excess)."""
+    over = account(100_000, positions={"X": held}, prices={"X": 160})  # 160k, over 150k
+    assert SimBroker.open(FREE).submit(order(side, quantity), over) is None
+
+
+def test_a_flip_beyond_the_new_sides_limit_is_still_refused() -> None:
+    """...but the new side's limit still applies: long 1000 to short 1500 at 160 is a 240k
+    short against 200k allowed."""
+    over = account(100_000, positions={"X": 1000}, prices={"X": 160})
+    reason = SimBroker.open(FREE).submit(order("sell", 2500), over)
+    assert reason is not None and "short exposure 240,000.00" in reason
