@@ -252,10 +252,6 @@ class StrategyRunner:
             self.logs.extend(logs)
         return intents
 
-    def working_symbols(self) -> tuple[str, ...]:
-        """Symbols in which the strategy has orders working (as the kernel told it)."""
-        return tuple(self.ctx._pending)
-
     def working(self, symbol: str, change: Decimal) -> None:
         """The kernel's note that ``symbol``'s working quantity changed by ``change``."""
         pending = self.ctx._pending

@@ -25,7 +25,7 @@ from ._logging import get_logger
 from ._metrics import downsample_columns, metrics_from_columns
 from ._portfolio import Portfolio
 from .interfaces import Broker, Store
-from .models import Bar, Fill, Order, OrderIntent, OrderStatus
+from .models import AccountSnapshot, Bar, Fill, Order, OrderIntent, OrderStatus, Side
 
 ZERO = Decimal(0)
 
@@ -79,6 +79,7 @@ class _Slot:
         "fills",
         "gross_f",
         "info",
+        "liquidations",
         "margin_call",
         "orders",
         "portfolio",
@@ -96,7 +97,8 @@ class _Slot:
         self.values: list[float] = []
         self.exposure = 0
         self.quarantined: str | None = None
-        self.margin_call = False
+        self.margin_call = False  # liquidating after a margin call
+        self.liquidations: set[str] = set()  # its liquidation orders still working
         self.orders = 0
         self.fills = 0
 
@@ -266,9 +268,9 @@ class Engine:
             if self._order_event is not None:
                 self._order_event(order=order, status="submitted", reason=None)
             # Marks for every symbol the broker may value: held, ordered, or with
-            # orders of this strategy still working.
+            # orders working (the strategy's net working quantity may be 0).
             account = slot.portfolio.snapshot(
-                self._last, also=(intent.symbol, *slot.runner.working_symbols())
+                self._last, also=(intent.symbol, *self.broker.working_symbols())
             )
             reason = self.broker.submit(order, account)
             if reason is not None:
@@ -405,15 +407,14 @@ class Engine:
             self._fill_event(fill=fill, strategy=slot.info)
         if status is OrderStatus.FILLED and self._order_event is not None:
             self._order_event(order=order, status="filled", reason=None)
-        if slot.margin_call and not portfolio.quantities_f:
-            slot.margin_call = False
+        if order.liquidation and status is OrderStatus.FILLED:
+            self._liquidated(slot, cid)
+        if slot.margin_call and not order.liquidation:
+            # Filled while being liquidated (the broker made this fill on the same
+            # bar as the one that triggered the call): close it as well.
+            self._liquidate(slot, fill.symbol, -fill.signed_quantity, fill.ts)
         margin = self.broker.maintenance_margin
-        if (
-            margin is not None
-            and not slot.margin_call
-            and slot.equity_f < margin * slot.gross_f
-            and not order.liquidation
-        ):
+        if margin is not None and not slot.margin_call and slot.equity_f < margin * slot.gross_f:
             self._margin_call(slot, fill.ts)  # a fill can leave the account under water too
         self._call(slot, lambda s: s.runner.fill(fill, s.portfolio.snapshot(self._last)), fill.ts)
 
@@ -452,19 +453,44 @@ class Engine:
         )
         self._cancel(self.broker.cancel_strategy(slot.info.name), "margin call")
         for broker_order in self.broker.margin_call(slot.info.name, snapshot, ts):
-            order = self._new_order(slot, broker_order.intent, ts, liquidation=True)
-            self.store.record_order(self.config.run_id, order, OrderStatus.PENDING, "margin call")
-            reason = self.broker.submit(order, snapshot)
-            status = OrderStatus.REJECTED if reason else OrderStatus.ACCEPTED
-            if status is OrderStatus.ACCEPTED:
-                slot.runner.working(order.symbol, order.signed_quantity)
-            self.store.update_order(
-                self.config.run_id,
-                order.client_order_id,
-                status,
-                reason or "margin call",
-                ZERO,
-            )
+            self._submit_liquidation(slot, broker_order.intent, snapshot, ts)
+        if not slot.liquidations:
+            slot.margin_call = False  # nothing to liquidate after all
+
+    def _liquidate(self, slot: _Slot, symbol: str, signed: Decimal, ts: datetime) -> None:
+        """One more liquidation order of the running margin call: ``signed`` of ``symbol``."""
+        intent = OrderIntent(
+            symbol=symbol,
+            side=Side.BUY if signed > 0 else Side.SELL,
+            quantity=abs(signed),
+            tag="margin-call",
+        )
+        self._submit_liquidation(slot, intent, slot.portfolio.snapshot(self._last), ts)
+
+    def _submit_liquidation(
+        self, slot: _Slot, intent: OrderIntent, snapshot: AccountSnapshot, ts: datetime
+    ) -> None:
+        order = self._new_order(slot, intent, ts, liquidation=True)
+        self.store.record_order(self.config.run_id, order, OrderStatus.PENDING, "margin call")
+        reason = self.broker.submit(order, snapshot)
+        status = OrderStatus.REJECTED if reason else OrderStatus.ACCEPTED
+        if status is OrderStatus.ACCEPTED:
+            slot.runner.working(order.symbol, order.signed_quantity)
+            slot.liquidations.add(order.client_order_id)
+        self.store.update_order(
+            self.config.run_id,
+            order.client_order_id,
+            status,
+            reason or "margin call",
+            ZERO,
+        )
+
+    def _liquidated(self, slot: _Slot, cid: str) -> None:
+        """A liquidation order is done: the margin call ends with the last of them, and
+        the account is watched for the next one from then on."""
+        slot.liquidations.discard(cid)
+        if not slot.liquidations:
+            slot.margin_call = False
 
     def _cancel(self, orders: Sequence[Order], reason: str) -> None:
         for order in orders:
@@ -478,6 +504,8 @@ class Engine:
                 filled,
             )
             slot = self._by_name.get(order.strategy)
+            if slot is not None and order.liquidation:
+                self._liquidated(slot, order.client_order_id)
             if slot is not None:
                 remaining = order.quantity - filled
                 slot.runner.working(

@@ -108,7 +108,8 @@ class Broker(Protocol):
         ...
 
     def cancel_strategy(self, strategy: str) -> Sequence[Order]:
-        """Cancel the working orders of one strategy (quarantine, margin call); return them."""
+        """Cancel the working orders of one strategy (quarantine, margin call) and return
+        them; its margin-call liquidations (``liquidation=True``) keep working."""
         ...
 
 

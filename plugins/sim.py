@@ -231,6 +231,14 @@ class SimBroker:
         mark = account.prices.get(symbol)
         if own is None and mark is None:
             return f"no price seen yet for {symbol}; cannot check buying power"
+        if mark is None and (intent.type is OrderType.LIMIT) == (intent.side is Side.SELL):
+            # A sell limit or a buy stop fills at the first open beyond its price,
+            # however far beyond: with no price yet its exposure has no bound.
+            kind = "sell limit" if intent.side is Side.SELL else "buy stop"
+            return (
+                f"no price seen yet for {symbol}; a {kind} may fill at any price beyond its own, "
+                f"so its buying power cannot be checked until {symbol} has traded"
+            )
         buys, sells, own_prices = self._committed(order.strategy)
         what = " (with working orders)" if buys or sells else ""
         held = account.positions.get(symbol, ZERO)
@@ -290,10 +298,14 @@ class SimBroker:
         return cancelled
 
     def cancel_strategy(self, strategy: str) -> Sequence[Order]:
+        """Cancel the strategy's working orders, except margin-call liquidations, which
+        keep working until the position is closed."""
         cancelled: list[Order] = []
         for symbol, orders in list(self._working.items()):
-            keep = [w for w in orders if w.order.strategy != strategy]
-            cancelled += [w.order for w in orders if w.order.strategy == strategy]
+            keep = [w for w in orders if w.order.strategy != strategy or w.order.liquidation]
+            cancelled += [
+                w.order for w in orders if w.order.strategy == strategy and not w.order.liquidation
+            ]
             if keep:
                 self._working[symbol] = keep
             else:

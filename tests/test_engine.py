@@ -747,3 +747,121 @@ def on_bar(ctx, bar):
     statuses = h.rows("SELECT symbol, status FROM orders ORDER BY client_order_id")
     assert statuses == [("A", "filled")] + [(x, "rejected") for x in "BCDE"]
     assert result.strategies[0].fills == 1
+
+
+def test_orders_that_net_to_zero_still_count_against_the_limit(ws: WS, h: Harness) -> None:
+    """A buy limit far below the market and a market sell of the same size net to nothing
+    working, but either may fill: a further short is checked with the sell counted at the
+    market (the symbol used to drop out of the snapshot and be valued at 0.01)."""
+    s = admit(
+        ws,
+        "hide.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if bar.symbol == "Y" and not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order("X", 1500, limit=0.01)
+        ctx.order("X", -1500)
+        ctx.order("Y", -1900)
+""",
+    )
+    bars = [bar(symbol, d, 100.0) for d in range(3) for symbol in "XY"]
+    h.run([s], bars, broker="commission=none,slippage=0,maintenance=0")
+    rows = h.rows("SELECT symbol, side, status FROM orders ORDER BY client_order_id")
+    assert rows[2] == ("Y", "sell", "rejected")  # 150k + 190k short > 200k
+
+
+def test_a_quarantine_does_not_stop_a_running_liquidation(ws: WS, h: Harness) -> None:
+    """A strategy that raises while its margin-call liquidation is working is quarantined,
+    but the liquidation still closes the position (it used to be cancelled with the
+    strategy's other orders, leaving the position to ride)."""
+    s = admit(
+        ws,
+        "panic.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order(bar.symbol, 1500)
+    elif bar.close < 50:
+        raise RuntimeError("panic")
+""",
+    )
+    prices = [100.0, 100.0, 40.0, 40.0, 5.0]
+    result = h.run(
+        [s], [bar("AAA", d, p) for d, p in enumerate(prices)], broker="commission=none,slippage=0"
+    )
+    assert result.strategies[0].quarantined == "on_bar: raised RuntimeError: panic"
+    rows = h.rows("SELECT liquidation, side, quantity, status FROM orders ORDER BY created")
+    assert rows == [(0, "buy", "1500", "filled"), (1, "sell", "1500", "filled")]
+    assert h.engine.slots[0].portfolio.quantity("AAA") == 0
+    assert result.strategies[0].equity == Decimal(10_000)  # sold at the 40 open, not at 5
+
+
+def test_a_fill_during_a_margin_call_is_liquidated_too(ws: WS, h: Harness) -> None:
+    """Two buys fill on one bar; the first leaves the account under maintenance and starts
+    the margin call, the second fills after it: it is closed as well (it used to be left
+    open, and the strategy, never flat again, was never margin-called again)."""
+    s = admit(
+        ws,
+        "pair.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order(bar.symbol, 3900)
+        ctx.order(bar.symbol, 90)
+""",
+    )
+    h.run(
+        [s],
+        [bar("AAA", d, 100.0) for d in range(4)],
+        broker="commission=none,slippage=65,long_leverage=4",
+    )
+    rows = h.rows("SELECT liquidation, side, quantity, status FROM orders ORDER BY client_order_id")
+    assert rows == [
+        (0, "buy", "3900", "filled"),
+        (0, "buy", "90", "filled"),
+        (1, "sell", "3900", "filled"),
+        (1, "sell", "90", "filled"),
+    ]
+    assert h.engine.slots[0].portfolio.quantity("AAA") == 0
+
+
+def test_the_next_margin_call_comes_once_the_liquidation_is_done(ws: WS, h: Harness) -> None:
+    """Once a margin call's liquidation is done the account is watched again: a strategy
+    that levers up again (here with a one-share short elsewhere) and falls under
+    maintenance is called a second time."""
+    s = admit(
+        ws,
+        "relever.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if bar.symbol != "A":
+        return
+    n = ctx.state["n"] = ctx.state.get("n", 0) + 1
+    if n == 1:
+        ctx.order("A", 1400)
+    elif n == 3:
+        ctx.order("B", -1)
+    elif n == 5:
+        ctx.order("A", 300)
+""",
+    )
+    a_prices = [100.0, 100.0, 35.0, 35.0, 35.0, 35.0, 5.0, 5.0]
+    bars = [b for d, p in enumerate(a_prices) for b in (bar("A", d, p), bar("B", d, 100.0))]
+    h.run([s], bars, broker="commission=none,slippage=0")
+    calls = [e for (e,) in h.rows("SELECT event FROM audit") if e == "margin_call"]
+    assert len(calls) == 2

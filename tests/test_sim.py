@@ -928,18 +928,26 @@ def test_market_order_without_a_known_price_is_rejected_with_a_reason() -> None:
 
 
 def test_limit_and_stop_orders_are_valued_at_their_own_price() -> None:
-    """Limit and stop orders are checked at their limit or stop price, so they need no
-    price seen yet and a high limit counts at that price."""
+    """Before a symbol has a price, a buy limit or a sell stop is checked at its own price
+    (it cannot fill beyond it) and a high limit counts at that price; a sell limit or a buy
+    stop, which may fill at any open beyond its price, is refused until there is a price."""
     no_prices = account(100_000, prices={})
     assert (
         SimBroker.open(FREE).submit(order("buy", 1000, type="limit", limit="150"), no_prices)
         is None
     )
     assert (
-        SimBroker.open(FREE).submit(order("buy", 1000, type="stop", stop="150"), no_prices) is None
+        SimBroker.open(FREE).submit(order("sell", 1000, type="stop", stop="150"), no_prices) is None
     )
     reason = SimBroker.open(FREE).submit(order("buy", 1000, type="limit", limit="151"), no_prices)
     assert reason is not None and "151,000.00" in reason
+    for side, kind in (("buy", "stop"), ("sell", "limit")):
+        unbounded = order(side, 1, type=kind, **{kind: "100"})  # type: ignore[arg-type]
+        reason = SimBroker.open(FREE).submit(unbounded, no_prices)
+        assert reason == (
+            f"no price seen yet for X; a {side} {kind} may fill at any price beyond its own, "
+            "so its buying power cannot be checked until X has traded"
+        )
 
 
 def test_liquidation_orders_are_never_rejected() -> None:
