@@ -125,6 +125,7 @@ class Engine:
         self._orders: dict[str, Order] = {}
         self._filled: dict[str, Decimal] = {}
         self._cancelled: dict[str, str] = {}  # client order id -> why it was cancelled
+        self._resize: list[_Slot] = []  # margin calls whose liquidation a fill outdated
         self._last: dict[str, float] = {}
         self._ts: list[datetime] = []
         self._seq = 0
@@ -176,8 +177,13 @@ class Engine:
                 current = ts
             symbol = bar.symbol
             if symbol in waiting:
+                # Fills happen from the open on: mark the symbol there first, so the
+                # ledger, the margin check and on_fill see the gap, not the last close.
+                self._mark(symbol, bar.open)
                 for fill in broker.on_bar(bar):
                     self._book(fill)
+                if self._resize:
+                    self._resize_liquidations(ts)
                 active = [(s, s.runner.bar) for s in slots if s.quarantined is None]
                 waiting = working()
             close = bar.close
@@ -255,8 +261,15 @@ class Engine:
                     slot, intent, "orders cannot be placed before the first bar", ts, depth
                 )
             return
-        for intent in intents:
+        for index, intent in enumerate(intents):
             if slot.quarantined is not None:
+                for dropped in intents[index:]:
+                    self._log.warning(
+                        "order_ignored",
+                        strategy=slot.info.name,
+                        symbol=dropped.symbol,
+                        reason="the strategy was quarantined while this event was handled",
+                    )
                 return
             reason = self._pre_check(slot, intent)
             order = self._new_order(slot, intent, ts)
@@ -410,9 +423,9 @@ class Engine:
         if order.liquidation and status is OrderStatus.FILLED:
             self._liquidated(slot, cid)
         if slot.margin_call and not order.liquidation:
-            # Filled while being liquidated (the broker made this fill on the same
-            # bar as the one that triggered the call): close it as well.
-            self._liquidate(slot, fill.symbol, -fill.signed_quantity, fill.ts)
+            # Filled while being liquidated: once the bar's fills are booked, the
+            # liquidation is resized to close what is held then.
+            self._resize.append(slot)
         margin = self.broker.maintenance_margin
         if margin is not None and not slot.margin_call and slot.equity_f < margin * slot.gross_f:
             self._margin_call(slot, fill.ts)  # a fill can leave the account under water too
@@ -456,6 +469,45 @@ class Engine:
             self._submit_liquidation(slot, broker_order.intent, snapshot, ts)
         if not slot.liquidations:
             slot.margin_call = False  # nothing to liquidate after all
+
+    def _mark(self, symbol: str, price: float) -> None:
+        """Mark ``symbol`` at ``price`` (from the last mark, if any) for every holder."""
+        previous = self._last.get(symbol)
+        self._last[symbol] = price
+        if previous is None or previous == price:
+            return
+        move = price - previous
+        for slot in self.slots:
+            quantity = slot.portfolio.quantities_f.get(symbol)
+            if quantity:
+                slot.equity_f += quantity * move
+                slot.gross_f += abs(quantity) * move
+
+    def _resize_liquidations(self, ts: datetime) -> None:
+        """Make each running liquidation close exactly what its strategy now holds."""
+        for slot in dict.fromkeys(self._resize):
+            if not slot.margin_call:
+                continue
+            working: dict[str, Decimal] = {}
+            for cid in slot.liquidations:
+                order = self._orders[cid]
+                remaining = order.quantity - self._filled[cid]
+                signed = remaining if order.side is Side.BUY else -remaining
+                working[order.symbol] = working.get(order.symbol, ZERO) + signed
+            for symbol in sorted({*slot.portfolio.quantities_f, *working}):
+                held = slot.portfolio.quantity(symbol)
+                if working.get(symbol, ZERO) == -held:
+                    continue
+                for cid in sorted(c for c in slot.liquidations if self._orders[c].symbol == symbol):
+                    replaced = self.broker.cancel(cid)
+                    if replaced is not None:
+                        self._cancel([replaced], "margin call: replaced after another fill")
+                slot.margin_call = True
+                if held:
+                    self._liquidate(slot, symbol, -held, ts)
+            if not slot.liquidations:
+                slot.margin_call = False
+        self._resize.clear()
 
     def _liquidate(self, slot: _Slot, symbol: str, signed: Decimal, ts: datetime) -> None:
         """One more liquidation order of the running margin call: ``signed`` of ``symbol``."""

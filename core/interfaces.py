@@ -107,6 +107,10 @@ class Broker(Protocol):
         """Cancel every working order; return them."""
         ...
 
+    def cancel(self, client_order_id: str) -> Order | None:
+        """Cancel one working order; return it, or ``None`` if it is not working."""
+        ...
+
     def cancel_strategy(self, strategy: str) -> Sequence[Order]:
         """Cancel the working orders of one strategy (quarantine, margin call) and return
         them; its margin-call liquidations (``liquidation=True``) keep working."""

@@ -78,7 +78,13 @@ def parse_commission(text: str) -> CommissionModel:
             rate, _, minimum = rest.partition(":")
             return _per_share(_rate(rate, "0.005"), _rate(minimum, "1"))
         if kind == "bps":
-            return _bps(_rate(rest, "1"))
+            bps = _rate(rest, "1")
+            if bps >= 10_000:
+                raise ConfigError(
+                    f"sim broker: commission {text!r} is 100% of the trade or more; "
+                    "use bps:RATE below 10000"
+                )
+            return _bps(bps)
     except InvalidOperation:
         pass
     raise ConfigError(
@@ -297,6 +303,17 @@ class SimBroker:
         self._symbols = frozenset()
         return cancelled
 
+    def cancel(self, client_order_id: str) -> Order | None:
+        for symbol, orders in self._working.items():
+            for working in orders:
+                if working.order.client_order_id == client_order_id:
+                    orders.remove(working)
+                    if not orders:
+                        del self._working[symbol]
+                        self._symbols = frozenset(self._working)
+                    return working.order
+        return None
+
     def cancel_strategy(self, strategy: str) -> Sequence[Order]:
         """Cancel the strategy's working orders, except margin-call liquidations, which
         keep working until the position is closed."""
@@ -392,9 +409,11 @@ class SimBroker:
         """The fill price in exact Decimal, from the bar's own numbers.
 
         Open, limit and stop prices are used exactly.  Only slippage makes a
-        price inexact; it is then rounded to 0.0001 *against* the order (buys
-        up, sells down), so a buy never fills below the open and a sell never
-        above it.  Limit fills take no slippage and never breach the limit.
+        price inexact; it is then rounded *against* the order (buys up, sells
+        down) to 0.0001, or to five significant digits below a price of 1, so a
+        buy never fills below the open and a sell never above it; and it never
+        takes a price outside the bar's high and low.  Limit fills take no
+        slippage and never breach the limit.
         """
         intent = working.order.intent
         buy = intent.side is Side.BUY
@@ -420,15 +439,20 @@ class SimBroker:
                 return None
         else:
             base = open_
-        return self._slipped(base, buy)
+        price = self._slipped(base, buy)
+        if buy:
+            return min(price, max(base, Decimal(repr(bar.high))))
+        return max(price, min(base, Decimal(repr(bar.low))))
 
     def _slipped(self, base: Decimal, buy: bool) -> Decimal:
         if not self._slip:
             return base
+        # 0.0001 for ordinary prices; five significant digits for prices below 1 (a
+        # fixed 0.0001 step made 1 bp on a 0.000001 price a 100-fold fill).
+        step = PRICE_STEP if base >= 1 else Decimal(1).scaleb(base.adjusted() - 4)
         if buy:
-            return (base * (1 + self._slip)).quantize(PRICE_STEP, rounding=ROUND_CEILING)
-        price = (base * (1 - self._slip)).quantize(PRICE_STEP, rounding=ROUND_FLOOR)
-        # A sub-tick price would round to zero: keep the exact slipped price instead.
+            return (base * (1 + self._slip)).quantize(step, rounding=ROUND_CEILING)
+        price = (base * (1 - self._slip)).quantize(step, rounding=ROUND_FLOOR)
         return price if price > 0 else base * (1 - self._slip)
 
 

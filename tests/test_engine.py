@@ -806,8 +806,9 @@ def on_bar(ctx, bar):
 
 def test_a_fill_during_a_margin_call_is_liquidated_too(ws: WS, h: Harness) -> None:
     """Two buys fill on one bar; the first leaves the account under maintenance and starts
-    the margin call, the second fills after it: it is closed as well (it used to be left
-    open, and the strategy, never flat again, was never margin-called again)."""
+    the margin call, the second fills after it: the liquidation is replaced by one that
+    closes both (the second used to be left open, and the strategy, never flat again, was
+    never margin-called again)."""
     s = admit(
         ws,
         "pair.py",
@@ -831,8 +832,8 @@ def on_bar(ctx, bar):
     assert rows == [
         (0, "buy", "3900", "filled"),
         (0, "buy", "90", "filled"),
-        (1, "sell", "3900", "filled"),
-        (1, "sell", "90", "filled"),
+        (1, "sell", "3900", "cancelled"),
+        (1, "sell", "3990", "filled"),
     ]
     assert h.engine.slots[0].portfolio.quantity("AAA") == 0
 
@@ -865,3 +866,107 @@ def on_bar(ctx, bar):
     h.run([s], bars, broker="commission=none,slippage=0")
     calls = [e for (e,) in h.rows("SELECT event FROM audit") if e == "margin_call"]
     assert len(calls) == 2
+
+
+def test_a_reducing_fill_during_a_margin_call_never_makes_the_liquidation_reverse(
+    ws: WS, h: Harness
+) -> None:
+    """A buy fill starts a margin call; a take-profit sell of the same strategy fills right
+    after it on the same bar. The liquidation is resized to what is left, so the position
+    goes 1980 -> 1380 -> 0 and is never short (the old top-up bought the sale back while
+    the full-size liquidation sold, leaving the account short 600 for a bar)."""
+    s = admit(
+        ws,
+        "takeprofit.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    n = ctx.state["n"] = ctx.state.get("n", 0) + 1
+    if n == 1:
+        ctx.order(bar.symbol, 1000)
+    elif n == 2:
+        ctx.order(bar.symbol, 980)
+        ctx.order(bar.symbol, -600, limit=100, tag="take-profit")
+""",
+    )
+    h.run(
+        [s],
+        [bar("AAA", d, 100.0) for d in range(5)],
+        broker="commission=per-share:1,slippage=0,maintenance=0.5,long_leverage=2",
+    )
+    held, path = 0, []
+    for side, quantity in h.rows("SELECT side, quantity FROM fills ORDER BY id"):
+        held += int(quantity) if side == "buy" else -int(quantity)
+        path.append(held)
+    assert path == [1000, 1980, 1380, 0]
+    rows = h.rows("SELECT liquidation, side, quantity, status FROM orders ORDER BY client_order_id")
+    assert rows[-2:] == [(1, "sell", "1980", "cancelled"), (1, "sell", "1380", "filled")]
+
+
+def test_fills_are_judged_at_the_bars_open_not_the_last_close(ws: WS, h: Harness) -> None:
+    """A fill on a bar that gaps is booked, margin-checked and shown to on_fill with its
+    symbol marked at that bar's open: adding to a winner after a gap from 100 to 300 is no
+    margin call (the stale 100 mark made it look like equity 20,000 against 140,000), and
+    an order placed in on_fill after a gap down is checked at the gap price."""
+    adder = admit(
+        ws,
+        "adder.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    n = ctx.state["n"] = ctx.state.get("n", 0) + 1
+    if n == 1:
+        ctx.order(bar.symbol, 1000)
+    elif n == 2:
+        ctx.order(bar.symbol, 400)
+""",
+    )
+    gap_up = [
+        bar("AAA", 0, 100.0),
+        bar("AAA", 1, 100.0),
+        bar("AAA", 2, 300.0),
+        bar("AAA", 3, 300.0),
+    ]
+    h.run([adder], gap_up, broker="commission=none,slippage=0")
+    assert "margin_call" not in [e for (e,) in h.rows("SELECT event FROM audit")]
+    assert h.engine.slots[0].portfolio.quantity("AAA") == 1400
+
+
+def test_an_order_from_on_fill_after_a_gap_is_checked_at_the_gap_price(ws: WS, h: Harness) -> None:
+    """A 1.4x buy that fills at a gap down from 100 to 70, then an on_fill buy elsewhere:
+    checked with the first position worth 70 a share, the second order would take the
+    account to 1.7x and is rejected (at the stale 100 it looked like 142,000 of equity)."""
+    s = admit(
+        ws,
+        "chase.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if bar.symbol == "AAA" and not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order("AAA", 1400)
+
+@strategy.hook
+def on_fill(ctx, fill):
+    if fill.symbol == "AAA":
+        ctx.order("BBB", 720)
+""",
+    )
+    bars = [
+        bar("AAA", 0, 100.0),
+        bar("BBB", 0, 100.0),
+        bar("AAA", 1, 70.0),
+        bar("BBB", 1, 100.0),
+        bar("AAA", 2, 70.0),
+        bar("BBB", 2, 100.0),
+    ]
+    h.run([s], bars, broker="commission=none,slippage=0")
+    rows = h.rows("SELECT symbol, status, reason FROM orders ORDER BY client_order_id")
+    assert rows[0][:2] == ("AAA", "filled")
+    assert rows[1][:2] == ("BBB", "rejected") and "170,000.00" in rows[1][2]

@@ -421,7 +421,6 @@ def test_default_slippage_is_one_basis_point() -> None:
         (100.0, 1, "100.0100", "99.9900"),
         (57.31, 2.5, "57.3244", "57.2956"),
         (12.3456, 7, "12.3543", "12.3369"),
-        (0.5, 20, "0.5010", "0.4990"),
         (4321.0, 0.3, "4321.1297", "4320.8703"),
     ],
 )
@@ -436,6 +435,35 @@ def test_slippage_is_exactly_the_basis_points_quantized(
     assert buy_fill.price == Decimal(buy) == slipped(open_, bps, "buy")
     assert sell_fill.price == Decimal(sell) == slipped(open_, bps, "sell")
     assert buy_fill.price.as_tuple().exponent == sell_fill.price.as_tuple().exponent == -4
+
+
+@pytest.mark.parametrize(
+    ("open_", "bps", "buy", "sell"),
+    [
+        (0.5, 20, "0.50100", "0.49900"),
+        (0.0005, 1, "0.00050005", "0.00049995"),
+        (0.000001, 1, "0.0000010001", "0.00000099990"),
+    ],
+)
+def test_slippage_below_a_price_of_1_keeps_five_significant_digits(
+    open_: float, bps: float, buy: str, sell: str
+) -> None:
+    """Below a price of 1 the slipped price is rounded to five significant digits, still
+    against the trader: a fixed 0.0001 step made 1 bp on a 0.000001 price a fill 100
+    times the open."""
+    spec = f"commission=none,slippage={bps}"
+    wide = {"high": open_ * 2, "low": open_ / 2}
+    buy_fill = fill_one(working(spec, order("buy")), bar(1, open_, **wide))
+    sell_fill = fill_one(working(spec, order("sell")), bar(1, open_, **wide))
+    assert buy_fill.price == Decimal(buy) and sell_fill.price == Decimal(sell)
+
+
+def test_slippage_never_leaves_the_bars_range() -> None:
+    """A slipped fill is held inside the bar's high and low: a market buy on a bar whose
+    high is its open fills at the open, not above anything that traded."""
+    spec = "commission=none,slippage=50"
+    assert fill_one(working(spec, order("buy")), bar(1, 100.0, high=100.0)).price == 100
+    assert fill_one(working(spec, order("sell")), bar(1, 100.0, low=100.0)).price == 100
 
 
 def test_market_buy_never_fills_below_an_open_with_more_than_four_decimals() -> None:
@@ -541,7 +569,7 @@ def test_limit_fill_never_breaches_an_off_tick_limit() -> None:
     ("open_", "high", "price"),
     [
         (103.0, 106.0, "105.1050"),  # the range reaches the stop: the stop plus 10 bp
-        (103.0, 105.0, "105.1050"),  # the high touching the stop triggers it
+        (103.0, 105.0, "105"),  # the high touching the stop triggers it; the high caps it
         (107.0, 108.0, "107.1070"),  # opens through the stop: the worse open plus 10 bp
     ],
 )
@@ -549,7 +577,7 @@ def test_stop_buy_fills_at_the_higher_of_open_and_stop_plus_slippage(
     open_: float, high: float, price: str
 ) -> None:
     """A stop buy triggers when the high reaches the stop and fills at max(open, stop)
-    plus slippage."""
+    plus slippage, at most at the bar's high."""
     o = order("buy", 10, type="stop", stop="105")
     fill = fill_one(working("commission=none,slippage=10", o), bar(1, open_, high=high))
     assert fill.price == Decimal(price)
@@ -559,7 +587,7 @@ def test_stop_buy_fills_at_the_higher_of_open_and_stop_plus_slippage(
     ("open_", "low", "price"),
     [
         (97.0, 94.0, "94.9050"),
-        (97.0, 95.0, "94.9050"),
+        (97.0, 95.0, "95"),
         (93.0, 92.0, "92.9070"),
     ],
 )
@@ -567,7 +595,7 @@ def test_stop_sell_fills_at_the_lower_of_open_and_stop_minus_slippage(
     open_: float, low: float, price: str
 ) -> None:
     """A stop sell triggers when the low reaches the stop and fills at min(open, stop)
-    minus slippage."""
+    minus slippage, at least at the bar's low."""
     o = order("sell", 10, type="stop", stop="95")
     fill = fill_one(working("commission=none,slippage=10", o), bar(1, open_, low=low))
     assert fill.price == Decimal(price)
@@ -1336,3 +1364,11 @@ def test_a_flip_beyond_the_new_sides_limit_is_still_refused() -> None:
     over = account(100_000, positions={"X": 1000}, prices={"X": 160})
     reason = SimBroker.open(FREE).submit(order("sell", 2500), over)
     assert reason is not None and "short exposure 240,000.00" in reason
+
+
+@pytest.mark.parametrize("spec", ["bps:10000", "bps:20000"])
+def test_a_commission_of_the_whole_trade_or_more_is_refused(spec: str) -> None:
+    """bps commission is capped below 100% of the trade, like slippage (20000 bps used to
+    be accepted and took a 1x account to -300,000 in a flat market)."""
+    with pytest.raises(ConfigError, match=r"100% of the trade or more; use bps:RATE below 10000"):
+        parse_commission(spec)
