@@ -197,6 +197,10 @@ class StrategyContext:
     def _apply_snapshot(self, snapshot: AccountSnapshot) -> None:
         self._cash = snapshot.cash
         self._positions = {s: q for s, q in snapshot.positions.items() if q}
+        # The kernel's marks (a fill's bar at its open): ctx.equity values the
+        # positions at the prices the account was just judged at.
+        for symbol, price in snapshot.prices.items():
+            self._last[symbol] = float(price)
 
     def _drain(self) -> tuple[list[OrderIntent], list[tuple[str, str, dict[str, Any]]]]:
         intents, logs = list(self._intents), list(self._logs)

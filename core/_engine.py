@@ -179,7 +179,7 @@ class Engine:
             if symbol in waiting:
                 # Fills happen from the open on: mark the symbol there first, so the
                 # ledger, the margin check and on_fill see the gap, not the last close.
-                self._mark(symbol, bar.open)
+                self._mark(symbol, bar.open, ts)
                 for fill in broker.on_bar(bar):
                     self._book(fill)
                 if self._resize:
@@ -470,18 +470,26 @@ class Engine:
         if not slot.liquidations:
             slot.margin_call = False  # nothing to liquidate after all
 
-    def _mark(self, symbol: str, price: float) -> None:
-        """Mark ``symbol`` at ``price`` (from the last mark, if any) for every holder."""
+    def _mark(self, symbol: str, price: float, ts: datetime) -> None:
+        """Mark ``symbol`` at ``price`` (from the last mark, if any) for every holder, and
+        margin-call any holder that is now under maintenance."""
         previous = self._last.get(symbol)
         self._last[symbol] = price
         if previous is None or previous == price:
             return
         move = price - previous
+        margin = self.broker.maintenance_margin
         for slot in self.slots:
             quantity = slot.portfolio.quantities_f.get(symbol)
             if quantity:
                 slot.equity_f += quantity * move
                 slot.gross_f += abs(quantity) * move
+                if (
+                    margin is not None
+                    and slot.equity_f < margin * slot.gross_f
+                    and not slot.margin_call
+                ):
+                    self._margin_call(slot, ts)
 
     def _resize_liquidations(self, ts: datetime) -> None:
         """Make each running liquidation close exactly what its strategy now holds."""

@@ -359,7 +359,7 @@ class SimBroker:
 
     def on_bar(self, bar: Bar) -> Sequence[Fill]:
         orders = self._working.get(bar.symbol)
-        if not orders:
+        if not orders or bar.volume == 0:  # nothing traded: nothing fills or triggers
             return ()
         fills: list[Fill] = []
         capacity = (

@@ -970,3 +970,61 @@ def on_fill(ctx, fill):
     rows = h.rows("SELECT symbol, status, reason FROM orders ORDER BY client_order_id")
     assert rows[0][:2] == ("AAA", "filled")
     assert rows[1][:2] == ("BBB", "rejected") and "170,000.00" in rows[1][2]
+
+
+def test_a_gap_on_a_bar_with_working_orders_is_margin_checked(ws: WS, h: Harness) -> None:
+    """A symbol with a working order is marked at the bar's open before fills; a gap there
+    is margin-checked even when the bar then closes at its open (a resting take-profit used
+    to switch margin calls off for such one-price bars)."""
+    s = admit(
+        ws,
+        "rested.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order(bar.symbol, 1400)
+
+@strategy.hook
+def on_fill(ctx, fill):
+    if fill.side == "buy":
+        ctx.order(fill.symbol, -1400, limit=1000, tag="take-profit")
+""",
+    )
+    prices = [100.0, 100.0, 100.0, 35.0, 34.0, 34.0]
+    h.run(
+        [s], [bar("AAA", d, p) for d, p in enumerate(prices)], broker="commission=none,slippage=0"
+    )
+    assert "margin_call" in [e for (e,) in h.rows("SELECT event FROM audit")]
+    assert h.engine.slots[0].portfolio.quantity("AAA") == 0
+
+
+def test_on_fill_sees_equity_at_the_price_the_account_was_judged_at(ws: WS, h: Harness) -> None:
+    """In on_fill after a gap, ctx.equity values the position at the gap's open, as the
+    kernel's checks do (it used to use the strategy's last seen close)."""
+    s = admit(
+        ws,
+        "watcher.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order(bar.symbol, 1000)
+
+@strategy.hook
+def on_fill(ctx, fill):
+    ctx.state["equity"] = ctx.equity
+""",
+    )
+    h.run(
+        [s],
+        [bar("AAA", 0, 100.0), bar("AAA", 1, 35.0), bar("AAA", 2, 35.0)],
+        broker="commission=none,slippage=0",
+    )
+    assert h.engine.slots[0].runner.ctx.state["equity"] == Decimal(100_000)

@@ -1372,3 +1372,13 @@ def test_a_commission_of_the_whole_trade_or_more_is_refused(spec: str) -> None:
     be accepted and took a 1x account to -300,000 in a flat market)."""
     with pytest.raises(ConfigError, match=r"100% of the trade or more; use bps:RATE below 10000"):
         parse_commission(spec)
+
+
+def test_a_bar_with_zero_volume_triggers_no_stop() -> None:
+    """Nothing traded on a zero-volume bar, so its range triggers no stop: a buy stop at 120
+    is still untriggered after such a bar reaching 130, and does not fill at the next
+    bar's open of 100 (it used to, below its own stop)."""
+    broker = working(FREE, order("buy", 10, type="stop", stop="120"))
+    assert broker.on_bar(bar(1, 100.0, high=130.0, volume=0)) == ()
+    assert broker.on_bar(bar(2, 100.0, high=101.0)) == []
+    assert broker.working_symbols() == {"X"}
