@@ -176,10 +176,11 @@ class Engine:
                             slot.exposure += 1
                 current = ts
             symbol = bar.symbol
+            gapped = False
             if symbol in waiting:
                 # Fills happen from the open on: mark the symbol there first, so the
                 # ledger, the margin check and on_fill see the gap, not the last close.
-                self._mark(symbol, bar.open, ts)
+                gapped = self._mark(symbol, bar.open)
                 for fill in broker.on_bar(bar):
                     self._book(fill)
                 if self._resize:
@@ -189,7 +190,9 @@ class Engine:
             close = bar.close
             previous = last.get(symbol)
             last[symbol] = close
-            if previous is not None and previous != close:
+            # Margin is checked at the close of every bar whose price moved (a gap
+            # marked at the open counts), whether or not anyone had orders working.
+            if previous is not None and (previous != close or gapped):
                 move = close - previous
                 for slot in slots:
                     quantity = slot.portfolio.quantities_f.get(symbol)
@@ -470,26 +473,21 @@ class Engine:
         if not slot.liquidations:
             slot.margin_call = False  # nothing to liquidate after all
 
-    def _mark(self, symbol: str, price: float, ts: datetime) -> None:
-        """Mark ``symbol`` at ``price`` (from the last mark, if any) for every holder, and
-        margin-call any holder that is now under maintenance."""
+    def _mark(self, symbol: str, price: float) -> bool:
+        """Mark ``symbol`` at ``price`` (from the last mark, if any) for every holder;
+        whether that moved it.  No margin check here: the bar's close is checked
+        for every holder alike (the open is marked only where orders work)."""
         previous = self._last.get(symbol)
         self._last[symbol] = price
         if previous is None or previous == price:
-            return
+            return False
         move = price - previous
-        margin = self.broker.maintenance_margin
         for slot in self.slots:
             quantity = slot.portfolio.quantities_f.get(symbol)
             if quantity:
                 slot.equity_f += quantity * move
                 slot.gross_f += abs(quantity) * move
-                if (
-                    margin is not None
-                    and slot.equity_f < margin * slot.gross_f
-                    and not slot.margin_call
-                ):
-                    self._margin_call(slot, ts)
+        return True
 
     def _resize_liquidations(self, ts: datetime) -> None:
         """Make each running liquidation close exactly what its strategy now holds."""

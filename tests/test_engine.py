@@ -1028,3 +1028,39 @@ def on_fill(ctx, fill):
         broker="commission=none,slippage=0",
     )
     assert h.engine.slots[0].runner.ctx.state["equity"] == Decimal(100_000)
+
+
+def test_another_strategys_resting_order_does_not_change_a_holders_margin_call(
+    ws: WS, h: Harness
+) -> None:
+    """A bar that gaps down at the open and closes back up is checked at its close for
+    every holder alike: a bystander's never-filling order in the symbol (which makes the
+    engine mark the open) does not margin-call a holder that would not be called alone."""
+    holder = admit(ws, "holder.py", BUY_FIRST.replace("10)", "1400)"))
+    bystander = admit(
+        ws,
+        "bystander.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if not ctx.state.get("done"):
+        ctx.state["done"] = True
+        ctx.order(bar.symbol, 1, limit=1)
+""",
+    )
+    gap = Bar(
+        symbol="AAA",
+        ts=T0 + timedelta(days=3),
+        open=35.0,
+        high=100.0,
+        low=35.0,
+        close=100.0,
+        volume=1e6,
+    )
+    bars = [bar("AAA", 0, 100.0), bar("AAA", 1, 100.0), bar("AAA", 2, 100.0), gap]
+    result = h.run([holder, bystander], bars, broker="commission=none,slippage=0")
+    assert "margin_call" not in [e for (e,) in h.rows("SELECT event FROM audit")]
+    by_name = {r.name: r for r in result.strategies}
+    assert by_name["holder.py"].equity == Decimal(100_000)
