@@ -392,10 +392,6 @@ class Engine:
         order = self._orders.get(fill.order_id)
         if order is None:
             raise RuntimeError(f"broker reported a fill for unknown order {fill.order_id}")
-        if fill.symbol not in self._last:
-            # A fill before the symbol's first close: its price is the only mark
-            # there is, and the bar's close then moves every holder from it.
-            self._last[fill.symbol] = float(fill.price)
         slot = self._by_name[order.strategy]
         portfolio = slot.portfolio
         portfolio.apply(fill)
@@ -430,7 +426,12 @@ class Engine:
             # liquidation is resized to close what is held then.
             self._resize.append(slot)
         margin = self.broker.maintenance_margin
-        if margin is not None and not slot.margin_call and slot.equity_f < margin * slot.gross_f:
+        if (
+            margin is not None
+            and not slot.margin_call
+            and slot.gross_f > 0  # flat (however poor): nothing to liquidate, nothing to cancel
+            and slot.equity_f < margin * slot.gross_f
+        ):
             self._margin_call(slot, fill.ts)  # a fill can leave the account under water too
         self._call(slot, lambda s: s.runner.fill(fill, s.portfolio.snapshot(self._last)), fill.ts)
 

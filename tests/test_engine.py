@@ -1064,3 +1064,32 @@ def on_bar(ctx, bar):
     assert "margin_call" not in [e for (e,) in h.rows("SELECT event FROM audit")]
     by_name = {r.name: r for r in result.strategies}
     assert by_name["holder.py"].equity == Decimal(100_000)
+
+
+def test_a_flat_account_is_never_margin_called(ws: WS, h: Harness) -> None:
+    """A liquidation that closes the last position at a loss leaves equity below zero and
+    nothing held: that is not a second margin call (it used to log and audit one with a
+    gross exposure of 0 and cancel the strategy's other working orders)."""
+    s = admit(
+        ws,
+        "squeezed.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    n = ctx.state["n"] = ctx.state.get("n", 0) + 1
+    if n == 1:
+        ctx.order(bar.symbol, -1800)
+    if n == 3:
+        ctx.order(bar.symbol, 1, limit=1, tag="bargain")
+""",
+    )
+    prices = [100.0, 100.0, 150.0, 200.0, 200.0]
+    result = h.run([s], [bar("AAA", d, p) for d, p in enumerate(prices)])
+    calls = [e for (e,) in h.rows("SELECT event FROM audit") if e == "margin_call"]
+    assert len(calls) == 1
+    assert result.strategies[0].equity < 0
+    assert h.rows("SELECT status, reason FROM orders WHERE tag = 'bargain'") == [
+        ("cancelled", "end of run")
+    ]
