@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from ._errors import ConfigError
 from .models import AccountSnapshot, Bar, Fill, Order, Position
 
 __all__ = [
@@ -28,12 +29,31 @@ __all__ = [
     "Store",
     "StrategyRecord",
     "StrategyRunData",
+    "select_symbols",
 ]
 
 EquityPoint = tuple[datetime, float]
 
 
 # --------------------------------------------------------------------------- sources
+
+
+def select_symbols(
+    requested: Sequence[str] | str | None, available: Sequence[str], description: str
+) -> tuple[str, ...]:
+    """The symbols a source's ``bars()``/``count()`` were asked for, sorted and unique
+    (``None``: all of ``available``); an unknown one is a one-line :class:`ConfigError`
+    naming the source (``description``) and what it has."""
+    if requested is None:
+        return tuple(available)
+    if isinstance(requested, str):  # a lone "SPY" would otherwise be iterated per letter
+        requested = (requested,)
+    for symbol in requested:
+        if symbol not in available:
+            raise ConfigError(
+                f"symbol {symbol!r} is not in {description}; it has: {', '.join(available)}"
+            )
+    return tuple(sorted(set(requested)))
 
 
 @runtime_checkable

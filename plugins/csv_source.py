@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Final
 
 from bastion import ConfigError, FormatError, hookimpl
+from bastion.interfaces import select_symbols
 from bastion.models import Bar
 
 __all__ = ["DAILY_CLOSE", "SAMPLE_DATA", "CsvSource", "register_sources"]
@@ -177,7 +178,7 @@ class CsvSource:
         self, symbols: Sequence[str] | None, start: datetime | None, end: datetime | None
     ) -> list[tuple[str, int, int]]:
         """For each wanted symbol, the index range of its bars within ``start``..``end``."""
-        wanted = self._check_symbols(symbols)
+        wanted = select_symbols(symbols, self._symbols, self.description)
         lo_ts = _bound("start", start)
         hi_ts = _bound("end", end)
         spans = []
@@ -187,19 +188,6 @@ class CsvSource:
             hi = len(times) if hi_ts is None else bisect.bisect_right(times, hi_ts)
             spans.append((symbol, lo, hi))
         return spans
-
-    def _check_symbols(self, symbols: Sequence[str] | None) -> tuple[str, ...]:
-        if symbols is None:
-            return self._symbols
-        if isinstance(symbols, str):  # a lone "SPY" would otherwise be iterated per letter
-            symbols = (symbols,)
-        for symbol in symbols:
-            if symbol not in self._bars:
-                raise ConfigError(
-                    f"symbol {symbol!r} is not in {self.description}; "
-                    f"it has: {', '.join(self._symbols)}"
-                )
-        return tuple(sorted(set(symbols)))
 
     def __repr__(self) -> str:
         return f"<CsvSource {self.description}>"

@@ -42,6 +42,7 @@ from typing import Final
 import attrs
 
 from bastion import ConfigError, hookimpl
+from bastion.interfaces import select_symbols
 from bastion.models import Bar
 
 __all__ = [
@@ -223,7 +224,7 @@ class SyntheticSource:
 
         A ``start`` or ``end`` without a time zone is taken as UTC.
         """
-        wanted = self._wanted(symbols)
+        wanted = select_symbols(symbols, self._symbols, self.description)
         lo = None if start is None else _as_utc(start)
         hi = None if end is None else _as_utc(end)
         return self._generate(wanted, lo, hi)
@@ -236,23 +237,10 @@ class SyntheticSource:
     ) -> int | None:
         """How many bars :meth:`bars` yields, when that is known without generating them:
         every bar of every symbol asked for (``None`` with a ``start`` or ``end``)."""
-        wanted = self._wanted(symbols)
+        wanted = select_symbols(symbols, self._symbols, self.description)
         if start is not None or end is not None:
             return None
         return self.spec.bars * len(wanted)
-
-    def _wanted(self, symbols: Sequence[str] | None) -> tuple[str, ...]:
-        if symbols is None:
-            return self._symbols
-        if isinstance(symbols, str):  # a lone "SYN0" would otherwise be iterated per letter
-            symbols = (symbols,)
-        for symbol in symbols:
-            if symbol not in self._index:
-                raise ConfigError(
-                    f"symbol {symbol!r} is not in {self.description}; "
-                    f"it has: {', '.join(self._symbols)}"
-                )
-        return tuple(sorted(set(symbols)))
 
     def _generate(
         self, wanted: tuple[str, ...], lo: datetime | None, hi: datetime | None
