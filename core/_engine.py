@@ -150,30 +150,28 @@ class Engine:
             strategies=tuple(self._result(slot) for slot in self.slots),
         )
 
+    def _active(self) -> list[tuple[_Slot, Callable[[Bar], list[OrderIntent] | None]]]:
+        """Each strategy still running, with its bar handler."""
+        return [(s, s.runner.bar) for s in self.slots if s.quarantined is None]
+
     def _loop(self, bars: Iterable[Bar]) -> int:
         slots = self.slots
-        active = [(s, s.runner.bar) for s in slots if s.quarantined is None]
+        active = self._active()
         broker = self.broker
         working = broker.working_symbols
         # The broker's working orders change only through calls made here
         # (submit, on_bar, cancels, margin calls): asked again after each.
         waiting = working()
-        last = self._last
+        mark = self._mark
         margin = broker.maintenance_margin
         progress = self.progress
-        stamps = self._ts
         current: datetime | None = None
         count = 0
         for bar in bars:
             ts = bar.ts
             if ts != current:
                 if current is not None:
-                    # Every bar of ``current`` is processed: one equity point per strategy.
-                    stamps.append(current)
-                    for slot in slots:
-                        slot.values.append(slot.equity_f)
-                        if slot.portfolio.quantities_f:
-                            slot.exposure += 1
+                    self._close_timestamp(current)
                 current = ts
             symbol = bar.symbol
             gapped = False
@@ -185,28 +183,20 @@ class Engine:
                     self._book(fill)
                 if self._resize:
                     self._resize_liquidations(ts)
-                active = [(s, s.runner.bar) for s in slots if s.quarantined is None]
+                active = self._active()
                 waiting = working()
-            close = bar.close
-            previous = last.get(symbol)
-            last[symbol] = close
             # Margin is checked at the close of every bar whose price moved (a gap
             # marked at the open counts), whether or not anyone had orders working.
-            if previous is not None and (previous != close or gapped):
-                move = close - previous
+            if (mark(symbol, bar.close) or gapped) and margin is not None:
                 for slot in slots:
-                    quantity = slot.portfolio.quantities_f.get(symbol)
-                    if quantity:
-                        slot.equity_f += quantity * move
-                        slot.gross_f += abs(quantity) * move
-                        if (
-                            margin is not None
-                            and slot.equity_f < margin * slot.gross_f
-                            and not slot.margin_call
-                        ):
-                            self._margin_call(slot, ts)
-                            active = [(s, s.runner.bar) for s in slots if s.quarantined is None]
-                            waiting = working()
+                    if (
+                        symbol in slot.portfolio.quantities_f
+                        and slot.equity_f < margin * slot.gross_f
+                        and not slot.margin_call
+                    ):
+                        self._margin_call(slot, ts)
+                        active = self._active()
+                        waiting = working()
             for slot, on_bar in active:
                 try:
                     intents = on_bar(bar)
@@ -216,7 +206,7 @@ class Engine:
                 if intents is not None:
                     self._handle(slot, intents, ts, 0)
                 if intents is not None or slot.quarantined is not None:
-                    active = [(s, s.runner.bar) for s in slots if s.quarantined is None]
+                    active = self._active()
                     waiting = working()
             count += 1
             if progress is not None and not count & 0x3FFF:
