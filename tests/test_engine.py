@@ -839,9 +839,11 @@ def on_bar(ctx, bar):
 
 
 def test_the_next_margin_call_comes_once_the_liquidation_is_done(ws: WS, h: Harness) -> None:
-    """Once a margin call's liquidation is done the account is watched again: a strategy
-    that levers up again (here with a one-share short elsewhere) and falls under
-    maintenance is called a second time."""
+    """A strategy that shorts one share of another symbol while its margin call runs is
+    never left immune: that fill is liquidated with the rest, the call ends when the
+    liquidation is done, and re-levering into a second crash brings a second call (the
+    margin call used to last until the strategy was flat, which the one-share short
+    prevented forever)."""
     s = admit(
         ws,
         "relever.py",
@@ -850,22 +852,31 @@ from bastion import strategy
 
 @strategy.hook
 def on_bar(ctx, bar):
-    if bar.symbol != "A":
+    if bar.symbol != "BBB":
         return
     n = ctx.state["n"] = ctx.state.get("n", 0) + 1
     if n == 1:
-        ctx.order("A", 1400)
+        ctx.order("BBB", 1500)
     elif n == 3:
-        ctx.order("B", -1)
+        ctx.order("AAA", -1)
     elif n == 5:
-        ctx.order("A", 300)
+        ctx.order("BBB", 300)
 """,
     )
-    a_prices = [100.0, 100.0, 35.0, 35.0, 35.0, 35.0, 5.0, 5.0]
-    bars = [b for d, p in enumerate(a_prices) for b in (bar("A", d, p), bar("B", d, 100.0))]
+    b_prices = [100.0, 100.0, 40.0, 40.0, 40.0, 40.0, 5.0, 5.0]
+    bars = [x for d, p in enumerate(b_prices) for x in (bar("AAA", d, 100.0), bar("BBB", d, p))]
     h.run([s], bars, broker="commission=none,slippage=0")
     calls = [e for (e,) in h.rows("SELECT event FROM audit") if e == "margin_call"]
     assert len(calls) == 2
+    liquidations = h.rows(
+        "SELECT substr(created, 1, 10), symbol, side, quantity FROM orders "
+        "WHERE liquidation = 1 ORDER BY client_order_id"
+    )
+    assert liquidations == [
+        ("2024-01-03", "BBB", "sell", "1500"),
+        ("2024-01-04", "AAA", "buy", "1"),  # the short, closed during the first call
+        ("2024-01-07", "BBB", "sell", "300"),
+    ]
 
 
 def test_a_reducing_fill_during_a_margin_call_never_makes_the_liquidation_reverse(
