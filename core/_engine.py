@@ -162,7 +162,7 @@ class Engine:
         # The broker's working orders change only through calls made here
         # (submit, on_bar, cancels, margin calls): asked again after each.
         waiting = working()
-        mark = self._mark
+        last = self._last
         margin = broker.maintenance_margin
         progress = self.progress
         current: datetime | None = None
@@ -185,18 +185,27 @@ class Engine:
                     self._resize_liquidations(ts)
                 active = self._active()
                 waiting = working()
-            # Margin is checked at the close of every bar whose price moved (a gap
-            # marked at the open counts), whether or not anyone had orders working.
-            if (mark(symbol, bar.close) or gapped) and margin is not None:
+            # The close, marked inline (this runs for every bar; _mark is the same
+            # move). Margin is checked at the close of every bar whose price moved
+            # (a gap marked at the open counts), whether or not orders were working.
+            close = bar.close
+            previous = last.get(symbol)
+            last[symbol] = close
+            if previous is not None and (previous != close or gapped):
+                move = close - previous
                 for slot in slots:
-                    if (
-                        symbol in slot.portfolio.quantities_f
-                        and slot.equity_f < margin * slot.gross_f
-                        and not slot.margin_call
-                    ):
-                        self._margin_call(slot, ts)
-                        active = self._active()
-                        waiting = working()
+                    quantity = slot.portfolio.quantities_f.get(symbol)
+                    if quantity:
+                        slot.equity_f += quantity * move
+                        slot.gross_f += abs(quantity) * move
+                        if (
+                            margin is not None
+                            and slot.equity_f < margin * slot.gross_f
+                            and not slot.margin_call
+                        ):
+                            self._margin_call(slot, ts)
+                            active = self._active()
+                            waiting = working()
             for slot, on_bar in active:
                 try:
                     intents = on_bar(bar)
