@@ -18,11 +18,13 @@ from typing import Any
 
 import attrs
 
-from ._engine import Engine, EngineConfig, OrderLimits, RunResult
+from ._engine import Engine, EngineConfig, ExceptionPolicy, OrderLimits, RunResult
 from ._environment import read_config
 from ._errors import BastionError, ConfigError
+from ._host import Launcher, in_process
 from ._kernel import Kernel
 from ._loader import Gate, Refusal, Strategy
+from ._sandbox import SandboxConfig, sandbox_config, sandboxed
 from ._version import __version__
 from .interfaces import RunInfo, Source, Store, StrategyRecord
 from .models import Bar
@@ -80,6 +82,54 @@ class BacktestRequest:
     end: datetime | None = None
     symbols: tuple[str, ...] = ()
     params: tuple[str, ...] = ()  # "key=value" or "strategy.key=value"
+    in_process: bool = False  # run strategy code in the kernel's process (trusted, development)
+
+
+def launcher_for(
+    in_process_requested: bool, environment: str, config: Mapping[str, Any], config_name: str
+) -> tuple[Launcher, SandboxConfig]:
+    """The host launcher a run uses: sandboxed workers unless ``--in-process`` (which only
+    development allows), with the environment's ``[sandbox]`` settings."""
+    settings = sandbox_config(config, environment, config_name)
+    if not in_process_requested:
+        return sandboxed(settings), settings
+    if environment != "development":
+        raise ConfigError(
+            f"--in-process runs strategy code unprotected inside the kernel; the {environment} "
+            "environment refuses it: drop --in-process"
+        )
+    return in_process, settings
+
+
+def exception_policies(
+    config: Mapping[str, Any], names: Sequence[str], config_name: str
+) -> dict[str, ExceptionPolicy]:
+    """``[exceptions.STRATEGY]`` (``policy = "skip"`` or ``"quarantine"``, ``max_skips``)."""
+    table = config.get("exceptions", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{config_name}: [exceptions] must be a table of [exceptions.STRATEGY]")
+    by_stem = {name.removesuffix(".py"): name for name in names}
+    policies = {}
+    for stem, values in table.items():
+        where = f"{config_name}: exceptions.{stem}"
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where} must be a table like [exceptions.{stem}]")
+        unknown = set(values) - {"policy", "max_skips"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; use policy, max_skips")
+        policy = values.get("policy", "quarantine")
+        if policy not in ("quarantine", "skip"):
+            raise ConfigError(f'{where}.policy = {policy!r}; use "quarantine" or "skip"')
+        max_skips = values.get("max_skips", ExceptionPolicy.max_skips)
+        if (
+            isinstance(max_skips, bool)
+            or not isinstance(max_skips, int)
+            or not (0 <= max_skips <= 1_000_000)
+        ):
+            raise ConfigError(f"{where}.max_skips = {max_skips!r}; use a whole number >= 0")
+        if stem in by_stem:
+            policies[by_stem[stem]] = ExceptionPolicy(skip=policy == "skip", max_skips=max_skips)
+    return policies
 
 
 def _split(spec: str, what: str, available: Mapping[str, Any]) -> tuple[Any, str]:
@@ -212,6 +262,17 @@ class PreparedBacktest:
     limits: OrderLimits
     data_dir: Any
     environment: str
+    sandbox: SandboxConfig
+    exceptions: dict[str, ExceptionPolicy]
+
+    @property
+    def mode(self) -> str:
+        return "in-process" if self.request.in_process else "sandboxed"
+
+    def close(self) -> None:
+        """Release the strategies' hosts (workers) of a run that will not happen."""
+        for strategy in self.strategies:
+            strategy.close()
 
     def run(self, progress: Callable[[int], None] | None = None) -> tuple[RunResult, Store]:
         run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
@@ -231,7 +292,12 @@ class PreparedBacktest:
                 "to": request.end.isoformat() if request.end else None,
                 "symbols": list(self.symbols),
                 "params": self.params,
-                "sandbox": "in-process",
+                "sandbox": self.mode,
+                "sandbox_layers": {
+                    s.name: sorted(layer.name for layer in s.layers if layer.active)
+                    for s in self.strategies
+                    if s.layers
+                },
             },
         )
         records = [
@@ -246,8 +312,12 @@ class PreparedBacktest:
             )
             for s in self.strategies
         ]
-        store = self.store_factory(self.data_dir)
-        store.begin_run(info, records)
+        try:
+            store = self.store_factory(self.data_dir)
+            store.begin_run(info, records)
+        except BaseException:
+            self.close()
+            raise
         try:
             for refusal in self.refusals:
                 store.audit(
@@ -270,6 +340,7 @@ class PreparedBacktest:
                     cash=request.cash,
                     symbols=frozenset(self.symbols),
                     limits=self.limits,
+                    exceptions=self.exceptions,
                 ),
                 progress=progress,
             )
@@ -286,6 +357,7 @@ class PreparedBacktest:
             )
             store.finish_run(run_id, "failed", reason.splitlines()[0] if reason else "failed")
             store.close()
+            self.close()
             raise
         store.finish_run(run_id, "completed", None)
         return result, store
@@ -312,53 +384,54 @@ def prepare_backtest(
             f"symbol {missing[0]!r} is not in {source.description}; it has: {', '.join(available)}"
         )
     broker = broker_factory(broker_spec)
+    config = read_config(workspace.config_file)
+    config_name = str(workspace.config_file)
+    launcher, sandbox = launcher_for(request.in_process, environment, config, config_name)
 
     strategies: list[Strategy] = []
     refusals: list[Refusal] = []
-    if request.strategies:
-        # Named twice (sma_cross and sma_cross.py) is the same file: run it once.
-        named = {gate.resolve(name): name for name in reversed(request.strategies)}
-        for path in dict.fromkeys(gate.resolve(name) for name in request.strategies):
-            if not path.exists() and not path.is_symlink():
-                raise ConfigError(
-                    f"unknown strategy {named[path]!r}: no {path.name} in {workspace.strategies}; "
-                    "'bastion strategies' lists them"
-                )
-            outcome = gate.admit(path)
-            if isinstance(outcome, Refusal):
-                kernel.strategy_refused(outcome)
-                raise ConfigError(
-                    f"strategy {outcome.name} is not verified ({outcome.status}: {outcome.reason})"
-                )
-            kernel.strategy_loaded(outcome)
-            strategies.append(outcome)
-    else:
-        for path in gate.candidates():
-            outcome = gate.admit(path)
-            if isinstance(outcome, Refusal):
-                kernel.strategy_refused(outcome)
-                refusals.append(outcome)
-            else:
+    try:
+        if request.strategies:
+            # Named twice (sma_cross and sma_cross.py) is the same file: run it once.
+            named = {gate.resolve(name): name for name in reversed(request.strategies)}
+            paths = list(dict.fromkeys(gate.resolve(name) for name in request.strategies))
+            for path in paths:
+                if not path.exists() and not path.is_symlink():
+                    raise ConfigError(
+                        f"unknown strategy {named[path]!r}: no {path.name} in "
+                        f"{workspace.strategies}; 'bastion strategies' lists them"
+                    )
+            outcomes = gate.admit_many(paths, launcher)
+            strategies = [o for o in outcomes if isinstance(o, Strategy)]
+            for outcome in outcomes:
+                if isinstance(outcome, Refusal):
+                    kernel.strategy_refused(outcome)
+                    raise ConfigError(
+                        f"strategy {outcome.name} is not verified "
+                        f"({outcome.status}: {outcome.reason})"
+                    )
                 kernel.strategy_loaded(outcome)
-                strategies.append(outcome)
-        if not strategies:
-            raise ConfigError(
-                f"no verified strategy in {workspace.strategies}; 'bastion strategies' says why"
-            )
-    config = read_config(workspace.config_file)
-    params = resolve_params(strategies, request.params, config, str(workspace.config_file))
-    limits = _limits(config, environment, str(workspace.config_file))
-    bars = iter(source.bars(symbols, request.start, request.end))
-    counter = getattr(source, "count", None)
-    total = counter(symbols, request.start, request.end) if callable(counter) else None
-    first = next(bars, None)
-    if first is None:
-        span = (
-            f" between {request.start:%Y-%m-%d} and {request.end:%Y-%m-%d}"
-            if (request.start and request.end)
-            else " in the chosen period"
-        )
-        raise ConfigError(f"{source.description} has no bars{span}; check --from/--to")
+        else:
+            for outcome in gate.admit_many(gate.candidates(), launcher):
+                if isinstance(outcome, Refusal):
+                    kernel.strategy_refused(outcome)
+                    refusals.append(outcome)
+                else:
+                    kernel.strategy_loaded(outcome)
+                    strategies.append(outcome)
+            if not strategies:
+                raise ConfigError(
+                    f"no verified strategy in {workspace.strategies}; 'bastion strategies' says why"
+                )
+        params = resolve_params(strategies, request.params, config, config_name)
+        limits = _limits(config, environment, config_name)
+        exceptions = exception_policies(config, [s.name for s in strategies], config_name)
+        prepared = _prepared_source(source, symbols, request)
+    except BaseException:
+        for strategy in strategies:
+            strategy.close()
+        raise
+    first, bars, total = prepared
     return PreparedBacktest(
         kernel=kernel,
         request=request,
@@ -375,4 +448,25 @@ def prepare_backtest(
         limits=limits,
         data_dir=workspace.ensure_data_dir(),
         environment=environment,
+        sandbox=sandbox,
+        exceptions=exceptions,
     )
+
+
+def _prepared_source(
+    source: Source, symbols: Sequence[str], request: BacktestRequest
+) -> tuple[Bar, Iterator[Bar], int | None]:
+    """The source's first bar (a one-line error when there is none), the rest, and
+    how many there will be when the source can tell."""
+    bars = iter(source.bars(symbols, request.start, request.end))
+    counter = getattr(source, "count", None)
+    total = counter(symbols, request.start, request.end) if callable(counter) else None
+    first = next(bars, None)
+    if first is None:
+        span = (
+            f" between {request.start:%Y-%m-%d} and {request.end:%Y-%m-%d}"
+            if (request.start and request.end)
+            else " in the chosen period"
+        )
+        raise ConfigError(f"{source.description} has no bars{span}; check --from/--to")
+    return first, bars, total

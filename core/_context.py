@@ -6,14 +6,17 @@ receives only plain data — its parameters, bars, its own fills, snapshots of
 its own portfolio — and answers with order intents and log records.  It never
 holds a reference to the kernel, a broker, the store or another strategy.
 
-:class:`StrategyRunner` is the in-process runner: it calls the strategy's
-hook functions directly (they were validated by pluggy at admission; calling
-the single implementation directly avoids pluggy's per-call overhead on the
-bar path).
+:class:`StrategyRunner` calls the strategy's hook functions directly (they
+were validated by pluggy when the module was loaded; calling the single
+implementation directly avoids pluggy's per-call overhead on the bar path).
+The same runner serves the in-process host and the sandboxed worker, so a
+strategy behaves identically in both.  This module imports neither the
+kernel nor pluggy.
 """
 
 from __future__ import annotations
 
+import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -21,41 +24,91 @@ from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
 
-from ._loader import Strategy
 from .models import AccountSnapshot, Bar, Fill, OrderIntent, OrderType, Side
 
-__all__ = ["HISTORY_BARS", "StrategyContext", "StrategyError", "StrategyRunner"]
+__all__ = [
+    "HISTORY_BARS",
+    "MAX_INTENTS_PER_EVENT",
+    "MAX_LOGS_PER_EVENT",
+    "StrategyContext",
+    "StrategyError",
+    "StrategyRunner",
+    "operator_interrupt",
+]
 
 ZERO = Decimal(0)
 HISTORY_BARS = 256  # recent bars kept per symbol for ctx.history()
 MAX_INTENTS_PER_EVENT = 100
 MAX_LOGS_PER_EVENT = 20
+MAX_TRACEBACK = 4000  # characters of a strategy's traceback kept with its failure
+
+# Why a strategy stopped, as stored (the first word of its quarantine reason).
+EXCEPTION = "exception"
+MEMORY_LIMIT = "memory-limit"
 
 
-# Everything but Ctrl-C: a strategy raising SystemExit must not end the run.
-_CONTAINED = (Exception, SystemExit, GeneratorExit)
+class _OperatorInterrupt:
+    """Set by the kernel's SIGINT handler: a ``KeyboardInterrupt`` that strategy code
+    raised itself quarantines the strategy; only the operator's own Ctrl-C ends the run."""
+
+    pressed = False
+
+
+operator_interrupt = _OperatorInterrupt()
 
 
 class StrategyError(Exception):
-    """Strategy code raised or misbehaved; the strategy is quarantined."""
+    """Strategy code raised or misbehaved; the strategy is quarantined (or the event skipped).
 
-    def __init__(self, strategy: str, hook: str, reason: str) -> None:
+    ``kind`` is the stored quarantine kind (``exception``, ``memory-limit``, ...),
+    ``traceback`` the strategy's own frames, when there are any.
+    """
+
+    def __init__(
+        self,
+        strategy: str,
+        hook: str,
+        reason: str,
+        kind: str = EXCEPTION,
+        traceback: str | None = None,
+    ) -> None:
         super().__init__(f"{strategy}: {hook}: {reason}")
         self.strategy, self.hook, self.reason = strategy, hook, reason
+        self.kind, self.traceback = kind, traceback
 
 
 class _Log:
-    """``ctx.log``: structured log records, handed to the kernel with the intents."""
+    """``ctx.log``: structured log records, handed to the kernel with the intents.
 
-    __slots__ = ("_records",)
+    At most :data:`MAX_LOGS_PER_EVENT` records per event; what goes beyond is
+    counted and reported in one ``log_truncated`` record.
+    """
 
-    def __init__(self, records: list[tuple[str, str, dict[str, Any]]]) -> None:
+    __slots__ = ("_dropped", "_records")
+
+    def __init__(self, records: list[tuple[str, str, dict[str, str]]]) -> None:
         self._records = records
+        self._dropped = 0
 
     def _add(self, level: str, event: str, fields: dict[str, Any]) -> None:
         if len(self._records) < MAX_LOGS_PER_EVENT:
             clean = {str(k)[:64]: str(v)[:256] for k, v in list(fields.items())[:20]}
             self._records.append((level, str(event)[:200], clean))
+        else:
+            self._dropped += 1
+
+    def _output(self, text: str) -> None:
+        """What the strategy printed: one ``print`` record per call."""
+        text = text.rstrip("\n")
+        if len(self._records) < MAX_LOGS_PER_EVENT:
+            self._records.append(("info", "print", {"text": text[:1000]}))
+        else:
+            self._dropped += 1
+
+    def _close_event(self) -> None:
+        if self._dropped:
+            self._records.append(("warning", "log_truncated", {"dropped": str(self._dropped)}))
+            self._dropped = 0
 
     def info(self, event: str, **fields: Any) -> None:
         self._add("info", event, fields)
@@ -113,7 +166,7 @@ class StrategyContext:
         self._last: dict[str, float] = {}
         self._history: dict[str, deque[Bar]] = {}
         self._intents: list[OrderIntent] = []
-        self._logs: list[tuple[str, str, dict[str, Any]]] = []
+        self._logs: list[tuple[str, str, dict[str, str]]] = []
         self.log = _Log(self._logs)
 
     # -- the portfolio, as plain data ------------------------------------------------
@@ -202,59 +255,98 @@ class StrategyContext:
         for symbol, price in snapshot.prices.items():
             self._last[symbol] = float(price)
 
-    def _drain(self) -> tuple[list[OrderIntent], list[tuple[str, str, dict[str, Any]]]]:
+    def _drain(self) -> tuple[list[OrderIntent], list[tuple[str, str, dict[str, str]]]]:
+        self.log._close_event()
         intents, logs = list(self._intents), list(self._logs)
         self._intents.clear()
         self._logs.clear()
         return intents, logs
 
 
-Caller = Callable[[StrategyContext, Any], None]
+Hook = tuple[Callable[..., Any], tuple[str, ...]]
 
 
-def _direct(strategy: Strategy, hook: str, args: tuple[str, ...]) -> Callable[..., Any] | None:
+def _direct(
+    functions: Mapping[str, Hook], hook: str, args: tuple[str, ...]
+) -> Callable[..., Any] | None:
     """The strategy's implementation of ``hook`` as a plain positional call, or None."""
-    impls = getattr(strategy.hooks.hook, hook).get_hookimpls()
-    if not impls:
+    found = functions.get(hook)
+    if found is None:
         return None
-    impl = impls[0]
-    function = impl.function
-    wanted = tuple(impl.argnames)
+    function, wanted = found
     if wanted == args:
-        return function  # type: ignore[no-any-return]
+        return function
     positions = [args.index(name) for name in wanted]
     return lambda *values: function(*(values[i] for i in positions))
 
 
 class StrategyRunner:
-    """Feeds events to one admitted strategy, in this process, and collects its answers.
+    """Feeds events to one loaded strategy, in this process, and collects its answers.
 
     Each method returns the order intents the strategy asked for while
-    handling the event.  Any exception from strategy code becomes a
-    :class:`StrategyError` (the engine quarantines the strategy).
+    handling the event; its log records are in :attr:`logs` until the caller
+    takes them.  Anything strategy code raises — any ``BaseException``, but
+    the operator's own Ctrl-C — becomes a :class:`StrategyError`, and the
+    orders asked for in that event are dropped.
     """
 
-    def __init__(self, strategy: Strategy, params: Mapping[str, Any]) -> None:
-        self.strategy = strategy
-        self.name = strategy.name
-        self.ctx = StrategyContext(strategy.name, params)
-        self._on_start = _direct(strategy, "on_start", ("ctx",))
-        self._on_bar = _direct(strategy, "on_bar", ("ctx", "bar"))
-        self._on_fill = _direct(strategy, "on_fill", ("ctx", "fill"))
-        self._on_reject = _direct(strategy, "on_reject", ("ctx", "intent", "reason"))
-        self._on_stop = _direct(strategy, "on_stop", ("ctx",))
-        self.logs: list[tuple[str, str, dict[str, Any]]] = []
+    def __init__(
+        self,
+        name: str,
+        filename: str,
+        functions: Mapping[str, Hook],
+        params: Mapping[str, Any],
+    ) -> None:
+        self.name = name
+        self.filename = filename
+        self.ctx = StrategyContext(name, params)
+        self._on_start = _direct(functions, "on_start", ("ctx",))
+        self._on_bar = _direct(functions, "on_bar", ("ctx", "bar"))
+        self._on_fill = _direct(functions, "on_fill", ("ctx", "fill"))
+        self._on_reject = _direct(functions, "on_reject", ("ctx", "intent", "reason"))
+        self._on_stop = _direct(functions, "on_stop", ("ctx",))
+        self.logs: list[tuple[str, str, dict[str, str]]] = []
         #: Hot path: hand the strategy one bar; returns ``None`` when it asked for nothing.
         self.bar = self._bar_handler()
 
+    def output(self, text: str) -> None:
+        """Where the strategy's ``print`` goes: its log records."""
+        self.ctx.log._output(text)
+
     def _fail(self, hook: str, exc: BaseException) -> StrategyError:
-        return StrategyError(self.name, hook, f"raised {type(exc).__name__}: {exc}")
+        if isinstance(exc, KeyboardInterrupt) and operator_interrupt.pressed:
+            raise exc  # the operator's Ctrl-C ends the run; it is not the strategy's
+        self.ctx._intents.clear()  # orders asked for before the failure are dropped
+        kind = MEMORY_LIMIT if isinstance(exc, MemoryError) else EXCEPTION
+        try:
+            text = f"raised {type(exc).__name__}: {exc}"
+        except BaseException:  # a hostile __str__
+            text = f"raised {type(exc).__name__}"
+        return StrategyError(self.name, hook, text[:500], kind, self._traceback(exc))
+
+    def _traceback(self, exc: BaseException) -> str | None:
+        """The strategy's own frames of ``exc``'s traceback (never the kernel's)."""
+        try:
+            frames = [
+                f for f in traceback.extract_tb(exc.__traceback__) if f.filename == self.filename
+            ]
+            if not frames:
+                return None
+            lines = ["Traceback (strategy frames only):\n", *traceback.format_list(frames)]
+            lines.append(f"{type(exc).__name__}: {exc}\n")
+            return "".join(lines)[-MAX_TRACEBACK:]
+        except BaseException:
+            return None
 
     def _collect(self) -> list[OrderIntent]:
         intents, logs = self.ctx._drain()
         if logs:
             self.logs.extend(logs)
         return intents
+
+    def take_logs(self) -> list[tuple[str, str, dict[str, str]]]:
+        logs, self.logs = self.logs, []
+        return logs
 
     def working(self, symbol: str, change: Decimal) -> None:
         """The kernel's note that ``symbol``'s working quantity changed by ``change``."""
@@ -270,8 +362,10 @@ class StrategyRunner:
         if self._on_start is not None:
             try:
                 self._on_start(self.ctx)
-            except _CONTAINED as exc:
-                raise self._fail("on_start", exc) from exc
+            except BaseException as exc:
+                error = self._fail("on_start", exc)
+                self._collect()
+                raise error from None
         return self._collect()
 
     def _bar_handler(self) -> Callable[[Bar], list[OrderIntent] | None]:
@@ -296,8 +390,10 @@ class StrategyRunner:
             if on_bar is not None:
                 try:
                     on_bar(ctx, bar)
-                except _CONTAINED as exc:
-                    raise fail("on_bar", exc) from exc
+                except BaseException as exc:
+                    error = fail("on_bar", exc)
+                    collect()
+                    raise error from None
             if intents or logs:
                 return collect()
             return None
@@ -310,16 +406,20 @@ class StrategyRunner:
         if self._on_fill is not None:
             try:
                 self._on_fill(self.ctx, fill)
-            except _CONTAINED as exc:
-                raise self._fail("on_fill", exc) from exc
+            except BaseException as exc:
+                error = self._fail("on_fill", exc)
+                self._collect()
+                raise error from None
         return self._collect()
 
     def reject(self, intent: OrderIntent, reason: str) -> list[OrderIntent]:
         if self._on_reject is not None:
             try:
                 self._on_reject(self.ctx, intent, reason)
-            except _CONTAINED as exc:
-                raise self._fail("on_reject", exc) from exc
+            except BaseException as exc:
+                error = self._fail("on_reject", exc)
+                self._collect()
+                raise error from None
         return self._collect()
 
     def stop(self) -> list[OrderIntent]:
@@ -327,6 +427,8 @@ class StrategyRunner:
         if self._on_stop is not None:
             try:
                 self._on_stop(self.ctx)
-            except _CONTAINED as exc:
-                raise self._fail("on_stop", exc) from exc
+            except BaseException as exc:
+                error = self._fail("on_stop", exc)
+                self._collect()
+                raise error from None
         return self._collect()

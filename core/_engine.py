@@ -3,22 +3,31 @@ portfolio -> storage -> ``on_fill`` back to the strategy.
 
 One loop serves backtests now and live runs later.  The bar path is kept
 straight and cheap: marking to market uses float mirrors of the Decimal
-ledger (re-synchronised exactly at every fill), and strategy hooks are called
-directly.  Everything that touches money (orders, fills, the ledger) is
-Decimal.
+ledger (re-synchronised exactly at every fill).  Everything that touches
+money (orders, fills, the ledger) is Decimal.
+
+Strategy code is never called from here: each strategy sits behind a
+:class:`~bastion._host.StrategyHost` (a sandboxed worker, or the in-process
+runner for trusted backtests).  Per step the engine posts the event to every
+host first and then gathers the answers in a fixed order, so workers compute
+in parallel and the results do not depend on which host ran them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import attrs
 
-from ._context import StrategyError, StrategyRunner
+from ._context import operator_interrupt
+from ._host import EXCEPTION, Failure, Reply, StrategyHost
 from ._kernel import Kernel
 from ._loader import Strategy, StrategyInfo
 from ._logging import get_logger
@@ -29,9 +38,47 @@ from .models import AccountSnapshot, Bar, Fill, Order, OrderIntent, OrderStatus,
 
 ZERO = Decimal(0)
 
-__all__ = ["Engine", "EngineConfig", "OrderLimits", "RunResult", "StrategyResult"]
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "ExceptionPolicy",
+    "OrderLimits",
+    "RunResult",
+    "StrategyResult",
+    "unholdable",
+]
 
 MAX_REENTRY = 8  # a strategy answering a rejection with orders, at most this deep
+
+# What the ledger holds: quantities and prices below 10**12 in magnitude, above
+# 10**-12, with at most 28 significant digits (the Decimal context's precision).
+MAX_ADJUSTED_EXPONENT = 11
+MIN_ADJUSTED_EXPONENT = -12
+MAX_DIGITS = 28
+
+
+def unholdable(intent: OrderIntent) -> str | None:
+    """Why the ledger cannot hold ``intent``'s quantity or price, or ``None``."""
+    for what, value in (
+        ("quantity", intent.quantity),
+        ("limit price", intent.limit_price),
+        ("stop price", intent.stop_price),
+    ):
+        if value is None:
+            continue
+        digits = len(value.as_tuple().digits)
+        adjusted = value.adjusted()
+        if (
+            digits > MAX_DIGITS
+            or adjusted > MAX_ADJUSTED_EXPONENT
+            or adjusted < MIN_ADJUSTED_EXPONENT
+        ):
+            shown = f"{value:.6E}" if digits > 12 else str(value)
+            return (
+                f"{what} {shown} is outside what the ledger holds (more than 10^-12 and less "
+                f"than 10^12, at most {MAX_DIGITS} significant digits)"
+            )
+    return None
 
 
 @attrs.frozen
@@ -43,6 +90,15 @@ class OrderLimits:
 
 
 @attrs.frozen
+class ExceptionPolicy:
+    """What an exception in a strategy's code does: quarantine it (the default), or
+    skip the event (its orders are dropped) at most ``max_skips`` times, then quarantine."""
+
+    skip: bool = False
+    max_skips: int = 10
+
+
+@attrs.frozen
 class EngineConfig:
     run_id: str
     environment: str
@@ -50,16 +106,23 @@ class EngineConfig:
     symbols: frozenset[str]  # every symbol the source has for this run
     limits: OrderLimits = OrderLimits()
     stored_equity_points: int = 5000
+    exceptions: Mapping[str, ExceptionPolicy] = attrs.Factory(dict)  # by strategy name
 
 
 @attrs.frozen
 class StrategyResult:
     name: str
     metrics: Mapping[str, float | int | None]
-    quarantined: str | None
+    quarantined: str | None  # "KIND: HOOK: REASON", as stored
     orders: int
     fills: int
     equity: Decimal
+    sandbox: str = "in-process"  # the host's mode: "sandboxed" or "in-process"
+
+    @property
+    def quarantine_kind(self) -> str | None:
+        """``timeout``, ``crashed``, ``memory-limit``, ... (see ``bastion._host``)."""
+        return self.quarantined.split(":", 1)[0] if self.quarantined else None
 
 
 @attrs.frozen
@@ -78,19 +141,23 @@ class _Slot:
         "exposure",
         "fills",
         "gross_f",
+        "host",
         "info",
         "liquidations",
         "margin_call",
         "orders",
+        "params",
         "portfolio",
         "quarantined",
-        "runner",
+        "skips",
         "values",
     )
 
     def __init__(self, strategy: Strategy, params: Mapping[str, Any], cash: Decimal) -> None:
         self.info: StrategyInfo = strategy.info
-        self.runner = StrategyRunner(strategy, params)
+        self.host: StrategyHost = strategy.host
+        self.params = params
+        self.skips = 0
         self.portfolio = Portfolio(strategy.name, cash)
         self.equity_f = float(cash)
         self.gross_f = 0.0
@@ -139,10 +206,17 @@ class Engine:
 
     def run(self, bars: Iterable[Bar]) -> RunResult:
         started = time.perf_counter()
-        for slot in self.slots:
-            self._call(slot, lambda s: s.runner.start(s.portfolio.snapshot(self._last)), None)
-        count = self._loop(bars)
-        self._finish()
+        try:
+            with _operator_sigint():
+                for slot in self.slots:
+                    slot.host.start(slot.params, slot.portfolio.snapshot(self._last))
+                for slot in self.slots:
+                    self._gather(slot, None)
+                count = self._loop(bars)
+                self._finish()
+        finally:
+            for slot in self.slots:
+                slot.host.close()
         return RunResult(
             run_id=self.config.run_id,
             bars=count,
@@ -150,9 +224,11 @@ class Engine:
             strategies=tuple(self._result(slot) for slot in self.slots),
         )
 
-    def _active(self) -> list[tuple[_Slot, Callable[[Bar], list[OrderIntent] | None]]]:
-        """Each strategy still running, with its bar handler."""
-        return [(s, s.runner.bar) for s in self.slots if s.quarantined is None]
+    def _active(
+        self,
+    ) -> list[tuple[_Slot, Callable[[Bar], None], Callable[[], Reply | None]]]:
+        """Each strategy still running, with its host's bar and gather calls."""
+        return [(s, s.host.post_bar, s.host.gather) for s in self.slots if s.quarantined is None]
 
     def _loop(self, bars: Iterable[Bar]) -> int:
         slots = self.slots
@@ -206,15 +282,16 @@ class Engine:
                             self._margin_call(slot, ts)
                             active = self._active()
                             waiting = working()
-            for slot, on_bar in active:
-                try:
-                    intents = on_bar(bar)
-                except StrategyError as exc:
-                    self._quarantine(slot, exc)
-                    intents = None
-                if intents is not None:
-                    self._handle(slot, intents, ts, 0)
-                if intents is not None or slot.quarantined is not None:
+            if active:
+                for _, post, _ in active:  # hand the bar to every strategy first ...
+                    post(bar)
+                answered = False
+                for slot, _, gather in active:  # ... then gather, always in the same order
+                    reply = gather()
+                    if reply is not None:
+                        self._answer(slot, reply, ts, 0)
+                        answered = True
+                if answered:
                     active = self._active()
                     waiting = working()
             count += 1
@@ -236,26 +313,54 @@ class Engine:
 
     # -- orders --------------------------------------------------------------------------
 
-    def _call(
-        self, slot: _Slot, event: Callable[[_Slot], list[OrderIntent]], ts: datetime | None
-    ) -> None:
+    def _call(self, slot: _Slot, post: Callable[[StrategyHost], None], ts: datetime | None) -> None:
+        """Hand one event to one strategy and act on its answer."""
         if slot.quarantined is not None:
             return
-        try:
-            intents = event(slot)
-        except StrategyError as exc:
-            self._quarantine(slot, exc)
+        post(slot.host)
+        self._gather(slot, ts)
+
+    def _gather(self, slot: _Slot, ts: datetime | None, depth: int = 0) -> None:
+        if slot.quarantined is not None:
             return
-        if intents or slot.runner.logs:
-            self._handle(slot, intents, ts, 0)
+        reply = slot.host.gather()
+        if reply is not None:
+            self._answer(slot, reply, ts, depth)
+
+    def _answer(self, slot: _Slot, reply: Reply, ts: datetime | None, depth: int) -> None:
+        """A host's answer: its log records, then its failure or its order intents."""
+        if reply.logs:
+            log = self._log
+            for level, event, fields in reply.logs:
+                getattr(log, level)(event, strategy=slot.info.name, **fields)
+        failure = reply.failure
+        if failure is not None:
+            policy = self.config.exceptions.get(slot.info.name)
+            if (
+                failure.kind == EXCEPTION
+                and policy is not None
+                and policy.skip
+                and slot.skips < policy.max_skips
+            ):
+                slot.skips += 1
+                self._log.error(
+                    "strategy_event_skipped",
+                    strategy=slot.info.name,
+                    hook=failure.hook,
+                    reason=failure.reason,
+                    traceback=failure.traceback,
+                    skipped=slot.skips,
+                    max_skips=policy.max_skips,
+                )
+                return
+            self._quarantine(slot, failure)
+            return
+        if reply.intents:
+            self._handle(slot, reply.intents, ts, depth)
 
     def _handle(
-        self, slot: _Slot, intents: list[OrderIntent], ts: datetime | None, depth: int
+        self, slot: _Slot, intents: Sequence[OrderIntent], ts: datetime | None, depth: int
     ) -> None:
-        if slot.runner.logs:
-            self._flush_logs(slot)
-        if not intents:
-            return
         if ts is None:
             # on_start: nothing has a price yet, so nothing can be executed.
             for intent in intents:
@@ -273,6 +378,11 @@ class Engine:
                         reason="the strategy was quarantined while this event was handled",
                     )
                 return
+            unheld = unholdable(intent)
+            if unheld is not None:
+                # Never stored: the store and the ledger could not hold these numbers.
+                self._reject_intent(slot, intent, unheld, ts, depth)
+                continue
             reason = self._pre_check(slot, intent)
             order = self._new_order(slot, intent, ts)
             if reason is not None:
@@ -305,7 +415,7 @@ class Engine:
                     None,
                     ZERO,
                 )
-                slot.runner.working(order.symbol, order.signed_quantity)
+                slot.host.working(order.symbol, order.signed_quantity)
                 if self._order_event is not None:
                     self._order_event(order=order, status="accepted", reason=None)
 
@@ -370,20 +480,17 @@ class Engine:
         if depth >= MAX_REENTRY:
             self._quarantine(
                 slot,
-                StrategyError(
-                    slot.info.name,
+                Failure(
+                    EXCEPTION,
                     "on_reject",
                     f"kept answering rejections with orders ({MAX_REENTRY} deep)",
                 ),
             )
             return
-        try:
-            again = slot.runner.reject(intent, reason)
-        except StrategyError as exc:
-            self._quarantine(slot, exc)
+        if slot.quarantined is not None:
             return
-        if again or slot.runner.logs:
-            self._handle(slot, again, ts, depth + 1)
+        slot.host.post_reject(intent, reason)
+        self._gather(slot, ts, depth + 1)
 
     # -- fills and the ledger ------------------------------------------------------------------
 
@@ -400,7 +507,7 @@ class Engine:
         # already taken off the strategy's working quantity.
         cancelled = self._cancelled.get(cid)
         if cancelled is None:
-            slot.runner.working(fill.symbol, -fill.signed_quantity)
+            slot.host.working(fill.symbol, -fill.signed_quantity)
         slot.fills += 1
         self._resync(slot)
         filled = self._filled[cid] + fill.quantity
@@ -432,7 +539,8 @@ class Engine:
             and slot.equity_f < margin * slot.gross_f
         ):
             self._margin_call(slot, fill.ts)  # a fill can leave the account under water too
-        self._call(slot, lambda s: s.runner.fill(fill, s.portfolio.snapshot(self._last)), fill.ts)
+        account = slot.portfolio.snapshot(self._last)
+        self._call(slot, lambda host: host.post_fill(fill, account), fill.ts)
 
     def _resync(self, slot: _Slot) -> None:
         """Exact float mirrors of equity and gross exposure after a fill."""
@@ -533,7 +641,7 @@ class Engine:
         reason = self.broker.submit(order, snapshot)
         status = OrderStatus.REJECTED if reason else OrderStatus.ACCEPTED
         if status is OrderStatus.ACCEPTED:
-            slot.runner.working(order.symbol, order.signed_quantity)
+            slot.host.working(order.symbol, order.signed_quantity)
             slot.liquidations.add(order.client_order_id)
         self.store.update_order(
             self.config.run_id,
@@ -566,7 +674,7 @@ class Engine:
                 self._liquidated(slot, order.client_order_id)
             if slot is not None:
                 remaining = order.quantity - filled
-                slot.runner.working(
+                slot.host.working(
                     order.symbol, -remaining if order.signed_quantity > 0 else remaining
                 )
             if self._order_event is not None:
@@ -574,48 +682,54 @@ class Engine:
 
     # -- quarantine and the end ---------------------------------------------------------------
 
-    def _quarantine(self, slot: _Slot, exc: StrategyError) -> None:
+    def _quarantine(self, slot: _Slot, failure: Failure) -> None:
         if slot.quarantined is not None:
             return
-        slot.quarantined = f"{exc.hook}: {exc.reason}"
+        slot.quarantined = failure.text()
+        slot.host.close()  # a worker is killed: it gets no more events
         self._log.error(
-            "strategy_quarantined", strategy=slot.info.name, hook=exc.hook, reason=exc.reason
+            "strategy_quarantined",
+            strategy=slot.info.name,
+            kind=failure.kind,
+            hook=failure.hook,
+            reason=failure.reason,
         )
+        if failure.traceback:
+            self._log.error(
+                "strategy_traceback", strategy=slot.info.name, traceback=failure.traceback
+            )
         self.store.audit(
             "strategy_quarantined",
             {
                 "run_id": self.config.run_id,
                 "strategy": slot.info.name,
                 "sha256": slot.info.sha256,
-                "hook": exc.hook,
-                "reason": exc.reason,
+                "kind": failure.kind,
+                "hook": failure.hook,
+                "reason": failure.reason,
             },
         )
         self._cancel(self.broker.cancel_strategy(slot.info.name), "strategy quarantined")
 
-    def _flush_logs(self, slot: _Slot) -> None:
-        for level, event, fields in slot.runner.logs:
-            getattr(self._log, level)(event, strategy=slot.info.name, **fields)
-        slot.runner.logs.clear()
-
     def _finish(self) -> None:
         self._cancel(self.broker.cancel_all("end of run"), "end of run")
-        for slot in self.slots:
-            if slot.quarantined is None:
-                try:
-                    ignored = slot.runner.stop()
-                except StrategyError as exc:
-                    self._quarantine(slot, exc)
-                else:
-                    for intent in ignored:
-                        self._log.warning(
-                            "order_ignored",
-                            strategy=slot.info.name,
-                            symbol=intent.symbol,
-                            reason="orders asked for in on_stop are not executed",
-                        )
-            if slot.runner.logs:
-                self._flush_logs(slot)
+        stopping = [slot for slot in self.slots if slot.quarantined is None]
+        for slot in stopping:
+            slot.host.post_stop()
+        for slot in stopping:
+            reply = slot.host.gather()
+            if reply is None:
+                continue
+            if reply.intents and reply.failure is None:
+                for intent in reply.intents:
+                    self._log.warning(
+                        "order_ignored",
+                        strategy=slot.info.name,
+                        symbol=intent.symbol,
+                        reason="orders asked for in on_stop are not executed",
+                    )
+                reply = attrs.evolve(reply, intents=())
+            self._answer(slot, reply, None, 0)
 
     def equity_curve(self, slot: _Slot) -> list[tuple[datetime, float]]:
         return list(zip(self._ts, slot.values, strict=True))
@@ -642,4 +756,26 @@ class Engine:
             orders=slot.orders,
             fills=slot.fills,
             equity=equity,
+            sandbox=slot.host.mode,
         )
+
+
+@contextlib.contextmanager
+def _operator_sigint() -> Iterator[None]:
+    """While a run is on, the operator's Ctrl-C is told apart from a ``KeyboardInterrupt``
+    that strategy code raises (which only quarantines that strategy)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        operator_interrupt.pressed = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    operator_interrupt.pressed = False
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        operator_interrupt.pressed = False

@@ -1,36 +1,33 @@
 """The only door through which strategy code enters: :meth:`Gate.admit`.
 
-``admit`` reads a strategy file's bytes once, verifies those bytes (path,
-whitelist, detached signature, trusted key), compiles exactly those bytes,
-runs the module body with a restricted import, and registers the module with
-pluggy under the ``bastion.strategy`` project.  Nothing is compiled or run
-before every verification check has passed, and nothing is written to
+``admit`` reads a strategy file's bytes once and verifies those bytes (path,
+whitelist, detached signature, trusted key) in the kernel — :meth:`Gate.check`.
+Only then does it hand exactly those bytes to a :class:`~bastion._host.StrategyHost`
+(a locked-down worker by default, the kernel's own process for ``--in-process``),
+which compiles them, runs the module body with a restricted import and
+validates the hooks with pluggy (:mod:`bastion._module`).  Nothing is compiled
+or run before every verification check has passed, and nothing is written to
 ``__pycache__``.  A verified file whose module body then fails (forbidden
-import, exception, bad hook interface) is not registered anywhere: it is
+import, exception, bad hook interface) is refused: its host is closed, it is
 never put in ``sys.modules`` and receives no events.
 """
 
 from __future__ import annotations
 
-import builtins
 import enum
-import linecache
 import os
 import stat
-import sys
-import types
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
-import pluggy
 
-from . import hookspecs
-from . import strategy as strategy_api
-from ._errors import FormatError, one_line
+from ._errors import FormatError
+from ._host import Launcher, Layer, StrategyHost
 from ._minisign import Signature, SignatureCheckFailed, verify
+from ._module import ALLOWED_IMPORTS, LoadFailure
 from ._trust import (
     STRATEGY_NAME_RE,
     KeyProblem,
@@ -75,6 +72,7 @@ class Status(enum.StrEnum):
     FORBIDDEN_IMPORT = "forbidden-import"
     LOAD_ERROR = "load-error"
     BAD_INTERFACE = "bad-interface"
+    SANDBOX_UNAVAILABLE = "sandbox-unavailable"  # a layer this environment requires is missing
 
     @property
     def ok(self) -> bool:
@@ -114,145 +112,32 @@ class StrategyInfo:
 
 @attrs.frozen
 class Strategy:
-    """An admitted strategy: its facts, its module and its own hook manager."""
+    """An admitted strategy: its verified facts, the hooks and ``PARAMS`` its host
+    reported after loading exactly the verified bytes, and that host.
+
+    The host (a worker process, or the module in this process) is what the
+    engine runs; :meth:`close` releases it when the strategy is not run.
+    """
 
     info: StrategyInfo
-    module: types.ModuleType
-    hooks: pluggy.PluginManager
+    hooks: tuple[str, ...]
     params: Mapping[str, Any]
+    host: StrategyHost = attrs.field(repr=False, eq=False)
+    layers: tuple[Layer, ...] = ()
 
     @property
     def name(self) -> str:
         return self.info.name
 
+    @property
+    def sandboxed(self) -> bool:
+        return self.host.mode == "sandboxed"
+
     def implemented_hooks(self) -> list[str]:
-        return sorted(caller.name for caller in self.hooks.get_hookcallers(self.module) or [])
+        return list(self.hooks)
 
-
-# --------------------------------------------------------------------------
-# What a strategy may import
-# --------------------------------------------------------------------------
-
-# Pure computation from the standard library, and Bastion's strategy API.
-# Anything else (a sibling in strategies/, the file system, the network,
-# subprocesses, installed packages) is refused at import time.
-ALLOWED_IMPORTS = frozenset(
-    {
-        "__future__",
-        "abc",
-        "array",
-        "bisect",
-        "cmath",
-        "collections",
-        "collections.abc",
-        "copy",
-        "dataclasses",
-        "datetime",
-        "decimal",
-        "enum",
-        "fractions",
-        "functools",
-        "heapq",
-        "itertools",
-        "math",
-        "numbers",
-        "operator",
-        "random",
-        "re",
-        "statistics",
-        "string",
-        "typing",
-        "bastion",
-        "bastion.strategy",
-        "bastion.models",
-    }
-)
-
-# Built-ins that reach files, the terminal or the compiler are not a strategy's business.
-_REMOVED_BUILTINS = (
-    "open",
-    "exec",
-    "eval",
-    "compile",
-    "input",
-    "breakpoint",
-    "help",
-    "exit",
-    "quit",
-    "__loader__",
-    "__spec__",
-)
-
-
-class ForbiddenImport(ImportError):
-    pass
-
-
-def _strategy_view_of_bastion() -> types.ModuleType:
-    """What ``import bastion`` gives a strategy: only the strategy API and models."""
-    from . import models
-
-    view = types.ModuleType("bastion", "Bastion's strategy API (a strategy's view)")
-    view.strategy = strategy_api  # type: ignore[attr-defined]
-    view.models = models  # type: ignore[attr-defined]
-    return view
-
-
-def _guarded_import(name: str, view: types.ModuleType) -> Callable[..., Any]:
-    real_import = builtins.__import__
-
-    def guarded(
-        module: str,
-        globals: Mapping[str, Any] | None = None,
-        locals: Mapping[str, Any] | None = None,
-        fromlist: tuple[str, ...] | list[str] | None = (),
-        level: int = 0,
-    ) -> types.ModuleType:
-        if level:
-            raise ForbiddenImport(f"{name}: relative imports are not allowed in a strategy")
-        if module not in ALLOWED_IMPORTS:
-            raise ForbiddenImport(
-                f"{name}: 'import {module}' is not allowed; a strategy may import only "
-                "bastion.strategy and pure-computation standard modules (math, statistics, ...)"
-            )
-        if module.split(".")[0] == "bastion":
-            if module == "bastion":
-                return view
-            real_import(module, None, None, (), 0)
-            return sys.modules[module] if fromlist else view
-        imported = real_import(module, globals, locals, fromlist or (), 0)
-        if fromlist:
-            target = sys.modules[module]
-            for item in fromlist:
-                value = getattr(target, item, None)
-                if item.startswith("_") or (
-                    isinstance(value, types.ModuleType) and value.__name__ not in ALLOWED_IMPORTS
-                ):
-                    raise ForbiddenImport(f"{name}: 'from {module} import {item}' is not allowed")
-        return imported
-
-    return guarded
-
-
-def _strategy_builtins(name: str) -> dict[str, Any]:
-    namespace = dict(vars(builtins))
-    for key in _REMOVED_BUILTINS:
-        namespace.pop(key, None)
-    namespace["__import__"] = _guarded_import(name, _strategy_view_of_bastion())
-    return namespace
-
-
-_PARAM_TYPES = (bool, int, float, str)
-
-
-def _check_params(value: object) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, _PARAM_TYPES) for k, v in value.items()
-    ):
-        raise ValueError("PARAMS must be a dict of name -> bool, int, float or str")
-    return types.MappingProxyType(dict(value))
+    def close(self) -> None:
+        self.host.close()
 
 
 # --------------------------------------------------------------------------
@@ -445,78 +330,45 @@ class Gate:
 
     # -- THE door --------------------------------------------------------------------
 
-    def admit(self, path: Path) -> Strategy | Refusal:
-        """Verify ``path`` and, only if it passes, compile and load exactly the verified bytes."""
-        checked = self.check(path)
-        if isinstance(checked, Refusal):
-            return checked
-        info, source = checked
-        return _load(info, source)
+    def admit(self, path: Path, launcher: Launcher | None = None) -> Strategy | Refusal:
+        """Verify ``path`` and, only if it passes, load exactly the verified bytes
+        behind a host from ``launcher`` (default: a sandboxed worker)."""
+        return self.admit_many([path], launcher)[0]
+
+    def admit_many(
+        self, paths: Sequence[Path], launcher: Launcher | None = None
+    ) -> list[Strategy | Refusal]:
+        """:meth:`admit` for several files; their hosts start together (workers load
+        in parallel).  One outcome per path, in order."""
+        if launcher is None:
+            from ._sandbox import sandboxed
+
+            launcher = sandboxed()
+        started: list[tuple[StrategyInfo, StrategyHost] | Refusal] = []
+        try:
+            for path in paths:
+                checked = self.check(path)
+                if isinstance(checked, Refusal):
+                    started.append(checked)
+                else:
+                    info, source = checked
+                    started.append((info, launcher(info, source)))
+            return [item if isinstance(item, Refusal) else _loaded(*item) for item in started]
+        except BaseException:
+            for item in started:
+                if not isinstance(item, Refusal):
+                    item[1].close()
+            raise
 
 
-def _load(info: StrategyInfo, source: bytes) -> Strategy | Refusal:
-    """Compile and run verified bytes; register the module's hooks with pluggy."""
-
-    def refuse(status: Status, reason: str) -> Refusal:
-        return Refusal(name=info.name, path=info.path, status=status, reason=reason)
-
-    filename = str(info.path)
-    try:
-        code = compile(source, filename, "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        return refuse(Status.SYNTAX_ERROR, f"line {exc.lineno}: {exc.msg}")
-    except ValueError as exc:  # e.g. null bytes
-        return refuse(Status.SYNTAX_ERROR, str(exc))
-    # Tracebacks show the verified source, never a re-read of the file.
-    text = source.decode("utf-8", "replace")
-    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
-    module = types.ModuleType(f"bastion_strategy_{info.name.removesuffix('.py')}")
-    module.__file__ = filename
-    module.__dict__["__builtins__"] = _strategy_builtins(info.name)
-    try:
-        exec(code, module.__dict__)  # noqa: S102 - verified bytes only; this is the door
-    except ForbiddenImport as exc:
-        return refuse(Status.FORBIDDEN_IMPORT, str(exc).removeprefix(f"{info.name}: "))
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # SystemExit and friends too: a strategy never stops the kernel
-        return refuse(Status.LOAD_ERROR, f"module body raised {type(exc).__name__}: {exc}")
-    try:
-        params = _check_params(module.__dict__.get("PARAMS"))
-    except ValueError as exc:
-        return refuse(Status.BAD_INTERFACE, str(exc))
-    manager = pluggy.PluginManager(strategy_api.PROJECT)
-    manager.add_hookspecs(hookspecs)
-    spec_names = {
-        name
-        for name in dir(hookspecs)
-        if hasattr(getattr(hookspecs, name), f"{strategy_api.PROJECT}_spec")
-    }
-    for attr in spec_names:
-        value = module.__dict__.get(attr)
-        if callable(value) and not hasattr(value, f"{strategy_api.PROJECT}_impl"):
-            return refuse(
-                Status.BAD_INTERFACE,
-                f"{attr}() is not marked as a hook; decorate it with @strategy.hook",
-            )
-    try:
-        manager.register(module, name=f"strategy:{info.name}")
-        manager.check_pending()
-    except pluggy.PluginValidationError as exc:
-        return refuse(Status.BAD_INTERFACE, _interface_reason(str(exc), spec_names))
-    strategy = Strategy(info=info, module=module, hooks=manager, params=params)
-    if not strategy.implemented_hooks():
-        return refuse(
-            Status.BAD_INTERFACE,
-            f"implements no strategy hook; define one of {', '.join(sorted(spec_names))} "
-            "decorated with @strategy.hook",
+def _loaded(info: StrategyInfo, host: StrategyHost) -> Strategy | Refusal:
+    """Wait for ``host`` to load the verified bytes; a refusal closes it."""
+    loaded = host.load()
+    if isinstance(loaded, LoadFailure):
+        host.close()
+        return Refusal(
+            name=info.name, path=info.path, status=Status(loaded.status), reason=loaded.reason
         )
-    return strategy
-
-
-def _interface_reason(message: str, spec_names: set[str]) -> str:
-    """pluggy's validation message as one line that says what to do."""
-    if message.startswith("unknown hook"):
-        hook = message.split("'")[1] if "'" in message else "?"
-        return f"unknown hook {hook!r}; strategy hooks are: {', '.join(sorted(spec_names))}"
-    return f"{one_line(message)} (see 'bastion hooks' for each hook's arguments)"
+    return Strategy(
+        info=info, hooks=loaded.hooks, params=loaded.params, host=host, layers=loaded.layers
+    )

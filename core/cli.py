@@ -301,18 +301,26 @@ def admit_all(
 ) -> list[Strategy | Refusal]:
     """Admit the named strategies (or every candidate) and tell the observers.
 
-    Returns a list with one :class:`Strategy` or :class:`Refusal` per file.
+    Each file that passes verification is loaded in a sandboxed worker (with the
+    environment's ``[sandbox]`` settings), which is closed again once it has
+    reported its hooks.  Returns one :class:`Strategy` or :class:`Refusal` per file.
     """
+    from ._backtest import launcher_for
+    from ._environment import read_config
+
     gate = app.gate(strict=strict)
+    config_file = app.workspace.config_file
+    launcher, _ = launcher_for(
+        False, str(app.environment), read_config(config_file), str(config_file)
+    )
     paths = [gate.resolve(n) for n in names] if names else gate.candidates()
-    outcomes: list[Strategy | Refusal] = []
-    for path in paths:
-        outcome = gate.admit(path)
+    outcomes = gate.admit_many(paths, launcher)
+    for outcome in outcomes:
         if isinstance(outcome, Refusal):
             app.kernel.strategy_refused(outcome)
         else:
+            outcome.close()
             app.kernel.strategy_loaded(outcome)
-        outcomes.append(outcome)
     return outcomes
 
 

@@ -29,6 +29,12 @@ from bastion.interfaces import RunData, Store
 # render import it, so 'bastion --help' and 'bastion verify' stay quick.
 
 
+IN_PROCESS_NOTE = (
+    "note: --in-process: strategy code runs inside the kernel's own process, unsandboxed "
+    "(trusted backtests only)"
+)
+
+
 def _emit_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -106,6 +112,13 @@ def _report_dir(app: App, run_id: str, out: Path | None) -> Path:
     help="Report folder [default: .bastion/ENV/reports/RUN_ID].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@click.option(
+    "--in-process",
+    "in_process",
+    is_flag=True,
+    help="Trusted backtests only: run strategy code inside this process, unsandboxed "
+    "(refused in paper and live).",
+)
 @pass_app
 def backtest_command(
     app: App,
@@ -121,8 +134,13 @@ def backtest_command(
     report: bool,
     out: Path | None,
     as_json: bool,
+    in_process: bool,
 ) -> None:
-    """Backtest STRATEGIES (default: every verified strategy) on historical bars."""
+    """Backtest STRATEGIES (default: every verified strategy) on historical bars.
+
+    Each strategy runs in its own locked-down worker process ('bastion sandbox'
+    shows the layers) unless --in-process is given.
+    """
     from bastion.plugins.reports import render_report, summary_table
 
     _check_out(out)
@@ -141,13 +159,25 @@ def backtest_command(
         end=parse_date(end, "--to", end=True) if end is not None else None,
         symbols=wanted,
         params=params,
+        in_process=in_process,
     )
     prepared = prepare_backtest(app.kernel, app.gate(), request, str(app.environment))
     for refusal in prepared.refusals:
         err_console.print(f"skipped {refusal.line()}", markup=False)
-    if not as_json:
+    if in_process:
+        # Said on every run, --json or not (stderr): nothing protects the kernel.
+        err_console.print(IN_PROCESS_NOTE, markup=False)
+    missing = {
+        layer.name: layer.detail
+        for strategy in prepared.strategies
+        for layer in strategy.layers
+        if not layer.active
+    }
+    for name, detail in missing.items():
         err_console.print(
-            "note: strategies run in-process (trusted backtest mode, no sandbox)", markup=False
+            f"warning: sandbox layer {name} is unavailable here ({detail}); "
+            "'bastion sandbox' shows every layer",
+            markup=False,
         )
     counted = (
         (TextColumn("{task.completed:,} of {task.total:,} bars"), TimeRemainingColumn())
@@ -163,9 +193,12 @@ def backtest_command(
         transient=True,
         disable=as_json,
     )
-    with progress:
-        task = progress.add_task("bars", total=prepared.total)
-        result, store = prepared.run(lambda n: progress.update(task, completed=n))
+    try:
+        with progress:
+            task = progress.add_task("bars", total=prepared.total)
+            result, store = prepared.run(lambda n: progress.update(task, completed=n))
+    finally:
+        prepared.close()
     try:
         run = store.load_run(result.run_id)
         report_path = render_report(run, _report_dir(app, result.run_id, out)) if report else None
@@ -178,7 +211,7 @@ def backtest_command(
                 "bars": result.bars,
                 "seconds": round(result.seconds, 3),
                 "bars_per_second": round(result.bars / result.seconds) if result.seconds else None,
-                "sandbox": "in-process",
+                "sandbox": prepared.mode,
                 "store": store.location,
                 "report": str(report_path) if report_path else None,
                 "aggregate": _aggregate(run),
@@ -210,8 +243,8 @@ def backtest_command(
         )
     _print_notes(run)
     console.print(
-        f"run {result.run_id}: {result.bars:,} bars in {result.seconds:.2f}s; stored in "
-        f"{store.location}",
+        f"run {result.run_id}: {result.bars:,} bars in {result.seconds:.2f}s ({prepared.mode}); "
+        f"stored in {store.location}",
         markup=False,
     )
     if report_path:

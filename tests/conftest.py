@@ -12,7 +12,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from bastion import Environment, Gate, Kernel, Refusal, Status, Strategy, Workspace
+from bastion._host import Launcher, in_process
 from bastion._keys import SigningKey, generate_key
+from bastion._sandbox import SandboxConfig, sandboxed
 from bastion._signing import sign_strategies
 from bastion._trust import TrustStore
 from bastion.cli import build_cli
@@ -52,6 +54,9 @@ class WS:
     keys_dir: Path
     environment: Environment = Environment.DEVELOPMENT
     _keys: dict[str, SigningKey] = attrs.Factory(dict)
+    #: Where ``admit`` loads strategies: in this process unless a test asks for the sandbox.
+    launcher: Launcher = in_process
+    admitted: list[Strategy] = attrs.Factory(list)
 
     @property
     def workspace(self) -> Workspace:
@@ -89,8 +94,13 @@ class WS:
     def gate(self, **kwargs: object) -> Gate:
         return Gate(self.workspace, **kwargs)  # type: ignore[arg-type]
 
-    def admit(self, name: str, **kwargs: object) -> Strategy | Refusal:
-        return self.gate(**kwargs).admit(self.strategies / name)
+    def admit(
+        self, name: str, launcher: Launcher | None = None, **kwargs: object
+    ) -> Strategy | Refusal:
+        outcome = self.gate(**kwargs).admit(self.strategies / name, launcher or self.launcher)
+        if isinstance(outcome, Strategy):
+            self.admitted.append(outcome)
+        return outcome
 
     def status(self, name: str, **kwargs: object) -> Status:
         outcome = self.admit(name, **kwargs)
@@ -98,11 +108,23 @@ class WS:
 
 
 @pytest.fixture
-def ws(tmp_path: Path) -> WS:
+def ws(tmp_path: Path) -> Iterator[WS]:
     home = tmp_path / "ws"
     (home / "strategies").mkdir(parents=True)
     (home / "signatures").mkdir()
-    return WS(home=home, keys_dir=tmp_path / "keys")
+    workspace = WS(home=home, keys_dir=tmp_path / "keys")
+    yield workspace
+    for strategy in workspace.admitted:  # a worker a test left running is stopped
+        strategy.close()
+
+
+@pytest.fixture(params=["in-process", "sandboxed"])
+def any_host(request: pytest.FixtureRequest, ws: WS) -> Iterator[str]:
+    """Run the test once with strategies in this process and once in sandboxed workers;
+    ``ws.admit`` uses that host."""
+    if request.param == "sandboxed":
+        ws.launcher = sandboxed(SandboxConfig(deadline=30.0))
+    yield request.param
 
 
 @pytest.fixture

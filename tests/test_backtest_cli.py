@@ -201,14 +201,19 @@ def test_report_errors_are_one_line(cli: CLI, examples: Path) -> None:
 
 
 def test_human_output_names_the_run_and_the_mode(cli: CLI, examples: Path) -> None:
-    """Without --json the backtest prints the summary and the run id on stdout and says on
-    stderr that strategies ran in-process (no sandbox)."""
+    """Without --json the backtest prints the summary and the run id on stdout, with the
+    mode: sandboxed by default; --in-process also says so on stderr, on every run."""
     r = backtest(cli, examples, "sma_cross", "--no-report", *SHORT)
     assert r.exit_code == 0, r.stderr
     [row] = runs_json(cli, examples)
-    assert f"run {row['run_id']}:" in r.stdout
+    assert f"run {row['run_id']}:" in r.stdout and "(sandboxed)" in r.stdout
     assert "sma_cross.py" in r.stdout
-    assert "in-process" in r.stderr and "Traceback" not in r.stderr
+    assert "in-process" not in r.stderr and "Traceback" not in r.stderr
+    for extra in ((), ("--json",)):
+        r = backtest(cli, examples, "sma_cross", "--no-report", "--in-process", *extra, *SHORT)
+        assert r.exit_code == 0, r.stderr
+        assert "--in-process: strategy code runs inside the kernel's own process" in r.stderr
+        assert "(in-process)" in r.stdout or json.loads(r.stdout)["sandbox"] == "in-process"
 
 
 def test_dates_are_inclusive_and_symbols_and_cash_apply(cli: CLI, examples: Path) -> None:
@@ -918,7 +923,7 @@ def test_aggregate_view_adds_up_the_strategies(cli: CLI, examples: Path) -> None
     assert data["aggregate"]["strategies"] == len(ends) == 2
     assert data["aggregate"]["end_equity"] == pytest.approx(sum(ends), abs=0.01)
     assert data["aggregate"]["start_equity"] == pytest.approx(200_000)
-    assert data["sandbox"] == "in-process"
+    assert data["sandbox"] == "sandboxed"
 
 
 def test_the_progress_total_is_known_when_the_source_can_count(examples: Path) -> None:

@@ -1,4 +1,9 @@
-"""The event loop: time order, no look-ahead, fills back to strategies, quarantine, risk."""
+"""The event loop: time order, no look-ahead, fills back to strategies, quarantine, risk.
+
+Every test runs twice, with strategies in this process and in sandboxed workers
+(the ``any_host`` fixture), and looks only at public results: the ``RunResult``,
+the store, and what strategies log through ``ctx.log``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ import pytest
 import structlog.testing
 
 from bastion import Kernel, Strategy, hookimpl
-from bastion._context import StrategyRunner
 from bastion._engine import Engine, EngineConfig, OrderLimits, RunResult
 from bastion.interfaces import RunInfo, StrategyRecord
 from bastion.models import Bar
@@ -20,6 +24,8 @@ from bastion.plugins.sim import SimBroker
 from bastion.plugins.sqlite_store import SQLiteStore
 
 from .conftest import WS
+
+pytestmark = pytest.mark.usefixtures("any_host")
 
 T0 = datetime(2024, 1, 1, 21, tzinfo=UTC)
 RUN = "run-1"
@@ -83,9 +89,24 @@ class Harness:
                 limits=limits,
             ),
         )
-        result = self.engine.run(iter(bars))
+        with structlog.testing.capture_logs() as captured:
+            result = self.engine.run(iter(bars))
+        self.captured = captured
         self.store.finish_run(RUN, "completed", None)
         return result
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        """What strategies logged as ``event`` (through ``ctx.log``), in order."""
+        return [r for r in self.captured if r["event"] == event and "strategy" in r]
+
+    def positions(self) -> dict[str, Decimal]:
+        """The first strategy's stored positions at the end of the run."""
+        run = self.store.load_run(RUN)
+        return {p.symbol: p.quantity for p in run.strategies[0].positions}
+
+    def equity(self) -> list[float]:
+        """The first strategy's stored equity curve (values)."""
+        return [value for _, value in self.store.load_run(RUN).strategies[0].equity]
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
         conn = sqlite3.connect(self.store.path)
@@ -113,7 +134,7 @@ def on_bar(ctx, bar):
 
 @strategy.hook
 def on_fill(ctx, fill):
-    ctx.state.setdefault("fills", []).append((fill.ts, str(fill.price), ctx.position(fill.symbol)))
+    ctx.log.info("filled", ts=fill.ts.isoformat(), price=fill.price, held=ctx.position(fill.symbol))
 """
 
 
@@ -122,8 +143,8 @@ def test_order_fills_at_next_bar_open_never_the_same_bar(ws: WS, h: Harness) -> 
     s = admit(ws, "buy_first.py", BUY_FIRST)
     bars = [bar("AAA", 0, 100.0), bar("AAA", 1, 105.0), bar("AAA", 2, 110.0)]
     h.run([s], bars)
-    ctx = h.engine.slots[0].runner.ctx
-    assert ctx.state["fills"] == [(bars[1].ts, "105.0", Decimal(10))]
+    [fill] = h.logged("filled")
+    assert (fill["ts"], fill["price"], fill["held"]) == (bars[1].ts.isoformat(), "105.0", "10")
     ((price,),) = h.rows("SELECT price FROM fills")
     assert Decimal(price) == Decimal(105)
 
@@ -131,7 +152,7 @@ def test_order_fills_at_next_bar_open_never_the_same_bar(ws: WS, h: Harness) -> 
 def test_strategy_cannot_see_the_future(
     ws: WS, h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """When a strategy handles bar i, no later bar has been read from the source yet,
+    """When a strategy is handed bar i, no later bar has been read from the source yet,
     and its history ends with bar i."""
     s = admit(
         ws,
@@ -155,18 +176,14 @@ def on_bar(ctx, bar):
             yielded.append(1)
             yield item
 
-    real_handler = StrategyRunner._bar_handler
+    host_type = type(s.host)
+    real_post = host_type.post_bar
 
-    def spy_handler(self: StrategyRunner) -> Any:
-        handle = real_handler(self)
+    def spy(self: Any, item: Bar) -> None:
+        seen_at_call.append(len(yielded))
+        real_post(self, item)
 
-        def spy(item: Bar) -> Any:
-            seen_at_call.append(len(yielded))
-            return handle(item)
-
-        return spy
-
-    monkeypatch.setattr(StrategyRunner, "_bar_handler", spy_handler)
+    monkeypatch.setattr(host_type, "post_bar", spy)
     h.store.begin_run(
         RunInfo(RUN, "backtest", "development", T0, "t", {}),
         [StrategyRecord(s.name, s.info.sha256, s.info.signer, None, None, False, {})],
@@ -194,7 +211,7 @@ from bastion import strategy
 
 @strategy.hook
 def on_bar(ctx, bar):
-    ctx.state.setdefault("seen", []).append((bar.ts, bar.symbol))
+    ctx.log.info("seen", ts=bar.ts.isoformat(), symbol=bar.symbol)
 """,
     )
     bars = sorted(
@@ -202,7 +219,7 @@ def on_bar(ctx, bar):
         key=lambda b: (b.ts, b.symbol),
     )
     h.run([s], bars)
-    seen = h.engine.slots[0].runner.ctx.state["seen"]
+    seen = [(r["ts"], r["symbol"]) for r in h.logged("seen")]
     assert seen == sorted(seen) and len(seen) == 10
 
 
@@ -254,7 +271,8 @@ def on_bar(ctx, bar):
     good = admit(ws, "good2.py", BUY_FIRST)
     result = h.run([bad, good], [bar("AAA", d, 100.0) for d in range(6)])
     by_name = {r.name: r for r in result.strategies}
-    assert by_name["bad.py"].quarantined == "on_bar: raised ZeroDivisionError: boom"
+    assert by_name["bad.py"].quarantined == "exception: on_bar: raised ZeroDivisionError: boom"
+    assert by_name["bad.py"].quarantine_kind == "exception"
     assert by_name["good2.py"].quarantined is None and by_name["good2.py"].fills == 1
     statuses = {s for (s,) in h.rows("SELECT status FROM orders WHERE strategy = 'bad.py'")}
     assert statuses == {"cancelled"}
@@ -278,11 +296,12 @@ def on_bar(ctx, bar):
 
 @strategy.hook
 def on_reject(ctx, intent, reason):
-    ctx.state["rejected"] = (str(intent.quantity), reason)
+    ctx.log.info("rejected", quantity=intent.quantity, reason=reason)
 """,
     )
     h.run([s], [bar("AAA", d, 100.0) for d in range(3)], cash="1000")
-    quantity, reason = h.engine.slots[0].runner.ctx.state["rejected"]
+    [record] = h.logged("rejected")
+    quantity, reason = record["quantity"], record["reason"]
     assert quantity == "10000" and "buying power" in reason
     ((status, stored_reason),) = h.rows("SELECT status, reason FROM orders")
     assert status == "rejected" and stored_reason == reason
@@ -336,11 +355,11 @@ def on_bar(ctx, bar):
 
 @strategy.hook
 def on_reject(ctx, intent, reason):
-    ctx.state.setdefault("reasons", []).append(reason)
+    ctx.log.info("rejected", reason=reason)
 """,
     )
     h.run([s], [bar("AAA", d, 100.0) for d in range(2)])
-    reasons = h.engine.slots[0].runner.ctx.state["reasons"]
+    reasons = [r["reason"] for r in h.logged("rejected")]
     assert reasons[0] == "orders cannot be placed before the first bar"
     assert "unknown symbol 'ZZZ'" in reasons[1]
 
@@ -365,7 +384,7 @@ def on_bar(ctx, bar):
     orders = h.rows("SELECT liquidation, side, quantity, status FROM orders ORDER BY created")
     assert orders[0] == (0, "sell", "1800", "filled")
     assert (1, "buy", "1800", "filled") in orders
-    assert h.engine.slots[0].portfolio.quantity("AAA") == 0
+    assert h.positions().get("AAA", 0) == 0
     events = [e for (e,) in h.rows("SELECT event FROM audit")]
     assert "margin_call" in events
     assert result.strategies[0].equity > 0
@@ -386,12 +405,13 @@ def on_bar(ctx, bar):
     )
     bars = [bar("AAA", d, 100.0 + (d % 7) * 1.37) for d in range(40)]
     result = h.run([s], bars, broker="commission=bps:1,slippage=3")
-    slot = h.engine.slots[0]
-    curve = h.engine.equity_curve(slot)
-    exact = slot.portfolio.equity({"AAA": bars[-1].close})
-    assert curve[-1][1] == pytest.approx(float(exact), abs=1e-6)
-    assert result.strategies[0].equity == exact
+    curve = h.equity()
+    exact = result.strategies[0].equity  # the Decimal ledger at the last prices
+    assert curve[-1] == pytest.approx(float(exact), abs=1e-6)
     assert len(curve) == len(bars)
+    # and the ledger itself: cash plus the stored position at the last close
+    run = h.store.load_run(RUN).strategies[0]
+    assert run.metrics["end_equity"] == pytest.approx(float(exact), abs=0.01)
 
 
 def test_client_order_id_is_stored_before_submission(
@@ -471,12 +491,12 @@ def on_bar(ctx, bar):
 @strategy.hook
 def on_fill(ctx, fill):
     assert ctx.now == fill.ts, (ctx.now, fill.ts)
-    ctx.state["filled_at"] = ctx.now
+    ctx.log.info("filled", at=ctx.now.isoformat())
 """,
     )
     result = h.run([s], [bar("AAA", d, 100.0) for d in range(3)])
     assert result.strategies[0].quarantined is None
-    assert h.engine.slots[0].runner.ctx.state["filled_at"] == T0 + timedelta(days=1)
+    assert [r["at"] for r in h.logged("filled")] == [(T0 + timedelta(days=1)).isoformat()]
 
 
 def test_on_stop_logs_are_kept_and_its_orders_are_reported_not_executed(ws: WS, h: Harness) -> None:
@@ -494,8 +514,8 @@ def on_stop(ctx):
     ctx.order("AAA", 1)
 """,
     )
-    with structlog.testing.capture_logs() as logs:
-        result = h.run([s], [bar("AAA", d, 100.0) for d in range(2)])
+    result = h.run([s], [bar("AAA", d, 100.0) for d in range(2)])
+    logs = h.captured
     assert result.strategies[0].orders == 0
     assert h.rows("SELECT count(*) FROM orders") == [(0,)]
     goodbye = [e for e in logs if e["event"] == "goodbye"]
@@ -519,17 +539,19 @@ from bastion import strategy
 
 @strategy.hook
 def on_bar(ctx, bar):
-    seen = ctx.state.setdefault("seen", [])
-    seen.append((str(ctx.position(bar.symbol)), str(ctx.pending(bar.symbol))))
+    ctx.log.info("seen", held=ctx.position(bar.symbol), pending=ctx.pending(bar.symbol))
     if ctx.position(bar.symbol) + ctx.pending(bar.symbol) < 300:
         ctx.order(bar.symbol, 300 - ctx.position(bar.symbol) - ctx.pending(bar.symbol))
+
+@strategy.hook
+def on_stop(ctx):
+    ctx.log.info("at_stop", pending=ctx.pending("AAA"))
 """,
     )
     # participation 0.1 of volume 1,000: at most 100 shares fill per bar.
     bars = [bar("AAA", d, 100.0, volume=1000) for d in range(5)]
     result = h.run([s], bars, broker="commission=none,slippage=0,participation=0.1")
-    ctx = h.engine.slots[0].runner.ctx
-    assert ctx.state["seen"] == [
+    assert [(r["held"], r["pending"]) for r in h.logged("seen")] == [
         ("0", "0"),
         ("100", "200"),
         ("200", "100"),
@@ -537,7 +559,7 @@ def on_bar(ctx, bar):
         ("300", "0"),
     ]
     assert result.strategies[0].orders == 1
-    assert ctx.pending("AAA") == 0
+    assert [r["pending"] for r in h.logged("at_stop")] == ["0"]
 
 
 def test_ctx_pending_drops_what_is_cancelled_at_the_end(ws: WS, h: Harness) -> None:
@@ -556,12 +578,11 @@ def on_bar(ctx, bar):
 
 @strategy.hook
 def on_stop(ctx):
-    ctx.state["at_stop"] = ctx.pending("AAA")
+    ctx.log.info("at_stop", pending=ctx.pending("AAA"))
 """,
     )
     h.run([s], [bar("AAA", d, 100.0) for d in range(3)])
-    ctx = h.engine.slots[0].runner.ctx
-    assert ctx.state["at_stop"] == 0
+    assert [r["pending"] for r in h.logged("at_stop")] == ["0"]
     assert h.rows("SELECT status, reason FROM orders") == [("cancelled", "end of run")]
 
 
@@ -592,7 +613,8 @@ def on_bar(ctx, bar):
     )
     result = h.run([s], [bar("AAA", d, 100.0) for d in range(3)])
     quarantined = result.strategies[0].quarantined
-    assert quarantined is not None and quarantined.startswith("on_bar: raised ValueError: ")
+    assert quarantined is not None
+    assert quarantined.startswith("exception: on_bar: raised ValueError: ")
     assert reason in quarantined
     assert h.rows("SELECT count(*) FROM orders") == [(0,)]
 
@@ -640,7 +662,7 @@ def test_a_fill_on_a_symbols_first_bar_is_marked_at_that_bars_close(ws: WS, h: H
     once (its equity used to stay at the fill price until the next price change)."""
     s = admit(ws, "early.py", ENTER_BBB_EARLY)
     result = h.run([s], _early_bbb())
-    assert h.engine.slots[0].values == [100_000.0, 65_000.0, 65_000.0]
+    assert h.equity() == [100_000.0, 65_000.0, 65_000.0]
     assert result.strategies[0].equity == Decimal(65_000)
 
 
@@ -714,14 +736,15 @@ def on_fill(ctx, fill):
         [bar("AAA", d, 100.0, volume=1000) for d in range(4)],
         broker="commission=none,slippage=0,participation=0.1",
     )
-    assert result.strategies[0].quarantined == "on_fill: raised RuntimeError: cannot cope"
+    assert (
+        result.strategies[0].quarantined == "exception: on_fill: raised RuntimeError: cannot cope"
+    )
     rows = h.rows("SELECT tag, status, reason, filled FROM orders ORDER BY client_order_id")
     assert rows == [
         ("A", "filled", None, "50"),
         ("B", "cancelled", "strategy quarantined", "50"),
     ]
-    assert h.engine.slots[0].runner.ctx.pending("AAA") == 0
-    assert h.engine.slots[0].portfolio.quantity("AAA") == 100
+    assert h.positions().get("AAA", 0) == 100
 
 
 def test_orders_in_several_symbols_on_one_bar_share_one_leverage_limit(ws: WS, h: Harness) -> None:
@@ -797,10 +820,10 @@ def on_bar(ctx, bar):
     result = h.run(
         [s], [bar("AAA", d, p) for d, p in enumerate(prices)], broker="commission=none,slippage=0"
     )
-    assert result.strategies[0].quarantined == "on_bar: raised RuntimeError: panic"
+    assert result.strategies[0].quarantined == "exception: on_bar: raised RuntimeError: panic"
     rows = h.rows("SELECT liquidation, side, quantity, status FROM orders ORDER BY created")
     assert rows == [(0, "buy", "1500", "filled"), (1, "sell", "1500", "filled")]
-    assert h.engine.slots[0].portfolio.quantity("AAA") == 0
+    assert h.positions().get("AAA", 0) == 0
     assert result.strategies[0].equity == Decimal(10_000)  # sold at the 40 open, not at 5
 
 
@@ -835,7 +858,7 @@ def on_bar(ctx, bar):
         (1, "sell", "3900", "cancelled"),
         (1, "sell", "3990", "filled"),
     ]
-    assert h.engine.slots[0].portfolio.quantity("AAA") == 0
+    assert h.positions().get("AAA", 0) == 0
 
 
 def test_the_next_margin_call_comes_once_the_liquidation_is_done(ws: WS, h: Harness) -> None:
@@ -944,7 +967,7 @@ def on_bar(ctx, bar):
     ]
     h.run([adder], gap_up, broker="commission=none,slippage=0")
     assert "margin_call" not in [e for (e,) in h.rows("SELECT event FROM audit")]
-    assert h.engine.slots[0].portfolio.quantity("AAA") == 1400
+    assert h.positions().get("AAA", 0) == 1400
 
 
 def test_an_order_from_on_fill_after_a_gap_is_checked_at_the_gap_price(ws: WS, h: Harness) -> None:
@@ -1010,7 +1033,7 @@ def on_fill(ctx, fill):
         [s], [bar("AAA", d, p) for d, p in enumerate(prices)], broker="commission=none,slippage=0"
     )
     assert "margin_call" in [e for (e,) in h.rows("SELECT event FROM audit")]
-    assert h.engine.slots[0].portfolio.quantity("AAA") == 0
+    assert h.positions().get("AAA", 0) == 0
 
 
 def test_on_fill_sees_equity_at_the_price_the_account_was_judged_at(ws: WS, h: Harness) -> None:
@@ -1030,7 +1053,7 @@ def on_bar(ctx, bar):
 
 @strategy.hook
 def on_fill(ctx, fill):
-    ctx.state["equity"] = ctx.equity
+    ctx.log.info("equity", equity=ctx.equity)
 """,
     )
     h.run(
@@ -1038,7 +1061,8 @@ def on_fill(ctx, fill):
         [bar("AAA", 0, 100.0), bar("AAA", 1, 35.0), bar("AAA", 2, 35.0)],
         broker="commission=none,slippage=0",
     )
-    assert h.engine.slots[0].runner.ctx.state["equity"] == Decimal(100_000)
+    [record] = h.logged("equity")
+    assert Decimal(record["equity"]) == Decimal(100_000)
 
 
 def test_another_strategys_resting_order_does_not_change_a_holders_margin_call(

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bastion import Environment, Refusal, Status, Strategy
+from bastion._sandbox import sandboxed
 from bastion._trust import TrustStore
 
 from .conftest import GOOD_STRATEGY, WS
@@ -41,7 +42,7 @@ def test_strategy_module_is_not_importable_by_others(signed_ws: WS) -> None:
     """An admitted strategy is never put in sys.modules, so nothing else can import it."""
     outcome = signed_ws.admit("good.py")
     assert isinstance(outcome, Strategy)
-    assert outcome.module.__name__ not in sys.modules
+    assert outcome.host.module.__name__ not in sys.modules  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- one test per status
@@ -476,11 +477,16 @@ def test_compiles_exactly_the_verified_bytes(
     assert not isinstance(checked, Refusal)
     info, source = checked
     ws.write("good.py", "raise SystemExit('swapped after verification')\n")
-    import bastion._loader as loader
+    from bastion._host import LoadReport, in_process
 
-    outcome = loader._load(info, source)
-    assert isinstance(outcome, Strategy)
-    assert outcome.implemented_hooks() == ["on_bar"]
+    for launcher in (in_process, sandboxed()):
+        host = launcher(info, source)
+        try:
+            report = host.load()
+        finally:
+            host.close()
+        assert isinstance(report, LoadReport), report
+        assert report.hooks == ("on_bar",)
 
 
 def test_file_read_once(signed_ws: WS, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,258 @@
+"""A sandboxed strategy worker: ``python -I -m bastion._worker FD PARENT``.
+
+Started by :class:`bastion._sandbox.WorkerHost` as a fresh interpreter with an
+empty environment, an empty temporary working directory and no descriptor
+but the shared-memory channel ``FD`` (and a pipe for stray output on 1 and
+2).  It imports everything it will need, waits for the kernel's setup,
+**locks itself down** (:mod:`bastion._lockdown`) and reports its layers; only
+then does it receive the strategy's verified bytes, compile exactly those
+and run them (:mod:`bastion._module`, the same loader the in-process host
+uses).  From there on it answers one event at a time.
+
+Once strategy code has run, nothing this process says is trusted: the kernel
+validates every answer (:mod:`bastion._protocol`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+EXIT_MEMORY = 86  # out of memory outside strategy code (the kernel reports memory-limit)
+EXIT_INTERNAL = 70
+
+
+def _preimport() -> None:
+    """Everything a strategy may import, and everything the worker will use, loaded
+    while files can still be read (after the lock-down, almost nothing can)."""
+    import _strptime  # noqa: F401  (datetime.strptime imports it lazily)
+    import faulthandler
+    import importlib
+
+    from . import _module
+
+    for name in sorted(_module.ALLOWED_IMPORTS):
+        if name != "__future__":
+            importlib.import_module(name)
+    import encodings.idna  # noqa: F401
+    import traceback  # noqa: F401
+
+    import pluggy  # noqa: F401
+    import pyseccomp  # noqa: F401
+
+    from . import _landlock, hookspecs, models, strategy  # noqa: F401
+
+    faulthandler.enable(file=2)
+
+
+class _Sink:
+    """``sys.stdout``/``sys.stderr`` of the worker: text goes to the strategy's log."""
+
+    def __init__(self) -> None:
+        self.target: Callable[[str], None] = lambda text: None
+
+    def write(self, text: str) -> int:
+        self.target(str(text))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def main() -> None:
+    fd, parent = int(sys.argv[1]), int(sys.argv[2])
+    _preimport()
+
+    import pwd
+    from decimal import Decimal
+
+    import msgpack
+
+    from . import _protocol as p
+    from ._channel import (
+        K_KIND,
+        K_LENGTH,
+        K_PAYLOAD,
+        K_SEQ,
+        K_SLEEPING,
+        W_CAP,
+        W_KIND,
+        W_LENGTH,
+        W_PAYLOAD,
+        W_SEQ,
+        W_SLEEPING,
+        Channel,
+    )
+    from ._context import StrategyError, StrategyRunner
+    from ._lockdown import Limits, lock_down
+    from ._module import LoadFailure, load_module
+    from .models import OrderIntent
+
+    channel = Channel(fd, spin=0)
+    os.close(fd)
+    words, memory = channel.words, channel.map
+    sink = _Sink()
+    sys.stdout = sys.stderr = sink
+
+    seq = 0
+
+    def next_frame() -> tuple[int, int]:
+        nonlocal seq
+        seq = channel.wait(K_SEQ, seq, W_SLEEPING, 1.0)
+        return words[K_KIND], words[K_LENGTH]
+
+    def payload(length: int, start: int = K_PAYLOAD) -> bytes:
+        return memory[start : K_PAYLOAD + length]
+
+    def answer(kind: int, data: bytes = b"") -> None:
+        size = len(data)
+        if size > W_CAP:
+            data = p.pack({"seq": seq})  # cannot happen with the worker's own caps
+            size = len(data)
+        if size:
+            memory[W_PAYLOAD : W_PAYLOAD + size] = data
+        words[W_LENGTH] = size
+        words[W_KIND] = kind
+        channel.post(W_SEQ, seq, K_SLEEPING)
+
+    # -- setup, lock-down, load ----------------------------------------------------
+    kind, length = next_frame()
+    if kind != p.K_SETUP:
+        os._exit(EXIT_INTERNAL)
+    setup = msgpack.unpackb(payload(length), raw=False)
+    try:
+        entry = pwd.getpwnam("nobody")
+        nobody: tuple[int, int] | None = (entry.pw_uid, entry.pw_gid)
+    except KeyError:
+        nobody = None
+    layers = lock_down(
+        Limits(setup["memory_mb"], setup["cpu_seconds"], setup["open_files"]), parent, nobody
+    )
+    answer(p.W_REPLY, p.pack({"seq": seq, "layers": [list(layer) for layer in layers]}))
+
+    kind, length = next_frame()
+    if kind != p.K_LOAD:  # the kernel refused the layers: nothing more to do
+        os._exit(0)
+    load = msgpack.unpackb(payload(length), raw=False)
+    name, filename = load["name"], load["filename"]
+    early: list[str] = []
+    output = [lambda text: early.append(text.rstrip("\n")[:1000]) if len(early) < 20 else None]
+    sink.target = lambda text: output[0](text)
+    loaded = load_module(name, filename, load["source"], lambda text: output[0](text))
+    del load
+    layer_list = [list(layer) for layer in layers]
+    if isinstance(loaded, LoadFailure):
+        answer(
+            p.W_LOAD_FAILED,
+            p.pack(
+                {"seq": seq, "status": loaded.status, "reason": loaded.reason, "layers": layer_list}
+            ),
+        )
+        os._exit(0)
+    answer(
+        p.W_LOADED,
+        p.pack(
+            {
+                "seq": seq,
+                "hooks": list(loaded.hooks),
+                "params": dict(loaded.params),
+                "layers": layer_list,
+                "logs": [["info", "print", {"text": t}] for t in early],
+            }
+        ),
+    )
+
+    # -- events ---------------------------------------------------------------------
+    runner: StrategyRunner | None = None
+    symbols: list[str] = []
+    BAR, BAR_SIZE = p.BAR, p.BAR.size
+    unpack_bar = BAR.unpack_from
+    bar_from, bar_time = p.bar_from, p.decode_bar_time
+    encode_intent, pack = p.encode_intent, p.pack
+    unpack = msgpack.unpackb
+
+    def apply(updates: list[list[str]]) -> None:
+        assert runner is not None
+        for symbol, change in updates:
+            runner.working(symbol, Decimal(change))
+
+    def reply(intents: list[OrderIntent] | None, error: StrategyError | None = None) -> None:
+        assert runner is not None
+        logs = runner.take_logs()
+        if not intents and not logs and error is None:
+            answer(p.W_EMPTY)
+            return
+        message: dict[str, object] = {"seq": seq}
+        if intents:
+            message["i"] = [encode_intent(i) for i in intents]
+        if logs:
+            message["l"] = [[level, event, dict(fields)] for level, event, fields in logs]
+        if error is not None:
+            message["f"] = [error.kind, error.hook, error.reason, error.traceback]
+        answer(p.W_REPLY, pack(message))
+
+    while True:
+        kind, length = next_frame()
+        if kind == p.K_BAR:
+            assert runner is not None
+            (flags, index, year, month, day, hour, minute, second, micro, o, h, lo, c, v) = (
+                unpack_bar(memory, K_PAYLOAD)
+            )
+            if flags & p.BAR_SYMBOL or flags & p.BAR_UPDATES:
+                extra = unpack(payload(length, K_PAYLOAD + BAR_SIZE), raw=False)
+                if flags & p.BAR_SYMBOL:
+                    symbols.append(extra[0])
+                if flags & p.BAR_UPDATES:
+                    apply(extra[1])
+            bar = bar_from(
+                symbols[index],
+                bar_time((year, month, day, hour, minute, second, micro)),
+                (o, h, lo, c, v),
+                bool(flags & p.BAR_VOLUME),
+            )
+            try:
+                reply(runner.bar(bar))
+            except StrategyError as exc:
+                reply(None, exc)
+            continue
+        message = unpack(payload(length), raw=False)
+        if kind == p.K_EXIT:
+            os._exit(0)
+        if kind == p.K_START:
+            updates, params, account, spin = message
+            channel.set_spin(*spin)
+            runner = StrategyRunner(name, filename, loaded.functions, params)
+            output[0] = runner.output
+            apply(updates)
+            try:
+                reply(runner.start(p.decode_account(account)))
+            except StrategyError as exc:
+                reply(None, exc)
+            continue
+        assert runner is not None
+        apply(message[0])
+        try:
+            if kind == p.K_FILL:
+                reply(runner.fill(p.decode_fill(message[1]), p.decode_account(message[2])))
+            elif kind == p.K_REJECT:
+                reply(runner.reject(p.decode_intent_trusted(message[1]), message[2]))
+            elif kind == p.K_STOP:
+                reply(runner.stop())
+            else:
+                os._exit(EXIT_INTERNAL)
+        except StrategyError as exc:
+            reply(None, exc)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except MemoryError:
+        os._exit(EXIT_MEMORY)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc(file=sys.__stderr__)
+        os._exit(EXIT_INTERNAL)
+    os._exit(0)
