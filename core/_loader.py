@@ -369,6 +369,12 @@ def _loaded(info: StrategyInfo, host: StrategyHost) -> Strategy | Refusal:
         return Refusal(
             name=info.name, path=info.path, status=Status(loaded.status), reason=loaded.reason
         )
+    if loaded.logs:  # what the module body printed, in the strategy's log stream
+        from ._logging import get_logger
+
+        log = get_logger()
+        for level, event, fields in loaded.logs:
+            getattr(log, level)(event, strategy=info.name, **fields)
     return Strategy(
         info=info, hooks=loaded.hooks, params=loaded.params, host=host, layers=loaded.layers
     )

@@ -243,14 +243,27 @@ def _seccomp() -> str:
     return f"{denied} rules: sockets, exec, fork, ptrace, signals to others, mounts, bpf, ..."
 
 
-def lock_down(limits: Limits, parent: int, nobody: tuple[int, int] | None) -> list[Layer]:
-    """Apply every layer (in the order of :data:`LAYERS`); report each."""
+def lock_down(
+    limits: Limits,
+    parent: int,
+    nobody: tuple[int, int] | None,
+    skip: frozenset[str] = frozenset(),
+) -> list[Layer]:
+    """Apply every layer (in the order of :data:`LAYERS`) but those in ``skip``; report each."""
     readable = readable_paths()  # while sysconfig can still read its own data
-    layers = [_layer("network", _network), _layer("user", lambda: _user(nobody))]
+
+    def layer(name: str, apply: Callable[[], str]) -> Layer:
+        if name in skip:
+            return (name, False, "skipped: the kernel asked for it to be left out")
+        return _layer(name, apply)
+
+    layers = [layer("network", _network), layer("user", lambda: _user(nobody))]
     _parent_death(parent)
-    layers.append(_layer("rlimits", lambda: _rlimits(limits)))
-    layers.append(_layer("no_new_privs", _no_new_privs))
-    layers.append(_layer("not_dumpable", _not_dumpable))
-    layers.append(_layer("landlock", lambda: _landlock(readable)))
-    layers.append(_layer("seccomp", _seccomp))
+    layers.append(layer("rlimits", lambda: _rlimits(limits)))
+    layers.append(layer("no_new_privs", _no_new_privs))
+    layers.append(layer("not_dumpable", _not_dumpable))
+    # Landlock and seccomp need no_new_privs (or CAP_SYS_ADMIN): without it they
+    # report themselves unavailable with the kernel's reason.
+    layers.append(layer("landlock", lambda: _landlock(readable)))
+    layers.append(layer("seccomp", _seccomp))
     return layers

@@ -99,6 +99,9 @@ class SandboxConfig:
     open_files: int = 64
     require: frozenset[str] = frozenset()  # layers that must be active, else refuse
     spin: int | None = None  # polls before blocking; None: by the number of cores
+    #: Layers not to apply.  Not a bastion.toml setting: for tests that show what a
+    #: machine without a layer gets (a refusal where it is required).
+    skip: frozenset[str] = frozenset()
 
 
 _warned: set[str] = set()
@@ -180,7 +183,7 @@ class WorkerHost:
                 "memory_mb": config.memory_mb,
                 "cpu_seconds": config.cpu_seconds,
                 "open_files": config.open_files,
-                "spin": 0,
+                "skip": sorted(config.skip),
             },
         )
 

@@ -62,6 +62,7 @@ class _Sink:
 
 def main() -> None:
     fd, parent = int(sys.argv[1]), int(sys.argv[2])
+    os.environ.clear()  # started with none; this drops the interpreter's own LC_CTYPE too
     _preimport()
 
     import pwd
@@ -127,7 +128,10 @@ def main() -> None:
     except KeyError:
         nobody = None
     layers = lock_down(
-        Limits(setup["memory_mb"], setup["cpu_seconds"], setup["open_files"]), parent, nobody
+        Limits(setup["memory_mb"], setup["cpu_seconds"], setup["open_files"]),
+        parent,
+        nobody,
+        frozenset(setup["skip"]),
     )
     answer(p.W_REPLY, p.pack({"seq": seq, "layers": [list(layer) for layer in layers]}))
 

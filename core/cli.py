@@ -211,6 +211,65 @@ def build_cli(kernel: Kernel) -> click.Group:
             table.add_row(row["name"], row["origin"], row["source"], ", ".join(row["hooks"]))
         console.print(table)
 
+    @cli.command("sandbox")
+    @workspace_options
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @pass_app
+    def sandbox_command(app: App, as_json: bool) -> None:
+        """Show each protection layer of the strategy sandbox: active or unavailable, and why.
+
+        Starts one worker exactly as a run would (with this environment's [sandbox]
+        settings) and reports what it could lock down.  Exits 1 when a layer this
+        environment requires is unavailable (paper and live would refuse to run).
+        """
+        from ._backtest import launcher_for
+        from ._environment import read_config
+        from ._sandbox import probe
+
+        config_file = app.workspace.config_file
+        _, settings = launcher_for(
+            False, str(app.environment), read_config(config_file), str(config_file)
+        )
+        layers = probe(settings)
+        missing = [la.name for la in layers if la.name in settings.require and not la.active]
+        rows = [
+            {
+                "layer": la.name,
+                "active": la.active,
+                "required": la.name in settings.require,
+                "detail": la.detail,
+            }
+            for la in layers
+        ]
+        if as_json:
+            _print_json(
+                {
+                    "environment": str(app.environment),
+                    "ready": not missing,
+                    "missing_required": missing,
+                    "layers": rows,
+                }
+            )
+        else:
+            table = Table(title=f"Strategy sandbox on this machine ({app.environment})")
+            for column in ("layer", "status", "required", "detail"):
+                table.add_column(column, overflow="fold")
+            for row in rows:
+                status = "[green]active[/]" if row["active"] else "[red]unavailable[/]"
+                table.add_row(
+                    str(row["layer"]), status, "yes" if row["required"] else "", str(row["detail"])
+                )
+            console.print(table)
+            if missing:
+                err_console.print(
+                    f"the {app.environment} environment requires {', '.join(missing)}, "
+                    "unavailable here: it refuses to run strategies ([sandbox] require in "
+                    "bastion.toml)",
+                    markup=False,
+                )
+        if missing:
+            raise SystemExit(1)
+
     @cli.command("hooks")
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     @click.option("--markdown", is_flag=True, help="The reference page docs/reference/hooks.md.")

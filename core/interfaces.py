@@ -177,6 +177,8 @@ class RunRow:
     finished: datetime | None
     strategies: tuple[str, ...]
     error: str | None
+    #: strategy name -> its stored quarantine reason ("KIND: HOOK: REASON"), if any
+    quarantined: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen

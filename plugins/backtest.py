@@ -289,6 +289,7 @@ def runs_command(app: App, storage: str, as_json: bool) -> None:
                     "started": format_time(r.started),
                     "finished": format_time(r.finished) if r.finished else None,
                     "strategies": list(r.strategies),
+                    "quarantined": dict(r.quarantined),
                     "error": r.error,
                 }
                 for r in rows
@@ -306,7 +307,12 @@ def runs_command(app: App, storage: str, as_json: bool) -> None:
             r.kind,
             f"[{style}]{r.status}[/]",
             format_time(r.started),
-            ", ".join(r.strategies),
+            ", ".join(
+                f"{name} (quarantined: {r.quarantined[name].split(':', 1)[0]})"
+                if name in r.quarantined
+                else name
+                for name in r.strategies
+            ),
             r.error or "",
         )
     console.print(table)

@@ -350,6 +350,18 @@ def _kv_table(rows: Sequence[tuple[str, str]], css_class: str = "kv") -> str:
     return f'<table class="{css_class}">{body}</table>'
 
 
+def _mode(sandbox: object) -> str:
+    """How strategy code ran: the reader of an approval report must see an in-process run."""
+    if sandbox == "sandboxed":
+        return "sandboxed (one locked-down worker process per strategy)"
+    if sandbox == "in-process":
+        return (
+            '<span class="bad">in-process: ran inside the kernel, unsandboxed '
+            "(trusted backtest mode)</span>"
+        )
+    return '<span class="muted">not recorded</span>'
+
+
 def _run_section(run: RunData) -> str:
     row, info = run.row, run.info
     status = _e(row.status)
@@ -360,6 +372,7 @@ def _run_section(run: RunData) -> str:
         ("Kind", _e(row.kind)),
         ("Environment", _e(info.environment)),
         ("Status", status),
+        ("Strategy code", _mode(info.config.get("sandbox"))),
         ("Bastion version", _e(info.bastion_version)),
         ("Started", _e(_when(info.started))),
         ("Finished", _e(_when(row.finished))),

@@ -1176,18 +1176,27 @@ class SQLiteStore:
         """Every run, newest first; a ``running`` run whose process is gone is ``interrupted``."""
         with self._read() as conn:
             names: dict[str, list[str]] = {}
-            for run_id, name in conn.execute(
-                "SELECT run_id, name FROM run_strategies ORDER BY rowid"
+            stopped: dict[str, dict[str, str]] = {}
+            for run_id, name, quarantined in conn.execute(
+                "SELECT run_id, name, quarantined FROM run_strategies ORDER BY rowid"
             ):
                 names.setdefault(run_id, []).append(name)
+                if quarantined:
+                    stopped.setdefault(run_id, {})[name] = quarantined
             rows = conn.execute(
                 "SELECT run_id, kind, environment, status, started, finished, error, pid "
                 "FROM runs ORDER BY started DESC, rowid DESC"
             ).fetchall()
-        return [self._row(tuple(r), tuple(names.get(r[0], ()))) for r in rows]
+        return [
+            self._row(tuple(r), tuple(names.get(r[0], ())), stopped.get(r[0], {})) for r in rows
+        ]
 
     @staticmethod
-    def _row(r: tuple[Any, ...], strategies: tuple[str, ...]) -> RunRow:
+    def _row(
+        r: tuple[Any, ...],
+        strategies: tuple[str, ...],
+        quarantined: Mapping[str, str] | None = None,
+    ) -> RunRow:
         run_id, kind, environment, status, started, finished, error, pid = r
         if (
             status == "running"
@@ -1205,6 +1214,7 @@ class SQLiteStore:
             finished=_parse_ts(finished) if finished else None,
             strategies=strategies,
             error=error,
+            quarantined=dict(quarantined or {}),
         )
 
     def _resolve(self, conn: sqlite3.Connection, run_id: str) -> str:

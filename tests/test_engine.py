@@ -17,7 +17,7 @@ import pytest
 import structlog.testing
 
 from bastion import Kernel, Strategy, hookimpl
-from bastion._engine import Engine, EngineConfig, OrderLimits, RunResult
+from bastion._engine import Engine, EngineConfig, ExceptionPolicy, OrderLimits, RunResult
 from bastion.interfaces import RunInfo, StrategyRecord
 from bastion.models import Bar
 from bastion.plugins.sim import SimBroker
@@ -68,6 +68,7 @@ class Harness:
         symbols: set[str] | None = None,
         limits: OrderLimits = NO_LIMITS,
         params: dict[str, Any] | None = None,
+        exceptions: dict[str, ExceptionPolicy] | None = None,
     ) -> RunResult:
         self.store.begin_run(
             RunInfo(RUN, "backtest", "development", T0, "test", {}),
@@ -87,6 +88,7 @@ class Harness:
                 cash=Decimal(cash),
                 symbols=frozenset(symbols or {b.symbol for b in bars}),
                 limits=limits,
+                exceptions=exceptions or {},
             ),
         )
         with structlog.testing.capture_logs() as captured:
