@@ -23,6 +23,7 @@ import attrs
 
 from . import hookspecs
 from . import strategy as strategy_api
+from ._errors import one_line
 
 __all__ = [
     "ALLOWED_IMPORTS",
@@ -321,8 +322,6 @@ def _describe(exc: BaseException) -> str:
 
 def _interface_reason(message: str, spec_names: frozenset[str]) -> str:
     """pluggy's validation message as one line that says what to do."""
-    from ._errors import one_line
-
     if message.startswith("unknown hook"):
         hook = message.split("'")[1] if "'" in message else "?"
         return f"unknown hook {hook!r}; strategy hooks are: {', '.join(sorted(spec_names))}"

@@ -12,6 +12,7 @@ import attrs
 from ._errors import TrustError
 from ._keys import SigningKey
 from ._minisign import sign
+from ._module import SourceProblem, compile_source
 from ._trust import (
     STRATEGY_NAME_RE,
     TrustStore,
@@ -89,12 +90,8 @@ def sign_strategies(
         path = _strategy_path(workspace, spec)
         data = path.read_bytes()
         try:
-            compile(data, str(path), "exec", dont_inherit=True)  # syntax only; nothing runs
-        except SyntaxError as exc:
-            raise TrustError(
-                f"{path}: line {exc.lineno}: {exc.msg}; fix it before signing"
-            ) from None
-        except ValueError as exc:
+            compile_source(data, str(path))  # syntax only; nothing runs
+        except SourceProblem as exc:
             raise TrustError(f"{path}: {exc}; fix it before signing") from None
         digest = sha256_hex(data)
         sig = sign(

@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +17,7 @@ from bastion import Environment, Refusal, Status, Strategy
 from bastion._sandbox import sandboxed
 from bastion._trust import TrustStore
 
-from .conftest import GOOD_STRATEGY, WS
+from .conftest import GOOD_STRATEGY, WS, one_error_line
 
 
 def refusal(outcome: Strategy | Refusal) -> Refusal:
@@ -27,7 +28,7 @@ def refusal(outcome: Strategy | Refusal) -> Refusal:
 # ---------------------------------------------------------------- the happy path
 
 
-def test_signed_whitelisted_strategy_is_admitted(signed_ws: WS) -> None:
+def test_signed_whitelisted_strategy_is_admitted(signed_ws: WS, any_host: str) -> None:
     """A signed, whitelisted file by a trusted key loads, with its facts and hooks."""
     outcome = signed_ws.admit("good.py")
     assert isinstance(outcome, Strategy)
@@ -312,12 +313,39 @@ def test_bad_name_refused(ws: WS, name: str) -> None:
     assert ws.status(name) is Status.BAD_NAME
 
 
-def test_syntax_error(ws: WS) -> None:
+def test_syntax_error(ws: WS, any_host: str) -> None:
     """A file that does not compile is refused with its line number (unsigned dev load)."""
     ws.write("broken.py", "def on_bar(:\n")
     r = refusal(ws.admit("broken.py", allow_unsigned=True))
     assert r.status is Status.SYNTAX_ERROR
     assert "line 1" in r.reason
+
+
+UNCOMPILABLE = {
+    "deep-parentheses": "x = " + "(" * 300 + "1" + ")" * 300 + "\n",
+    "deep-unary": "x = " + "-" * 500_000 + "1\n",
+    "deep-blocks": "".join(" " * i + "if 1:\n" for i in range(150)) + " " * 150 + "pass\n",
+    "deep-brackets": "x = " + "[" * 100_000 + "\n",
+}
+
+
+@pytest.mark.parametrize("source", UNCOMPILABLE.values(), ids=UNCOMPILABLE.keys())
+def test_source_the_compiler_cannot_handle_is_one_line_everywhere(
+    ws: WS, any_host: str, cli: Any, source: str
+) -> None:
+    """Nested too deep or too large for Python's compiler: the loader refuses it as a
+    syntax error, and sign and verify say so in one line; never a RecursionError or
+    MemoryError traceback."""
+    ws.write("deep.py", source)
+    r = refusal(ws.admit("deep.py", allow_unsigned=True))
+    assert r.status is Status.SYNTAX_ERROR and "\n" not in r.reason
+    ws.key()  # a trusted key to sign with
+    result = cli("sign", "deep.py", "--key", ws.keys_dir / "alice.key", "--home", ws.home)
+    assert result.exit_code != 0
+    one_error_line(result.stderr, "deep.py")
+    assert not (ws.signatures / "deep.py.minisig").exists()
+    result = cli("verify", "deep.py", "--home", ws.home)
+    assert result.exit_code != 0 and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -342,7 +370,7 @@ def test_syntax_error(ws: WS) -> None:
     ],
     ids=["misspelt-hook", "wrong-arguments", "undecorated", "no-hooks", "bad-params"],
 )
-def test_bad_interface(ws: WS, source: str, expected: str) -> None:
+def test_bad_interface(ws: WS, source: str, expected: str, any_host: str) -> None:
     """Hook names and arguments are validated by pluggy against the strategy hookspecs."""
     ws.write("iface.py", source)
     ws.sign("iface.py")
@@ -351,7 +379,7 @@ def test_bad_interface(ws: WS, source: str, expected: str) -> None:
     assert expected in r.reason
 
 
-def test_load_error(ws: WS) -> None:
+def test_load_error(ws: WS, any_host: str) -> None:
     """A module body that raises is refused as load-error, naming the exception."""
     ws.write("boom.py", "raise RuntimeError('kaboom')\n")
     ws.sign("boom.py")
@@ -389,7 +417,9 @@ def test_example_key_signature_under_own_whitelist_refused_for_live(
 # ---------------------------------------------------------------- imports
 
 
-def test_strategy_cannot_import_sibling(ws: WS, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_strategy_cannot_import_sibling(
+    ws: WS, monkeypatch: pytest.MonkeyPatch, any_host: str
+) -> None:
     """A signed strategy importing an (unsigned) sibling from strategies/ is refused.
 
     The sibling would be importable if strategies/ were on sys.path; it is put
@@ -419,14 +449,14 @@ def test_strategy_cannot_import_sibling(ws: WS, monkeypatch: pytest.MonkeyPatch)
         "from json import decoder",
     ],
 )
-def test_strategy_import_guard(ws: WS, statement: str) -> None:
+def test_strategy_import_guard(ws: WS, statement: str, any_host: str) -> None:
     """Only bastion's strategy API and pure-computation stdlib modules can be imported."""
     ws.write("imp.py", statement + "\n" + GOOD_STRATEGY)
     ws.sign("imp.py")
     assert refusal(ws.admit("imp.py")).status is Status.FORBIDDEN_IMPORT
 
 
-def test_allowed_imports_work(ws: WS) -> None:
+def test_allowed_imports_work(ws: WS, any_host: str) -> None:
     """Computation modules and the strategy API import normally."""
     ws.write(
         "calc.py",
@@ -437,7 +467,7 @@ def test_allowed_imports_work(ws: WS) -> None:
     assert ws.status("calc.py") is Status.LOADED_OK
 
 
-def test_strategy_sees_a_restricted_bastion(ws: WS) -> None:
+def test_strategy_sees_a_restricted_bastion(ws: WS, any_host: str) -> None:
     """``import bastion`` gives a strategy only the strategy API, not the kernel."""
     ws.write(
         "peek.py",
@@ -448,7 +478,7 @@ def test_strategy_sees_a_restricted_bastion(ws: WS) -> None:
     assert ws.status("peek.py") is Status.LOADED_OK
 
 
-def test_open_is_not_available(ws: WS) -> None:
+def test_open_is_not_available(ws: WS, any_host: str) -> None:
     """File and compiler built-ins are removed from a strategy's namespace."""
     ws.write("opener.py", "open('/etc/passwd')\n" + GOOD_STRATEGY)
     ws.sign("opener.py")
@@ -460,7 +490,7 @@ def test_open_is_not_available(ws: WS) -> None:
 # ---------------------------------------------------------------- read once, no bytecode
 
 
-def test_no_pycache_written(signed_ws: WS) -> None:
+def test_no_pycache_written(signed_ws: WS, any_host: str) -> None:
     """Admitting a strategy writes no __pycache__ anywhere in the workspace."""
     assert isinstance(signed_ws.admit("good.py"), Strategy)
     assert not list(signed_ws.home.rglob("__pycache__"))
@@ -548,7 +578,7 @@ def test_environment_default_is_development(ws: WS) -> None:
 
 
 @pytest.mark.parametrize("exc", ["SystemExit(0)", "GeneratorExit()", "BaseException('x')"])
-def test_module_body_cannot_stop_the_kernel(ws: WS, exc: str) -> None:
+def test_module_body_cannot_stop_the_kernel(ws: WS, exc: str, any_host: str) -> None:
     """A verified strategy raising SystemExit (or any BaseException) is refused, not obeyed."""
     ws.write("quitter.py", f"raise {exc}\n")
     ws.sign("quitter.py")
