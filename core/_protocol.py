@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
@@ -43,9 +43,50 @@ K_SETUP, K_START, K_BAR, K_FILL, K_REJECT, K_STOP, K_EXIT, K_LOAD = 1, 2, 3, 4, 
 # Worker -> kernel answer kinds
 W_EMPTY, W_REPLY, W_LOADED, W_LOAD_FAILED = 0, 1, 2, 3
 
-# flags u8, symbol u16, year u16, month..second 5 x u8, microsecond u32, OHLC + volume f64
-BAR = struct.Struct("<BHHBBBBBI5d")
+# flags u8, symbol index u16, time (microseconds since 1970-01-01 UTC) i64, OHLC + volume f64
+BAR = struct.Struct("<BHq5d")
 BAR_VOLUME, BAR_SYMBOL, BAR_UPDATES = 1, 2, 4
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_US = timedelta(microseconds=1)
+
+
+class BarClock:
+    """A bar's time as exact integer microseconds since :data:`EPOCH` and back.
+
+    Consecutive bars usually step by the same interval, so each side keeps the
+    previous time and caches the step (``datetime`` arithmetic is exact; a
+    float timestamp would not be for years far from 1970).
+    """
+
+    __slots__ = ("_steps", "_ts", "_us")
+
+    def __init__(self) -> None:
+        self._ts, self._us = EPOCH, 0
+        self._steps: dict[Any, Any] = {}
+
+    def to_us(self, ts: datetime) -> int:
+        delta = ts - self._ts
+        step = self._steps.get(delta)
+        if step is None:
+            if len(self._steps) > 256:
+                self._steps.clear()
+            step = self._steps[delta] = delta // ONE_US
+        self._ts = ts
+        us: int = self._us + step
+        self._us = us
+        return us
+
+    def to_datetime(self, us: int) -> datetime:
+        step = us - self._us
+        delta = self._steps.get(step)
+        if delta is None:
+            if len(self._steps) > 256:
+                self._steps.clear()
+            delta = self._steps[step] = timedelta(microseconds=step)
+        ts: datetime = self._ts + delta
+        self._ts, self._us = ts, us
+        return ts
+
 
 MAX_TEXT = 1000
 MAX_TRACEBACK = 5000
@@ -354,18 +395,27 @@ def decode_bar_time(values: Sequence[int]) -> datetime:
     return datetime(year, month, day, hour, minute, second, microsecond, tzinfo=UTC)
 
 
-def bar_from(symbol: str, ts: datetime, fields: Sequence[float], volume: bool) -> Bar:
-    """A :class:`Bar` the kernel already validated, built without re-validation."""
-    bar = _new(Bar)
-    _set(bar, "symbol", symbol)
-    _set(bar, "ts", ts)
-    _set(bar, "open", fields[0])
-    _set(bar, "high", fields[1])
-    _set(bar, "low", fields[2])
-    _set(bar, "close", fields[3])
-    _set(bar, "volume", fields[4] if volume else None)
-    return bar
+def bar_builder() -> Any:
+    """``build(symbol, ts, open, high, low, close, volume) -> Bar`` for bars the kernel
+    already validated: the slots are set directly (no validators), about twice as fast
+    as ``Bar(...)``; the result is equal to the kernel's bar."""
+    new = object.__new__
+    slots = Bar.__dict__
+    s0, s1, s2, s3, s4, s5, s6 = (
+        slots[name].__set__ for name in ("symbol", "ts", "open", "high", "low", "close", "volume")
+    )
 
+    def build(
+        symbol: str, ts: datetime, o: float, h: float, lo: float, c: float, v: float | None
+    ) -> Bar:
+        bar = new(Bar)
+        s0(bar, symbol)
+        s1(bar, ts)
+        s2(bar, o)
+        s3(bar, h)
+        s4(bar, lo)
+        s5(bar, c)
+        s6(bar, v)
+        return bar
 
-_new = object.__new__
-_set = object.__setattr__
+    return build

@@ -82,6 +82,8 @@ __all__ = [
 LAYER_NAMES = ("network", "user", "rlimits", "no_new_privs", "not_dumpable", "landlock", "seccomp")
 LIVE_REQUIRES = frozenset({"network", "seccomp", "rlimits", "user"})
 SANDBOX_UNAVAILABLE = "sandbox-unavailable"
+BAR_SIZE = p.BAR.size
+K_BAR = p.K_BAR
 EXIT_MEMORY = 86  # bastion._worker's code for "out of memory outside strategy code"
 OUTPUT_CAP = 256 * 1024  # bytes of a worker's stray stdout/stderr logged per worker
 SPIN = 2000  # polls (~0.1 ms) before blocking, when there is a core to spare
@@ -138,8 +140,16 @@ class WorkerHost:
         self._log = get_logger(strategy=info.name)
         self._seq = 0  # the latest frame posted
         self._hook = "load"
-        self._deadline = 0.0
-        self._updates: list[list[str]] = []
+        self._deadline: float | None = 0.0
+        # Notes delivered with the next frame, in order: ["w", symbol, change] (working
+        # quantity) and ["f", fill, account] (a fill of a strategy without on_fill: it only
+        # updates ctx, so it needs no round trip of its own).
+        self._updates: list[list[Any]] = []
+        self._hooks: frozenset[str] = frozenset()
+        self._answered = False  # the latest post needs no answer from the worker
+        self._extra_symbol = self._extra_updates = False
+        self._pack_bar = p.BAR.pack_into
+        self._to_us = p.BarClock().to_us
         self._symbols: dict[str, int] = {}
         self._failure: Failure | None = None
         self._status: tuple[int, float] | None = None  # wait status, CPU seconds used
@@ -151,6 +161,7 @@ class WorkerHost:
             self._channel = Channel(fd, spin=0)
             self._words = self._channel.words
             self._memory = self._channel.map
+            self._post_seq = self._channel.post
             self._cwd = tempfile.mkdtemp(prefix="bastion-worker-")
             out_read, out_write = os.pipe()
             try:
@@ -236,7 +247,10 @@ class WorkerHost:
         """Between naps while waiting: has the worker died, or missed its deadline?"""
         if self._reap(block=False):
             raise self._death()
-        if time.monotonic() > self._deadline:
+        now = time.monotonic()
+        if self._deadline is None:  # a bar: its deadline runs from the first nap
+            self._deadline = now + self.config.deadline
+        if now > self._deadline:
             limit = self.config.load_deadline if self._hook == "load" else self.config.deadline
             raise _Gone(TIMEOUT, f"no answer within {limit:g} s; the worker was killed")
 
@@ -354,6 +368,7 @@ class WorkerHost:
             return LoadFailure(str(first_), str(second))
         assert isinstance(second, Mapping)
         self._source = b""
+        self._hooks = frozenset(first_)
         return LoadReport(hooks=first_, params=second, layers=self.layers, logs=logs)
 
     def _spin(self) -> tuple[int, int]:
@@ -377,60 +392,65 @@ class WorkerHost:
             self.config.deadline,
         )
 
-    def _take_updates(self) -> list[list[str]]:
+    def _take_updates(self) -> list[list[Any]]:
         updates, self._updates = self._updates, []
         return updates
 
     def post_bar(self, bar: Bar) -> None:
+        # Once per bar and strategy: everything it touches is bound in __init__.
         if self._failure is not None:
             return
-        symbols = self._symbols
-        index = symbols.get(bar.symbol)
+        symbol = bar.symbol
+        index = self._symbols.get(symbol)
         volume = bar.volume
-        flags = p.BAR_VOLUME if volume is not None else 0
-        define = None
-        if index is None:
-            index = symbols[bar.symbol] = len(symbols)
-            flags |= p.BAR_SYMBOL
-            define = bar.symbol
-        updates = self._updates
-        if updates:
-            flags |= p.BAR_UPDATES
-        ts = bar.ts
-        memory = self._memory
-        p.BAR.pack_into(
-            memory,
+        flags = 0 if volume is None else 1  # BAR_VOLUME
+        if index is None or self._updates:
+            index = self._bar_extra(symbol, index)
+            flags |= 4 if self._extra_updates else 0
+            flags |= 2 if self._extra_symbol else 0
+        self._pack_bar(
+            self._memory,
             K_PAYLOAD,
             flags,
             index,
-            ts.year,
-            ts.month,
-            ts.day,
-            ts.hour,
-            ts.minute,
-            ts.second,
-            ts.microsecond,
+            self._to_us(bar.ts),
             bar.open,
             bar.high,
             bar.low,
             bar.close,
             volume or 0.0,
         )
-        size = p.BAR.size
-        if define is not None or updates:
-            extra = p.pack([define, self._take_updates()])
-            memory[K_PAYLOAD + size : K_PAYLOAD + size + len(extra)] = extra
-            size += len(extra)
         words = self._words
-        words[K_LENGTH] = size
-        words[K_KIND] = p.K_BAR
+        if not flags & 6:
+            words[K_LENGTH] = BAR_SIZE
+        words[K_KIND] = K_BAR
         self._hook = "on_bar"
-        self._deadline = time.monotonic() + self.config.deadline
+        self._deadline = None  # set when the wait starts to block (a bar is answered in µs)
         seq = self._seq = self._seq + 1
-        self._channel.post(K_SEQ, seq, W_SLEEPING)
+        self._post_seq(K_SEQ, seq, W_SLEEPING)
+
+    def _bar_extra(self, symbol: str, index: int | None) -> int:
+        """A bar that defines a new symbol or carries notes: the msgpack trailer."""
+        define = None
+        self._extra_symbol = index is None
+        if index is None:
+            index = self._symbols[symbol] = len(self._symbols)
+            define = symbol
+        updates = self._take_updates()
+        self._extra_updates = bool(updates)
+        extra = p.pack([define, updates])
+        start = K_PAYLOAD + BAR_SIZE
+        self._memory[start : start + len(extra)] = extra
+        self._words[K_LENGTH] = BAR_SIZE + len(extra)
+        return index
 
     def post_fill(self, fill: Fill, account: AccountSnapshot) -> None:
-        if self._failure is None:
+        if self._failure is not None:
+            return
+        if "on_fill" not in self._hooks:
+            self._updates.append(["f", p.encode_fill(fill), p.encode_account(account)])
+            self._answered = True
+        else:
             self._post(
                 p.K_FILL,
                 p.pack([self._take_updates(), p.encode_fill(fill), p.encode_account(account)]),
@@ -439,7 +459,11 @@ class WorkerHost:
             )
 
     def post_reject(self, intent: OrderIntent, reason: str) -> None:
-        if self._failure is None:
+        if self._failure is not None:
+            return
+        if "on_reject" not in self._hooks:
+            self._answered = True  # nothing of the strategy's would run
+        else:
             self._post(
                 p.K_REJECT,
                 p.pack([self._take_updates(), p.encode_intent(intent), reason]),
@@ -452,11 +476,25 @@ class WorkerHost:
             self._post(p.K_STOP, p.pack([self._take_updates()]), "on_stop", self.config.deadline)
 
     def gather(self) -> Reply | None:
+        words = self._words
+        if (
+            words[W_SEQ] == self._seq
+            and not words[W_LENGTH]
+            and not self._answered
+            and self._failure is None
+        ):
+            return None  # answered already, and with nothing: the common case
+        return self._gather()
+
+    def _gather(self) -> Reply | None:
         if self._failure is not None:
             return Reply(failure=self._failure)
+        if self._answered:
+            self._answered = False
+            return None
         try:
             kind, data = self._answer()
-            if kind == p.W_EMPTY and not data:
+            if not data:  # an answer of length 0 says nothing, whatever its kind
                 return None
             if kind != p.W_REPLY:
                 raise _Gone(PROTOCOL_VIOLATION, f"unexpected answer kind {kind}")
@@ -471,7 +509,7 @@ class WorkerHost:
         return Reply(intents=intents, logs=logs, failure=failure)
 
     def working(self, symbol: str, change: Decimal) -> None:
-        self._updates.append([symbol, str(change)])
+        self._updates.append(["w", symbol, str(change)])
 
     def close(self) -> None:
         if self._closed:

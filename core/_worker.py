@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 EXIT_MEMORY = 86  # out of memory outside strategy code (the kernel reports memory-limit)
 EXIT_INTERNAL = 70
@@ -88,7 +89,7 @@ def main() -> None:
     from ._context import StrategyError, StrategyRunner
     from ._lockdown import Limits, lock_down
     from ._module import LoadFailure, load_module
-    from .models import OrderIntent
+    from .models import Bar, OrderIntent
 
     channel = Channel(fd, spin=0)
     os.close(fd)
@@ -170,16 +171,22 @@ def main() -> None:
     # -- events ---------------------------------------------------------------------
     runner: StrategyRunner | None = None
     symbols: list[str] = []
-    BAR, BAR_SIZE = p.BAR, p.BAR.size
-    unpack_bar = BAR.unpack_from
-    bar_from, bar_time = p.bar_from, p.decode_bar_time
+    BAR_SIZE, K_BAR, W_EMPTY = p.BAR.size, p.K_BAR, p.W_EMPTY
+    unpack_bar = p.BAR.unpack_from
+    build = p.bar_builder()
+    to_datetime = p.BarClock().to_datetime
     encode_intent, pack = p.encode_intent, p.pack
     unpack = msgpack.unpackb
+    wait, post = channel.wait, channel.post
 
-    def apply(updates: list[list[str]]) -> None:
+    def apply(updates: list[list[Any]]) -> None:
+        """The kernel's notes since the last frame, in order (no strategy code runs)."""
         assert runner is not None
-        for symbol, change in updates:
-            runner.working(symbol, Decimal(change))
+        for note in updates:
+            if note[0] == "w":
+                runner.working(note[1], Decimal(note[2]))
+            else:  # a fill of a strategy without on_fill: ctx.now, cash, positions, marks
+                runner.fill(p.decode_fill(note[1]), p.decode_account(note[2]))
 
     def reply(intents: list[OrderIntent] | None, error: StrategyError | None = None) -> None:
         assert runner is not None
@@ -196,30 +203,37 @@ def main() -> None:
             message["f"] = [error.kind, error.hook, error.reason, error.traceback]
         answer(p.W_REPLY, pack(message))
 
+    on_bar: Callable[[Bar], list[OrderIntent] | None] | None = None  # set by K_START
     while True:
-        kind, length = next_frame()
-        if kind == p.K_BAR:
-            assert runner is not None
-            (flags, index, year, month, day, hour, minute, second, micro, o, h, lo, c, v) = (
-                unpack_bar(memory, K_PAYLOAD)
-            )
-            if flags & p.BAR_SYMBOL or flags & p.BAR_UPDATES:
-                extra = unpack(payload(length, K_PAYLOAD + BAR_SIZE), raw=False)
+        # The hot path, a bar, is written out inline: it runs once per bar.
+        value = words[K_SEQ]
+        if value == seq:
+            value = wait(K_SEQ, seq, W_SLEEPING, 1.0)
+        seq = value
+        kind = words[K_KIND]
+        if kind == K_BAR:
+            flags, index, us, o, h, lo, c, v = unpack_bar(memory, K_PAYLOAD)
+            if flags & 6:  # a new symbol, or notes to apply first
+                extra = unpack(payload(words[K_LENGTH], K_PAYLOAD + BAR_SIZE), raw=False)
                 if flags & p.BAR_SYMBOL:
                     symbols.append(extra[0])
                 if flags & p.BAR_UPDATES:
                     apply(extra[1])
-            bar = bar_from(
-                symbols[index],
-                bar_time((year, month, day, hour, minute, second, micro)),
-                (o, h, lo, c, v),
-                bool(flags & p.BAR_VOLUME),
-            )
+            bar = build(symbols[index], to_datetime(us), o, h, lo, c, v if flags & 1 else None)
             try:
-                reply(runner.bar(bar))
+                assert on_bar is not None
+                intents = on_bar(bar)
             except StrategyError as exc:
                 reply(None, exc)
+                continue
+            if intents is None:  # nothing asked, nothing logged
+                words[W_LENGTH] = 0
+                words[W_KIND] = W_EMPTY
+                post(W_SEQ, seq, K_SLEEPING)
+            else:
+                reply(intents)
             continue
+        length = words[K_LENGTH]
         message = unpack(payload(length), raw=False)
         if kind == p.K_EXIT:
             os._exit(0)
@@ -227,6 +241,7 @@ def main() -> None:
             updates, params, account, spin = message
             channel.set_spin(*spin)
             runner = StrategyRunner(name, filename, loaded.functions, params)
+            on_bar = runner.bar
             output[0] = runner.output
             apply(updates)
             try:
