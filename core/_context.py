@@ -214,6 +214,10 @@ class StrategyContext:
         tag: str = "",
     ) -> None:
         """Ask for an order: ``quantity > 0`` buys, ``< 0`` sells; 0 is ignored."""
+        if type(symbol) is not str or not 0 < len(symbol) <= 64:
+            raise ValueError(
+                f"order symbol {str(symbol)[:70]!r} must be text of 1 to 64 characters"
+            )
         try:
             qty = quantity if isinstance(quantity, Decimal) else Decimal(str(quantity))
         except InvalidOperation:
@@ -237,7 +241,7 @@ class StrategyContext:
             OrderIntent(
                 symbol=symbol,
                 side=Side.BUY if qty > 0 else Side.SELL,
-                quantity=abs(qty),
+                quantity=qty.copy_abs(),  # exact: abs() would round to 28 digits
                 type=kind,
                 limit_price=limit,
                 stop_price=stop,

@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 
 from ._context import operator_interrupt
-from ._host import EXCEPTION, Failure, Reply, StrategyHost
+from ._host import EXCEPTION, Failure, Reply, StrategyHost, log_fields
 from ._kernel import Kernel
 from ._loader import Strategy, StrategyInfo
 from ._logging import get_logger
@@ -332,7 +332,7 @@ class Engine:
         if reply.logs:
             log = self._log
             for level, event, fields in reply.logs:
-                getattr(log, level)(event, strategy=slot.info.name, **fields)
+                getattr(log, level)(event, strategy=slot.info.name, **log_fields(fields))
         failure = reply.failure
         if failure is not None:
             policy = self.config.exceptions.get(slot.info.name)

@@ -65,6 +65,26 @@ QUARANTINE_KINDS = (
 
 LogRecord = tuple[str, str, Mapping[str, str]]  # level, event, fields (all text)
 
+#: Field names the kernel's log line owns (or its logger's signature): a strategy's
+#: field of that name is renamed ``field_NAME`` rather than speaking for the kernel.
+RESERVED_FIELDS = frozenset(
+    {"self", "event", "strategy", "run_id", "level", "log_level", "timestamp", "exc_info"}
+)
+
+
+def log_fields(fields: Mapping[str, str]) -> dict[str, str]:
+    """A strategy's log fields, safe to pass as keywords next to the kernel's own."""
+    if not RESERVED_FIELDS.intersection(fields):
+        return dict(fields)
+    clean: dict[str, str] = {}
+    for key, value in fields.items():
+        if key in RESERVED_FIELDS:
+            key = f"field_{key}"
+            while key in fields or key in clean:
+                key = f"field_{key}"
+        clean[key] = value
+    return clean
+
 
 @attrs.frozen
 class Failure:

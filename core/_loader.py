@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 
 from ._errors import FormatError
-from ._host import Launcher, Layer, StrategyHost
+from ._host import Launcher, Layer, StrategyHost, log_fields
 from ._minisign import Signature, SignatureCheckFailed, verify
 from ._module import ALLOWED_IMPORTS, LoadFailure
 from ._trust import (
@@ -374,7 +374,7 @@ def _loaded(info: StrategyInfo, host: StrategyHost) -> Strategy | Refusal:
 
         log = get_logger()
         for level, event, fields in loaded.logs:
-            getattr(log, level)(event, strategy=info.name, **fields)
+            getattr(log, level)(event, strategy=info.name, **log_fields(fields))
     return Strategy(
         info=info, hooks=loaded.hooks, params=loaded.params, host=host, layers=loaded.layers
     )

@@ -115,12 +115,20 @@ class ForbiddenImport(ImportError):
     pass
 
 
+MAX_REASON = 500
+
+
+def _capped(text: object) -> str:
+    return str(text)[:MAX_REASON]
+
+
 @attrs.frozen
 class LoadFailure:
-    """Verified bytes that did not become a strategy: a ``Status`` value and one line."""
+    """Verified bytes that did not become a strategy: a ``Status`` value and one line
+    (capped at :data:`MAX_REASON` characters, whichever host loaded it)."""
 
     status: str
-    reason: str
+    reason: str = attrs.field(converter=_capped)
 
 
 @attrs.frozen
@@ -238,7 +246,7 @@ def check_params(value: object) -> Mapping[str, Any]:
             raise ValueError(f"PARAMS entry {key[:40]!r} is too long")
         if isinstance(item, float) and not math.isfinite(item):
             raise ValueError(f"PARAMS[{key!r}] = {item!r}; parameters must be finite numbers")
-        if type(item) is int and item.bit_length() > 63:
+        if type(item) is int and not -(2**63) <= item < 2**63:
             raise ValueError(f"PARAMS[{key!r}] does not fit in 64 bits")
     return types.MappingProxyType(dict(value))
 

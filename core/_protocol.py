@@ -65,6 +65,8 @@ class BarClock:
         self._steps: dict[Any, Any] = {}
 
     def to_us(self, ts: datetime) -> int:
+        if ts.tzinfo is not UTC:  # same-zone subtraction would ignore a DST change
+            ts = ts.astimezone(UTC)
         delta = ts - self._ts
         step = self._steps.get(delta)
         if step is None:
@@ -211,6 +213,21 @@ def _unpack(data: bytes) -> Any:
         raise ProtocolViolation(f"undecodable answer ({type(exc).__name__})") from None
 
 
+def _show(value: Any) -> str:
+    """A value a worker sent, safe to put in a message: never the repr of a container
+    (which could be nested a thousand deep), at most 40 characters."""
+    if value is None or type(value) in (str, int, bool):
+        return repr(value)[:40]
+    return f"a {type(value).__name__}"
+
+
+def _one_of(value: Any, allowed: Any, what: str, expected: str) -> str:
+    """``value`` if it is text and among ``allowed``; a violation otherwise."""
+    if type(value) is not str or value not in allowed:
+        raise ProtocolViolation(f"{what} {_show(value)} is not {expected}")
+    return value
+
+
 def _text(value: Any, what: str, limit: int = MAX_TEXT) -> str:
     if type(value) is not str:
         raise ProtocolViolation(f"{what} must be text, got {type(value).__name__}")
@@ -222,6 +239,8 @@ def _text(value: Any, what: str, limit: int = MAX_TEXT) -> str:
 def _fields(value: Any, what: str, required: set[str], optional: set[str]) -> dict[str, Any]:
     if type(value) is not dict:
         raise ProtocolViolation(f"{what} must be a map")
+    if any(type(key) is not str for key in value):
+        raise ProtocolViolation(f"{what} has a field name that is not text")
     keys = set(value)
     unknown = keys - required - optional
     if unknown:
@@ -235,7 +254,7 @@ def _fields(value: Any, what: str, required: set[str], optional: set[str]) -> di
 def _seq(fields: Mapping[str, Any], expected: int) -> None:
     seq = fields["seq"]
     if type(seq) is not int or seq != expected:
-        raise ProtocolViolation(f"answer out of sequence (expected {expected}, got {seq!r:.40})")
+        raise ProtocolViolation(f"answer out of sequence (expected {expected}, got {_show(seq)})")
 
 
 def _decimal(value: Any, what: str) -> Decimal:
@@ -254,10 +273,8 @@ def _intent(value: Any) -> OrderIntent:
         raise ProtocolViolation("an intent must be a list of 7 fields")
     symbol, side, quantity, kind, limit, stop, tag = value
     symbol = _text(symbol, "intent symbol", 64)
-    if side not in ("buy", "sell"):
-        raise ProtocolViolation(f"intent side {side!r:.40} is not buy or sell")
-    if kind not in ("market", "limit", "stop"):
-        raise ProtocolViolation(f"intent type {kind!r:.40} is not market, limit or stop")
+    side = _one_of(side, ("buy", "sell"), "intent side", "buy or sell")
+    kind = _one_of(kind, ("market", "limit", "stop"), "intent type", "market, limit or stop")
     try:
         return OrderIntent(
             symbol=symbol,
@@ -282,8 +299,7 @@ def _logs(value: Any) -> tuple[tuple[str, str, Mapping[str, str]], ...]:
         if type(record) is not list or len(record) != 3:
             raise ProtocolViolation("a log record must be [level, event, fields]")
         level, event, fields = record
-        if level not in LEVELS:
-            raise ProtocolViolation(f"log level {level!r:.40} is not info, warning or error")
+        level = _one_of(level, LEVELS, "log level", "info, warning or error")
         event = _text(event, "log event", 200)
         if type(fields) is not dict or len(fields) > 20:
             raise ProtocolViolation("log fields must be a map of at most 20 entries")
@@ -291,12 +307,6 @@ def _logs(value: Any) -> tuple[tuple[str, str, Mapping[str, str]], ...]:
             _text(k, "log field name", 64): _text(v, "log field value", MAX_TEXT)
             for k, v in fields.items()
         }
-        if event in ("strategy", "event") or {"strategy", "event", "level"} & set(clean):
-            # the kernel names the strategy; a worker cannot speak for another
-            clean = {
-                f"field_{k}" if k in ("strategy", "event", "level") else k: v
-                for k, v in clean.items()
-            }
         records.append((level, event, MappingProxyType(clean)))
     return tuple(records)
 
@@ -318,10 +328,8 @@ def decode_reply(
         if type(failure) is not list or len(failure) != 4:
             raise ProtocolViolation("a failure must be [kind, hook, reason, traceback]")
         kind, hook, reason, traceback = failure
-        if kind not in FAILURE_KINDS:
-            raise ProtocolViolation(f"failure kind {kind!r:.40} is not one a worker reports")
-        if hook not in HOOK_ARGS:
-            raise ProtocolViolation(f"failure hook {hook!r:.40} is not a strategy hook")
+        kind = _one_of(kind, FAILURE_KINDS, "failure kind", "one a worker reports")
+        hook = _one_of(hook, HOOK_ARGS, "failure hook", "a strategy hook")
         reason = _text(reason, "failure reason")
         if traceback is not None:
             traceback = _text(traceback, "traceback", MAX_TRACEBACK)
@@ -364,12 +372,12 @@ def decode_loaded(
     layers = _layers(fields["layers"])
     if failed:
         status = fields["status"]
-        if status not in LOAD_STATUSES:
-            raise ProtocolViolation(f"load status {status!r:.40} is not one a worker reports")
+        status = _one_of(status, LOAD_STATUSES, "load status", "one a worker reports")
         return status, _text(fields["reason"], "load failure reason"), layers, ()
     hooks = fields["hooks"]
-    if type(hooks) is not list or not hooks or any(h not in HOOK_ARGS for h in hooks):
+    if type(hooks) is not list or not hooks or len(hooks) > len(HOOK_ARGS):
         raise ProtocolViolation("hooks must be a non-empty list of strategy hook names")
+    hooks = [_one_of(hook, HOOK_ARGS, "hook", "one of the strategy hook names") for hook in hooks]
     params = fields["params"]
     if type(params) is not dict:
         raise ProtocolViolation("params must be a map")

@@ -383,6 +383,10 @@ class WorkerHost:
         return (SPIN, 0) if live + 1 <= (os.cpu_count() or 1) else (0, YIELDS)
 
     def start(self, params: Mapping[str, Any], account: AccountSnapshot) -> None:
+        if self._closed or not self._hooks:
+            raise RuntimeError(
+                f"{self.info.name}: a worker runs one strategy run, after a successful load()"
+            )
         spin, yields = self._spin()
         self._channel.set_spin(spin, yields)
         self._post(
@@ -527,6 +531,7 @@ def sandboxed(config: SandboxConfig | None = None) -> Launcher:
     peers: list[WorkerHost] = []
 
     def launch(info: StrategyInfo, source: bytes) -> StrategyHost:
+        peers[:] = [peer for peer in peers if not peer._closed]
         return WorkerHost(info, source, chosen, peers)
 
     return launch

@@ -1,33 +1,43 @@
-"""Bars per second: Bastion's engine vs a bare Python loop vs backtrader, in one run.
+"""Bars per second: Bastion's engine (in-process and sandboxed) vs a bare Python loop vs
+backtrader, in one run.
 
     .venv/bin/pip install -e '.[bench]'      # backtrader (optional)
-    .venv/bin/python tests/benchmarks/bench_engine.py [--bars 200000] [--repeat 3]
+    .venv/bin/python tests/benchmarks/bench_engine.py [--bars 200000] [--repeat 3] [--split]
 
-All three process the same synthetic bars (1 symbol, seeded) with the same
+All of them process the same synthetic bars (1 symbol, seeded) with the same
 SMA(10)/SMA(30) crossover holding 100 shares while fast > slow:
 
 * ``engine``: the signed example ``strategies/sma_cross.py``, admitted through
   the real door, run in-process by the engine with the ``sim`` broker and the
   ``sqlite`` store (orders, fills, equity curve and results are written);
+* ``sandboxed``: the same, with the strategy in its locked-down worker process
+  (the default of ``bastion backtest``); its fills must equal the in-process
+  ones;
+* ``N_strategies`` (``--strategies``, default 4): N identical copies of the
+  strategy at once, in-process (run in turn) and sandboxed (N workers, which
+  run in parallel on the machine's cores);
 * ``bare_loop``: the same running-sum SMA arithmetic and position switching,
   in a plain ``for`` loop over the same Bar objects, no kernel at all;
 * ``backtrader``: ``bt.ind.SMA`` crossover with ``order_target_size``, on the
   same prices (skipped with a note if backtrader is not installed).
 
-Bars are generated before timing; each figure is the best of ``--repeat`` runs.
+Bars are generated before timing, and admission (workers starting, locking
+down, loading) is not timed; each figure is the best of ``--repeat`` runs.
 Prints one JSON object.  Not part of the test suite (no timed assertions there).
 
 ``--split`` adds where the engine's time goes, in microseconds per bar, by
-running it twice more on the same bars: with a strategy that does nothing
-(``noop.py``, signed in the throwaway workspace with a throwaway key and
-admitted through the same door) and with ``sma_cross.py`` at ``quantity=0``
-(all of its arithmetic and ``ctx`` calls, no orders).
+running it again on the same bars, both ways: with a strategy that does
+nothing (``noop.py``, signed in the throwaway workspace with a throwaway key
+and admitted through the same door) and with ``sma_cross.py`` at
+``quantity=0`` (all of its arithmetic and ``ctx`` calls, no orders).  The
+sandboxed no-op minus the in-process no-op is the hand-off's cost per bar.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -39,9 +49,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bastion import Gate, Kernel, Workspace
+from bastion import Gate, Kernel, Strategy, Workspace
 from bastion._engine import Engine, EngineConfig
+from bastion._host import in_process
 from bastion._keys import generate_key
+from bastion._sandbox import SandboxConfig
+from bastion._sandbox import sandboxed as sandboxed_launcher
 from bastion._signing import sign_strategies
 from bastion._trust import TrustStore
 from bastion.interfaces import RunInfo, StrategyRecord
@@ -69,45 +82,60 @@ def on_bar(ctx, bar):
 
 
 def bench_engine(
-    bars: list[Bar], name: str = "sma_cross.py", quantity: int = QUANTITY
+    bars: list[Bar],
+    name: str = "sma_cross.py",
+    quantity: int = QUANTITY,
+    *,
+    sandboxed: bool = False,
+    copies: int = 1,
 ) -> tuple[float, int]:
+    """Seconds the engine takes over ``bars`` (admission excluded) and the fills of the
+    first strategy.  ``copies`` > 1 runs that many identical strategies at once (copies
+    of ``name`` under other names, signed with a throwaway key)."""
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         shutil.copytree(REPO / "strategies", home / "strategies")
         shutil.copytree(REPO / "signatures", home / "signatures")
         workspace = Workspace(home)
+        names = [name]
         if name == "noop.py":
             (home / "strategies" / name).write_text(NOOP_STRATEGY)
+        if copies > 1:
+            source = (home / "strategies" / name).read_bytes()
+            names = [f"{name.removesuffix('.py')}_{i}.py" for i in range(copies)]
+            for copy in names:
+                (home / "strategies" / copy).write_bytes(source)
+        if names != ["sma_cross.py"]:
             key = generate_key("bench", home / "keys")
             TrustStore.load(home / "signatures").add(home / "keys" / "bench.pub")
-            sign_strategies(workspace, key, [name])
+            sign_strategies(workspace, key, names)
         kernel = Kernel(entry_points=False)
-        strategy = Gate(workspace).admit(home / "strategies" / name)
-        assert not hasattr(strategy, "status"), strategy
+        launcher = sandboxed_launcher(SandboxConfig()) if sandboxed else in_process
+        strategies = Gate(workspace).admit_many([home / "strategies" / n for n in names], launcher)
+        admitted = [s for s in strategies if isinstance(s, Strategy)]
+        assert len(admitted) == len(names), strategies
         store = SQLiteStore.open(workspace.ensure_data_dir())
         run_id = "bench"
         store.begin_run(
             RunInfo(run_id, "backtest", "development", datetime.now(UTC), "bench", {}),
             [
                 StrategyRecord(
-                    name,
-                    strategy.info.sha256,
-                    strategy.info.signer,  # type: ignore[union-attr]
-                    None,
-                    None,
-                    False,
-                    dict(strategy.params),
+                    s.name, s.info.sha256, s.info.signer, None, None, False, dict(s.params)
                 )
-            ],  # type: ignore[union-attr]
+                for s in admitted
+            ],
         )
-        params = dict(strategy.params)  # type: ignore[union-attr]
-        if name == "sma_cross.py":
-            params.update(fast=FAST, slow=SLOW, quantity=quantity)
+        runs = []
+        for strategy in admitted:
+            params = dict(strategy.params)
+            if name == "sma_cross.py":
+                params.update(fast=FAST, slow=SLOW, quantity=quantity)
+            runs.append((strategy, params))
         engine = Engine(
             kernel,
             SimBroker.open("commission=none,slippage=0,participation=1"),
             store,
-            [(strategy, params)],  # type: ignore[list-item]
+            runs,
             EngineConfig(
                 run_id=run_id,
                 environment="development",
@@ -207,35 +235,76 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--split", action="store_true", help="also time a no-op strategy and one without orders"
     )
+    parser.add_argument(
+        "--no-sandbox", action="store_true", help="skip the sandboxed runs (in-process only)"
+    )
+    parser.add_argument(
+        "--strategies",
+        type=int,
+        default=4,
+        help="also run this many copies at once, both ways (0: skip) [default: 4]",
+    )
     args = parser.parse_args(argv)
     if args.bars < SLOW + 1 or args.repeat < 1:
         parser.error("--bars must exceed the slow window and --repeat be >= 1")
     bars = make_bars(args.bars)
-    engine = min(bench_engine(bars) for _ in range(args.repeat))
+    per_bar = 1e6 / len(bars)
+
+    def best(**kwargs: Any) -> tuple[float, int]:
+        return min(bench_engine(bars, **kwargs) for _ in range(args.repeat))
+
+    engine = best()
     bare = min(bench_bare(bars) for _ in range(args.repeat))
     report: dict[str, Any] = {
         "bars": len(bars),
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "cpus": os.cpu_count(),
         "engine_bars_per_s": round(len(bars) / engine[0]),
         "engine_fills": engine[1],
         "bare_loop_bars_per_s": round(len(bars) / bare[0]),
         "bare_loop_switches": bare[1],
         "engine_vs_bare_loop_slowdown": round(engine[0] / bare[0], 2),
     }
+    if not args.no_sandbox:
+        boxed = best(sandboxed=True)
+        assert boxed[1] == engine[1], "sandboxed and in-process fills differ"
+        report["sandboxed_bars_per_s"] = round(len(bars) / boxed[0])
+        report["sandboxed_vs_in_process"] = round(engine[0] / boxed[0], 3)
+        if args.strategies > 1:
+            many_in = best(copies=args.strategies)
+            many_boxed = best(copies=args.strategies, sandboxed=True)
+            report[f"{args.strategies}_strategies"] = {
+                "in_process_bars_per_s": round(len(bars) / many_in[0]),
+                "sandboxed_bars_per_s": round(len(bars) / many_boxed[0]),
+                "sandboxed_vs_in_process": round(many_in[0] / many_boxed[0], 3),
+            }
     if args.split:
-        noop = min(bench_engine(bars, "noop.py")[0] for _ in range(args.repeat))
-        quiet = min(bench_engine(bars, quantity=0)[0] for _ in range(args.repeat))
-        per_bar = 1e6 / len(bars)
+        noop = best(name="noop.py")
+        quiet = best(quantity=0)
         report["split_us_per_bar"] = {
             "bare_loop": round(bare[0] * per_bar, 3),
-            "engine_noop_strategy": round(noop * per_bar, 3),
-            "engine_sma_without_orders": round(quiet * per_bar, 3),
+            "engine_noop_strategy": round(noop[0] * per_bar, 3),
+            "engine_sma_without_orders": round(quiet[0] * per_bar, 3),
             "engine_full": round(engine[0] * per_bar, 3),
-            "strategy_through_ctx": round((quiet - noop) * per_bar, 3),
-            "orders": round((engine[0] - quiet) * per_bar, 3),
-            "us_per_order_round_trip": round((engine[0] - quiet) * 1e6 / max(engine[1], 1), 1),
+            "strategy_through_ctx": round((quiet[0] - noop[0]) * per_bar, 3),
+            "orders": round((engine[0] - quiet[0]) * per_bar, 3),
+            "us_per_order_round_trip": round((engine[0] - quiet[0]) * 1e6 / max(engine[1], 1), 1),
         }
+        if not args.no_sandbox:
+            boxed_noop = best(name="noop.py", sandboxed=True)
+            boxed_quiet = best(quantity=0, sandboxed=True)
+            report["split_sandboxed_us_per_bar"] = {
+                "engine_noop_strategy": round(boxed_noop[0] * per_bar, 3),
+                "hand_off_per_bar": round((boxed_noop[0] - noop[0]) * per_bar, 3),
+                "engine_sma_without_orders": round(boxed_quiet[0] * per_bar, 3),
+                "engine_full": round(boxed[0] * per_bar, 3),
+                "strategy_through_ctx": round((boxed_quiet[0] - boxed_noop[0]) * per_bar, 3),
+                "orders": round((boxed[0] - boxed_quiet[0]) * per_bar, 3),
+                "us_per_order_round_trip": round(
+                    (boxed[0] - boxed_quiet[0]) * 1e6 / max(boxed[1], 1), 1
+                ),
+            }
     if not args.no_backtrader:
         outcome = bench_backtrader(bars)
         if isinstance(outcome, str):
@@ -244,6 +313,8 @@ def main(argv: list[str] | None = None) -> None:
             report["backtrader_bars_per_s"] = round(len(bars) / outcome[0])
             report["backtrader_orders"] = outcome[1]
             report["engine_vs_backtrader_speedup"] = round(outcome[0] / engine[0], 1)
+            if "sandboxed_bars_per_s" in report:
+                report["sandboxed_vs_backtrader_speedup"] = round(outcome[0] / boxed[0], 1)
     json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")
 
