@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import mmap
 import os
 import platform
@@ -91,9 +92,20 @@ class Channel:
 
     @staticmethod
     def create() -> int:
-        """A new, zeroed mapping's file descriptor (close-on-exec; pass it on explicitly)."""
-        fd = os.memfd_create("bastion-worker", os.MFD_CLOEXEC)
-        os.ftruncate(fd, SIZE)
+        """A new, zeroed mapping's file descriptor (close-on-exec; pass it on explicitly).
+
+        Its size is sealed: a worker that truncates it (its ``mmap`` keeps a copy of
+        the descriptor) would otherwise make the kernel's next access a SIGBUS.
+        """
+        fd = os.memfd_create("bastion-worker", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, SIZE)
+            fcntl.fcntl(
+                fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+            )
+        except BaseException:
+            os.close(fd)
+            raise
         return fd
 
     def close(self) -> None:

@@ -57,6 +57,15 @@ class _OperatorInterrupt:
 operator_interrupt = _OperatorInterrupt()
 
 
+def _name_of(exc: BaseException) -> str:
+    """The exception's class name; a hostile class may make even that raise."""
+    try:
+        name = type(exc).__name__
+        return name if isinstance(name, str) else "exception"
+    except BaseException:
+        return "exception"
+
+
 class StrategyError(Exception):
     """Strategy code raised or misbehaved; the strategy is quarantined (or the event skipped).
 
@@ -322,10 +331,11 @@ class StrategyRunner:
             raise exc  # the operator's Ctrl-C ends the run; it is not the strategy's
         self.ctx._intents.clear()  # orders asked for before the failure are dropped
         kind = MEMORY_LIMIT if isinstance(exc, MemoryError) else EXCEPTION
+        name = _name_of(exc)
         try:
-            text = f"raised {type(exc).__name__}: {exc}"
+            text = f"raised {name}: {exc}"
         except BaseException:  # a hostile __str__
-            text = f"raised {type(exc).__name__}"
+            text = f"raised {name}"
         return StrategyError(self.name, hook, text[:500], kind, self._traceback(exc))
 
     def _traceback(self, exc: BaseException) -> str | None:
@@ -337,7 +347,7 @@ class StrategyRunner:
             if not frames:
                 return None
             lines = ["Traceback (strategy frames only):\n", *traceback.format_list(frames)]
-            lines.append(f"{type(exc).__name__}: {exc}\n")
+            lines.append(f"{_name_of(exc)}: {exc}\n")
             return "".join(lines)[-MAX_TRACEBACK:]
         except BaseException:
             return None

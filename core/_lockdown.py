@@ -148,10 +148,10 @@ def _not_dumpable() -> str:
 
 def readable_paths() -> list[str]:
     """What the worker may still read once locked down: the standard library (for
-    a lazy import inside an allowed module).  Everything it needs is imported
-    before the lock-down."""
-    paths = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib")}
-    return sorted(p for p in paths if p and os.path.isdir(p))
+    a lazy import inside an allowed module), not site-packages.  Everything it
+    needs is imported before the lock-down."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    return [stdlib] if stdlib and os.path.isdir(stdlib) else []
 
 
 def _landlock(readable: list[str]) -> str:
@@ -193,7 +193,8 @@ DENIED_SYSCALLS = (
     # the file system (Landlock refuses these too)
     "creat", "mknod", "mknodat", "link", "linkat", "symlink", "symlinkat", "unlink",
     "unlinkat", "rename", "renameat", "renameat2", "mkdir", "mkdirat", "rmdir",
-    "truncate", "chmod", "fchmod", "fchmodat", "chown", "fchown", "lchown", "fchownat",
+    "truncate", "ftruncate", "fallocate", "chmod", "fchmod", "fchmodat", "chown", "fchown",
+    "lchown", "fchownat",
     "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr",
     "utime", "utimes", "utimensat", "futimesat",
 )  # fmt: skip

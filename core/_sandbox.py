@@ -86,6 +86,7 @@ BAR_SIZE = p.BAR.size
 K_BAR = p.K_BAR
 EXIT_MEMORY = 86  # bastion._worker's code for "out of memory outside strategy code"
 OUTPUT_CAP = 256 * 1024  # bytes of a worker's stray stdout/stderr logged per worker
+OUTPUT_LINES = 2000  # and at most this many log records of it
 SPIN = 2000  # polls (~0.1 ms) before blocking, when there is a core to spare
 YIELDS = 200  # polls with sched_yield() in between, when cores are short
 
@@ -202,7 +203,7 @@ class WorkerHost:
 
     def _drain(self, fd: int) -> None:
         """Log what the worker writes to its stdout/stderr (never the protocol), capped."""
-        seen = 0
+        seen = logged = 0
         pending = b""
         with os.fdopen(fd, "rb", buffering=0) as stream:
             while True:
@@ -213,18 +214,25 @@ class WorkerHost:
                 if not chunk:
                     break
                 self._tail = (self._tail + chunk)[-2048:]
-                if seen < OUTPUT_CAP:
+                if seen < OUTPUT_CAP and logged < OUTPUT_LINES:
                     pending += chunk[: OUTPUT_CAP - seen]
                     *lines, pending = pending.split(b"\n")
-                    for line in lines:
+                    for line in lines[: OUTPUT_LINES - logged]:
                         self._log.warning(
                             "strategy_output", text=line.decode("utf-8", "replace")[:1000]
                         )
+                    logged += len(lines)
                 seen += len(chunk)
-        if pending:
+        if pending and seen <= OUTPUT_CAP and logged < OUTPUT_LINES:
             self._log.warning("strategy_output", text=pending.decode("utf-8", "replace")[:1000])
-        if seen > OUTPUT_CAP:
-            self._log.warning("strategy_output_truncated", bytes=seen, kept=OUTPUT_CAP)
+        if seen > OUTPUT_CAP or logged > OUTPUT_LINES:
+            self._log.warning(
+                "strategy_output_truncated",
+                bytes=seen,
+                kept_bytes=OUTPUT_CAP,
+                lines=logged,
+                kept_lines=OUTPUT_LINES,
+            )
 
     # -- frames --------------------------------------------------------------------------
 

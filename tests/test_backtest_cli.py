@@ -939,9 +939,12 @@ def test_the_progress_total_is_known_when_the_source_can_count(examples: Path) -
     short = prepare_backtest(
         kernel, gate, BacktestRequest(source="synthetic:300,symbols=2"), "development"
     )
+    short.close()  # not run: its workers are stopped
     assert short.total == 600
     dated = BacktestRequest(source="synthetic:300", start=parse_date("2000-02-01", "--from"))
-    assert prepare_backtest(kernel, gate, dated, "development").total is None
+    prepared = prepare_backtest(kernel, gate, dated, "development")
+    prepared.close()
+    assert prepared.total is None
 
 
 def test_audit_verify_detects_a_run_added_behind_bastions_back(cli: CLI, examples: Path) -> None:

@@ -530,7 +530,9 @@ def test_file_read_once(signed_ws: WS, monkeypatch: pytest.MonkeyPatch) -> None:
 
     gate = signed_ws.gate()
     monkeypatch.setattr(os, "open", counting_open)
-    assert isinstance(gate.admit(signed_ws.strategies / "good.py"), Strategy)
+    outcome = gate.admit(signed_ws.strategies / "good.py")  # in a sandboxed worker
+    assert isinstance(outcome, Strategy)
+    outcome.close()
     assert [p for p in opened if p.endswith("good.py")] == [str(signed_ws.strategies / "good.py")]
 
 
