@@ -12,11 +12,12 @@ One ``memfd`` mapping per worker, laid out as::
     ...   the worker's answer payload    (W_CAP bytes)
 
 Each side writes its payload and header, then bumps its sequence word; the
-other spins on that word for a few microseconds and then blocks on it with
-``futex(2)``, so a hand-off costs about a microsecond when both are awake and
-no CPU when one waits long.  A sleeper raises its ``*_sleeping`` flag first
-and the poster wakes it only when the flag is up (a lock round trip between
-the store and the load is the full memory barrier that pattern needs).
+other spins on that word for a while and then blocks on it with
+``futex(2)``, a few milliseconds at a time, so a hand-off costs about a
+microsecond when both are awake and no CPU when one waits long.  A sleeper
+raises its ``*_sleeping`` flag first and the poster makes the wake-up system
+call only when the flag is up; a wake-up lost to store ordering costs one nap
+(see :meth:`Channel.post`).
 
 Spinning relies on x86-64's ordered stores; on other architectures every
 wait and post goes through ``futex(2)``, whose barriers give the ordering.
@@ -134,14 +135,19 @@ class Channel:
     # -- posting and waiting ------------------------------------------------------------
 
     def post(self, seq_index: int, seq: int, sleeping_index: int) -> None:
-        """Publish ``seq`` (payload and header already written) and wake a sleeper."""
+        """Publish ``seq`` (payload and header already written) and wake a sleeper.
+
+        On x86-64 the wake-up system call is made only when the other side says it
+        sleeps.  There is no fence between the store and that load (it would cost
+        as much as the rest of a hand-off): in the rare case the load overtakes
+        the store while the other side is just going to sleep, the wake-up is
+        lost and the sleeper wakes at the end of its nap instead, a few
+        milliseconds later.  Elsewhere every post wakes (the system call orders
+        memory).
+        """
         words = self.words
         words[seq_index] = seq
-        if self.spin:
-            self.fence()
-            if words[sleeping_index]:
-                self._futex(seq_index, FUTEX_WAKE, 1, None)
-        else:
+        if not SPIN_OK or words[sleeping_index]:
             self._futex(seq_index, FUTEX_WAKE, 1, None)
 
     def wait(

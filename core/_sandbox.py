@@ -87,8 +87,10 @@ K_BAR = p.K_BAR
 EXIT_MEMORY = 86  # bastion._worker's code for "out of memory outside strategy code"
 OUTPUT_CAP = 256 * 1024  # bytes of a worker's stray stdout/stderr logged per worker
 OUTPUT_LINES = 2000  # and at most this many log records of it
-SPIN = 2000  # polls (~0.1 ms) before blocking, when there is a core to spare
-YIELDS = 200  # polls with sched_yield() in between, when cores are short
+SPIN = 2000  # the kernel's polls (~0.1 ms) before blocking, when there is a core to spare
+WORKER_SPIN = 20000  # a worker's (~1 ms)
+YIELDS = 200  # polls with sched_yield() in between
+CROWDED = (0, YIELDS)  # more workers than cores: spin politely, then block
 
 
 @attrs.frozen
@@ -150,6 +152,7 @@ class WorkerHost:
         self._answered = False  # the latest post needs no answer from the worker
         self._extra_symbol = self._extra_updates = False
         self._pack_bar = p.BAR.pack_into
+        self._spins = range(0)
         self._to_us = p.BarClock().to_us
         self._symbols: dict[str, int] = {}
         self._failure: Failure | None = None
@@ -379,27 +382,32 @@ class WorkerHost:
         self._hooks = frozenset(first_)
         return LoadReport(hooks=first_, params=second, layers=self.layers, logs=logs)
 
-    def _spin(self) -> tuple[int, int]:
-        """(polls, yielding polls) before blocking, for this run."""
+    def _spin(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(polls, yielding polls) before blocking, for the kernel and for the worker."""
         if not SPIN_OK:
-            return 0, 0
+            return (0, 0), (0, 0)
         if self.config.spin is not None:
-            return self.config.spin, YIELDS
+            return (self.config.spin, YIELDS), (self.config.spin, YIELDS)
         live = sum(1 for peer in self._peers if not peer._closed)
-        # Spinning pays only while every worker and the kernel have a core each;
-        # beyond that, a waiting side gives its core away between polls.
-        return (SPIN, 0) if live + 1 <= (os.cpu_count() or 1) else (0, YIELDS)
+        if live + 1 <= (os.cpu_count() or 1):
+            # A core each: the kernel waits for an answer (microseconds) a little,
+            # the worker for the next event (the kernel may be booking orders or
+            # committing) longer, about a millisecond.
+            return (SPIN, 0), (WORKER_SPIN, 0)
+        # More workers than cores: a waiting side gives its core away between polls.
+        return CROWDED, CROWDED
 
     def start(self, params: Mapping[str, Any], account: AccountSnapshot) -> None:
         if self._closed or not self._hooks:
             raise RuntimeError(
                 f"{self.info.name}: a worker runs one strategy run, after a successful load()"
             )
-        spin, yields = self._spin()
+        (spin, yields), worker = self._spin()
         self._channel.set_spin(spin, yields)
+        self._spins = range(spin)
         self._post(
             p.K_START,
-            p.pack([self._take_updates(), dict(params), p.encode_account(account), [spin, yields]]),
+            p.pack([self._take_updates(), dict(params), p.encode_account(account), list(worker)]),
             "on_start",
             self.config.deadline,
         )
@@ -488,14 +496,16 @@ class WorkerHost:
             self._post(p.K_STOP, p.pack([self._take_updates()]), "on_stop", self.config.deadline)
 
     def gather(self) -> Reply | None:
-        words = self._words
-        if (
-            words[W_SEQ] == self._seq
-            and not words[W_LENGTH]
-            and not self._answered
-            and self._failure is None
-        ):
-            return None  # answered already, and with nothing: the common case
+        # Once per bar and strategy: the common answer (nothing asked, nothing logged)
+        # is awaited right here; anything else goes through _gather.
+        if not self._answered and self._failure is None:
+            words = self._words
+            seq = self._seq
+            for _ in self._spins:
+                if words[W_SEQ] == seq:
+                    if not words[W_LENGTH]:
+                        return None
+                    break
         return self._gather()
 
     def _gather(self) -> Reply | None:

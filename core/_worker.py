@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+NAP = 0.002  # seconds a waiting worker blocks at a time (bounds a lost wake-up)
 EXIT_MEMORY = 86  # out of memory outside strategy code (the kernel reports memory-limit)
 EXIT_INTERNAL = 70
 
@@ -101,7 +102,7 @@ def main() -> None:
 
     def next_frame() -> tuple[int, int]:
         nonlocal seq
-        seq = channel.wait(K_SEQ, seq, W_SLEEPING, 1.0)
+        seq = channel.wait(K_SEQ, seq, W_SLEEPING, NAP)
         return words[K_KIND], words[K_LENGTH]
 
     def payload(length: int, start: int = K_PAYLOAD) -> bytes:
@@ -208,7 +209,7 @@ def main() -> None:
         # The hot path, a bar, is written out inline: it runs once per bar.
         value = words[K_SEQ]
         if value == seq:
-            value = wait(K_SEQ, seq, W_SLEEPING, 1.0)
+            value = wait(K_SEQ, seq, W_SLEEPING, NAP)
         seq = value
         kind = words[K_KIND]
         if kind == K_BAR:
