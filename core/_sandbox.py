@@ -549,6 +549,13 @@ def sandboxed(config: SandboxConfig | None = None) -> Launcher:
     peers: list[WorkerHost] = []
 
     def launch(info: StrategyInfo, source: bytes) -> StrategyHost:
+        if not sys.platform.startswith("linux"):
+            from ._errors import ConfigError
+
+            raise ConfigError(
+                f"the strategy sandbox needs Linux (namespaces, seccomp, Landlock), not "
+                f"{sys.platform}; run trusted backtests with --in-process"
+            )
         peers[:] = [peer for peer in peers if not peer._closed]
         return WorkerHost(info, source, chosen, peers)
 

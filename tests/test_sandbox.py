@@ -458,3 +458,17 @@ def _workers_of(parent: int) -> list[int]:
         if b"bastion._worker" in cmdline and ppid == parent:
             found.append(int(entry.name))
     return found
+
+
+def test_the_sandbox_says_plainly_that_it_needs_linux(
+    ws: WS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On another system, starting a worker is a one-line error pointing at --in-process
+    (the layers are Linux's), not a crash deep inside the channel."""
+    from bastion._sandbox import sandboxed
+
+    ws.write("good.py")
+    ws.sign("good.py")
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(ConfigError, match="needs Linux.*--in-process"):
+        ws.admit("good.py", sandboxed())
