@@ -470,5 +470,5 @@ def test_the_sandbox_says_plainly_that_it_needs_linux(
     ws.write("good.py")
     ws.sign("good.py")
     monkeypatch.setattr(sys, "platform", "darwin")
-    with pytest.raises(ConfigError, match="needs Linux.*--in-process"):
+    with pytest.raises(ConfigError, match=r"needs Linux.*--in-process"):
         ws.admit("good.py", sandboxed())
