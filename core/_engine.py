@@ -187,8 +187,8 @@ class Engine:
         self.store = store
         self.config = config
         self.progress = progress
-        self.slots = [_Slot(s, params, config.cash) for s, params in strategies]
-        self._by_name = {slot.info.name: slot for slot in self.slots}
+        self._slots = [_Slot(s, params, config.cash) for s, params in strategies]
+        self._by_name = {slot.info.name: slot for slot in self._slots}
         self._orders: dict[str, Order] = {}
         self._filled: dict[str, Decimal] = {}
         self._cancelled: dict[str, str] = {}  # client order id -> why it was cancelled
@@ -208,30 +208,30 @@ class Engine:
         started = time.perf_counter()
         try:
             with _operator_sigint():
-                for slot in self.slots:
+                for slot in self._slots:
                     slot.host.start(slot.params, slot.portfolio.snapshot(self._last))
-                for slot in self.slots:
+                for slot in self._slots:
                     self._gather(slot, None)
                 count = self._loop(bars)
                 self._finish()
         finally:
-            for slot in self.slots:
+            for slot in self._slots:
                 slot.host.close()
         return RunResult(
             run_id=self.config.run_id,
             bars=count,
             seconds=time.perf_counter() - started,
-            strategies=tuple(self._result(slot) for slot in self.slots),
+            strategies=tuple(self._result(slot) for slot in self._slots),
         )
 
     def _active(
         self,
     ) -> list[tuple[_Slot, Callable[[Bar], None], Callable[[], Reply | None]]]:
         """Each strategy still running, with its host's bar and gather calls."""
-        return [(s, s.host.post_bar, s.host.gather) for s in self.slots if s.quarantined is None]
+        return [(s, s.host.post_bar, s.host.gather) for s in self._slots if s.quarantined is None]
 
     def _loop(self, bars: Iterable[Bar]) -> int:
-        slots = self.slots
+        slots = self._slots
         active = self._active()
         broker = self.broker
         working = broker.working_symbols
@@ -306,7 +306,7 @@ class Engine:
     def _close_timestamp(self, ts: datetime) -> None:
         """Every bar of ``ts`` is processed: one equity point (and exposure) per strategy."""
         self._ts.append(ts)
-        for slot in self.slots:
+        for slot in self._slots:
             slot.values.append(slot.equity_f)
             if slot.portfolio.quantities_f:
                 slot.exposure += 1
@@ -590,7 +590,7 @@ class Engine:
         if previous is None or previous == price:
             return False
         move = price - previous
-        for slot in self.slots:
+        for slot in self._slots:
             quantity = slot.portfolio.quantities_f.get(symbol)
             if quantity:
                 slot.equity_f += quantity * move
@@ -713,7 +713,7 @@ class Engine:
 
     def _finish(self) -> None:
         self._cancel(self.broker.cancel_all("end of run"), "end of run")
-        stopping = [slot for slot in self.slots if slot.quarantined is None]
+        stopping = [slot for slot in self._slots if slot.quarantined is None]
         for slot in stopping:
             slot.host.post_stop()
         for slot in stopping:
@@ -730,9 +730,6 @@ class Engine:
                     )
                 reply = attrs.evolve(reply, intents=())
             self._answer(slot, reply, None, 0)
-
-    def equity_curve(self, slot: _Slot) -> list[tuple[datetime, float]]:
-        return list(zip(self._ts, slot.values, strict=True))
 
     def _result(self, slot: _Slot) -> StrategyResult:
         metrics = metrics_from_columns(
