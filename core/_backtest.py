@@ -427,6 +427,7 @@ def prepare_backtest(
         limits = _limits(config, environment, config_name)
         exceptions = exception_policies(config, [s.name for s in strategies], config_name)
         prepared = _prepared_source(source, symbols, request)
+        data_dir = workspace.ensure_data_dir()
     except BaseException:
         for strategy in strategies:
             strategy.close()
@@ -446,7 +447,7 @@ def prepare_backtest(
         bars=bars,
         total=total if isinstance(total, int) and total > 0 else None,
         limits=limits,
-        data_dir=workspace.ensure_data_dir(),
+        data_dir=data_dir,
         environment=environment,
         sandbox=sandbox,
         exceptions=exceptions,

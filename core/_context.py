@@ -223,9 +223,9 @@ class StrategyContext:
         tag: str = "",
     ) -> None:
         """Ask for an order: ``quantity > 0`` buys, ``< 0`` sells; 0 is ignored."""
-        if type(symbol) is not str or not 0 < len(symbol) <= 64:
+        if type(symbol) is not str or not 0 < len(symbol) <= 64 or not symbol.isprintable():
             raise ValueError(
-                f"order symbol {str(symbol)[:70]!r} must be text of 1 to 64 characters"
+                f"order symbol {str(symbol)[:70]!r} must be printable text of 1 to 64 characters"
             )
         try:
             qty = quantity if isinstance(quantity, Decimal) else Decimal(str(quantity))

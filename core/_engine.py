@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 MAX_REENTRY = 8  # a strategy answering a rejection with orders, at most this deep
+MAX_REJECTIONS_PER_EVENT = 1000  # and at most this many rejections from one event
 
 # What the ledger holds: quantities and prices below 10**12 in magnitude, above
 # 10**-12, with at most 28 significant digits (the Decimal context's precision).
@@ -149,6 +150,7 @@ class _Slot:
         "params",
         "portfolio",
         "quarantined",
+        "rejections",
         "skips",
         "values",
     )
@@ -158,6 +160,7 @@ class _Slot:
         self.host: StrategyHost = strategy.host
         self.params = params
         self.skips = 0
+        self.rejections = 0  # rejections from the event being handled
         self.portfolio = Portfolio(strategy.name, cash)
         self.equity_f = float(cash)
         self.gross_f = 0.0
@@ -329,6 +332,8 @@ class Engine:
 
     def _answer(self, slot: _Slot, reply: Reply, ts: datetime | None, depth: int) -> None:
         """A host's answer: its log records, then its failure or its order intents."""
+        if depth == 0:
+            slot.rejections = 0  # a new event: a new budget of rejections
         if reply.logs:
             log = self._log
             for level, event, fields in reply.logs:
@@ -477,14 +482,16 @@ class Engine:
         self._log.info(
             "order_rejected", strategy=slot.info.name, symbol=intent.symbol, reason=reason
         )
-        if depth >= MAX_REENTRY:
+        slot.rejections += 1
+        if depth >= MAX_REENTRY or slot.rejections > MAX_REJECTIONS_PER_EVENT:
+            why = (
+                f"{MAX_REENTRY} deep"
+                if depth >= MAX_REENTRY
+                else f"more than {MAX_REJECTIONS_PER_EVENT} in one event"
+            )
             self._quarantine(
                 slot,
-                Failure(
-                    EXCEPTION,
-                    "on_reject",
-                    f"kept answering rejections with orders ({MAX_REENTRY} deep)",
-                ),
+                Failure(EXCEPTION, "on_reject", f"kept answering rejections with orders ({why})"),
             )
             return
         if slot.quarantined is not None:

@@ -9,6 +9,7 @@ __all__ = [
     "PluginError",
     "TrustError",
     "one_line",
+    "printable",
 ]
 
 
@@ -38,6 +39,15 @@ class TrustError(BastionError):
 
 class PluginError(BastionError):
     """A plugin failed to load or registered something invalid."""
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (terminal escapes, newlines, C1 codes) written
+    as ``\\xNN``: what strategy code says can be printed and stored as one safe line."""
+    return text.translate(_CONTROL)
 
 
 def one_line(message: str) -> str:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from ._context import StrategyError, StrategyRunner
+from ._errors import printable
 from ._module import LoadedModule, LoadFailure, load_module
 from .models import AccountSnapshot, Bar, Fill, OrderIntent
 
@@ -93,7 +94,7 @@ class Failure:
 
     kind: str
     hook: str
-    reason: str
+    reason: str = attrs.field(converter=printable)
     traceback: str | None = None
 
     def text(self) -> str:

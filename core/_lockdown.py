@@ -39,6 +39,7 @@ LAYERS = ("network", "user", "rlimits", "no_new_privs", "not_dumpable", "landloc
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWIPC = 0x08000000
 CLONE_THREAD = 0x00010000
 PR_SET_PDEATHSIG = 1
 PR_GET_DUMPABLE = 3
@@ -46,6 +47,9 @@ PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
 TIOCSTI = 0x5412
+FIOSETOWN, SIOCSPGRP = 0x8901, 0x8902
+F_SETOWN, F_SETSIG, F_SETOWN_EX, F_SETLEASE, F_NOTIFY = 8, 10, 15, 1024, 1026
+PR_SET_PTRACER = 0x59616D61
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -83,16 +87,24 @@ def _check(result: int, what: str) -> None:
         raise OSError(err, f"{what}: {_errno_text(err)}")
 
 
+def _network_as_root() -> bool:
+    """Root with CAP_SYS_ADMIN: new network and IPC namespaces, no user namespace."""
+    return bool(_libc.unshare(CLONE_NEWNET | CLONE_NEWIPC) == 0)
+
+
 def _network() -> str:
-    if os.geteuid() == 0 and _libc.unshare(CLONE_NEWNET) == 0:
-        return "own empty network namespace (only a down loopback)"
-    _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNET), "unshare(user+net)")
-    return "own user and network namespaces (only a down loopback)"
+    """Anyone else (including root without CAP_SYS_ADMIN, once dropped to nobody):
+    the same inside a new user namespace."""
+    _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC), "unshare(user+net+ipc)")
+    return "own user, network and IPC namespaces (only a down loopback, no System V IPC)"
 
 
 def _user(nobody: tuple[int, int] | None) -> str:
     if os.geteuid() != 0:
-        return f"not root: runs as uid {os.getuid()}"
+        return (
+            f"not root: runs as the operator's uid {os.getuid()} (Landlock keeps it from "
+            "the operator's files)"
+        )
     if nobody is None:
         raise OSError(errno.ENOENT, "started as root and there is no 'nobody' user to drop to")
     uid, gid = nobody
@@ -190,6 +202,13 @@ DENIED_SYSCALLS = (
     # credentials and limits
     "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups",
     "setfsuid", "setfsgid", "capset", "setrlimit",
+    # other processes' scheduling, memory placement and priority
+    "setpriority", "sched_setaffinity", "sched_setscheduler", "sched_setparam",
+    "sched_setattr", "ioprio_set", "move_pages", "migrate_pages",
+    # System V and POSIX IPC (memory outside the address-space limit, channels between runs)
+    "shmget", "shmat", "shmdt", "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl",
+    "semget", "semop", "semtimedop", "semctl", "mq_open", "mq_unlink", "mq_timedsend",
+    "mq_timedreceive", "mq_notify", "mq_getsetattr",
     # the file system (Landlock refuses these too)
     "creat", "mknod", "mknodat", "link", "linkat", "symlink", "symlinkat", "unlink",
     "unlinkat", "rename", "renameat", "renameat2", "mkdir", "mkdirat", "rmdir",
@@ -230,6 +249,15 @@ def _seccomp() -> str:
         rule(eperm, name, sc.Arg(0, sc.NE, pid))
     rule(eperm, "prlimit64", sc.Arg(2, sc.NE, 0))  # reading limits is fine, setting is not
     rule(eperm, "ioctl", sc.Arg(1, sc.EQ, TIOCSTI))  # no typing into a terminal
+    # signals by the back door: a descriptor's owner gets SIGIO (or any signal it
+    # chooses with F_SETSIG) on I/O, a lease or a directory notification
+    for command in (F_SETOWN, F_SETSIG, F_SETOWN_EX, F_SETLEASE, F_NOTIFY):
+        rule(eperm, "fcntl", sc.Arg(1, sc.EQ, command))
+    for request in (FIOSETOWN, SIOCSPGRP):
+        rule(eperm, "ioctl", sc.Arg(1, sc.EQ, request))
+    # and no undoing what the lock-down set: dying with the kernel, not dumpable
+    for option in (PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_PTRACER):
+        rule(eperm, "prctl", sc.Arg(0, sc.EQ, option))
     # opening for writing
     for flag in O_WRITE_FLAGS:
         rule(eperm, "open", sc.Arg(1, sc.MASKED_EQ, flag, flag))
@@ -241,7 +269,7 @@ def _seccomp() -> str:
     if fd >= 0:
         os.close(fd)
         raise OSError(errno.EPERM, "the filter loaded but a socket was still allowed")
-    return f"{denied} rules: sockets, exec, fork, ptrace, signals to others, mounts, bpf, ..."
+    return f"{denied} rules: sockets, exec, fork, ptrace, signals to others, IPC, mounts, bpf, ..."
 
 
 def lock_down(
@@ -250,7 +278,14 @@ def lock_down(
     nobody: tuple[int, int] | None,
     skip: frozenset[str] = frozenset(),
 ) -> list[Layer]:
-    """Apply every layer (in the order of :data:`LAYERS`) but those in ``skip``; report each."""
+    """Apply every layer (reported in the order of :data:`LAYERS`) but those in ``skip``.
+
+    Root first takes new network and IPC namespaces (it may), then drops to
+    ``nobody``; anyone else, and root where that was not allowed (a container
+    without CAP_SYS_ADMIN), takes them inside a new user namespace once it is
+    no longer root.  The parent-death signal is armed after every credential
+    change (a change clears it).
+    """
     readable = readable_paths()  # while sysconfig can still read its own data
 
     def layer(name: str, apply: Callable[[], str]) -> Layer:
@@ -258,7 +293,13 @@ def lock_down(
             return (name, False, "skipped: the kernel asked for it to be left out")
         return _layer(name, apply)
 
-    layers = [layer("network", _network), layer("user", lambda: _user(nobody))]
+    network: Layer | None = None
+    if "network" not in skip and os.geteuid() == 0 and _network_as_root():
+        network = ("network", True, "own network and IPC namespaces (only a down loopback)")
+    user = layer("user", lambda: _user(nobody))
+    if network is None:
+        network = layer("network", _network)
+    layers = [network, user]
     _parent_death(parent)
     layers.append(layer("rlimits", lambda: _rlimits(limits)))
     layers.append(layer("no_new_privs", _no_new_privs))

@@ -23,7 +23,7 @@ import attrs
 
 from . import hookspecs
 from . import strategy as strategy_api
-from ._errors import one_line
+from ._errors import one_line, printable
 
 __all__ = [
     "ALLOWED_IMPORTS",
@@ -119,7 +119,7 @@ MAX_REASON = 500
 
 
 def _capped(text: object) -> str:
-    return str(text)[:MAX_REASON]
+    return printable(str(text))[:MAX_REASON]
 
 
 @attrs.frozen

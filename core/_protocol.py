@@ -43,8 +43,8 @@ K_SETUP, K_START, K_BAR, K_FILL, K_REJECT, K_STOP, K_EXIT, K_LOAD = 1, 2, 3, 4, 
 # Worker -> kernel answer kinds
 W_EMPTY, W_REPLY, W_LOADED, W_LOAD_FAILED = 0, 1, 2, 3
 
-# flags u8, symbol index u16, time (microseconds since 1970-01-01 UTC) i64, OHLC + volume f64
-BAR = struct.Struct("<BHq5d")
+# flags u8, symbol index u32, time (microseconds since 1970-01-01 UTC) i64, OHLC + volume f64
+BAR = struct.Struct("<BIq5d")
 BAR_VOLUME, BAR_SYMBOL, BAR_UPDATES = 1, 2, 4
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_US = timedelta(microseconds=1)
@@ -273,6 +273,8 @@ def _intent(value: Any) -> OrderIntent:
         raise ProtocolViolation("an intent must be a list of 7 fields")
     symbol, side, quantity, kind, limit, stop, tag = value
     symbol = _text(symbol, "intent symbol", 64)
+    if not symbol.isprintable():
+        raise ProtocolViolation("intent symbol has control characters")
     side = _one_of(side, ("buy", "sell"), "intent side", "buy or sell")
     kind = _one_of(kind, ("market", "limit", "stop"), "intent type", "market, limit or stop")
     try:

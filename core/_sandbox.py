@@ -35,6 +35,7 @@ import attrs
 
 from . import _protocol as p
 from ._channel import (
+    K_CAP,
     K_KIND,
     K_LENGTH,
     K_PAYLOAD,
@@ -49,6 +50,7 @@ from ._channel import (
     W_SLEEPING,
     Channel,
 )
+from ._errors import printable
 from ._host import (
     CPU_LIMIT,
     CRASHED,
@@ -80,8 +82,9 @@ __all__ = [
 ]
 
 LAYER_NAMES = ("network", "user", "rlimits", "no_new_privs", "not_dumpable", "landlock", "seccomp")
-LIVE_REQUIRES = frozenset({"network", "seccomp", "rlimits", "user"})
+LIVE_REQUIRES = frozenset({"network", "seccomp", "rlimits", "user", "landlock"})
 SANDBOX_UNAVAILABLE = "sandbox-unavailable"
+ZERO = Decimal(0)
 BAR_SIZE = p.BAR.size
 K_BAR = p.K_BAR
 EXIT_MEMORY = 86  # bastion._worker's code for "out of memory outside strategy code"
@@ -143,15 +146,20 @@ class WorkerHost:
         self._log = get_logger(strategy=info.name)
         self._seq = 0  # the latest frame posted
         self._hook = "load"
-        self._deadline: float | None = 0.0
-        # Notes delivered with the next frame, in order: ["w", symbol, change] (working
-        # quantity) and ["f", fill, account] (a fill of a strategy without on_fill: it only
-        # updates ctx, so it needs no round trip of its own).
-        self._updates: list[list[Any]] = []
+        self._deadline = 0.0
+        # Notes delivered with the next frame, coalesced: the net change of each symbol's
+        # working quantity, and the latest fill of a strategy without on_fill (a fill
+        # only updates ctx there: its time, cash, positions and marks, which the latest
+        # snapshot holds whole), so any number of fills between two events is one note.
+        self._updates = False  # is there any note?
+        self._working: dict[str, Decimal] = {}
+        self._fill_note: list[Any] | None = None
         self._hooks: frozenset[str] = frozenset()
         self._answered = False  # the latest post needs no answer from the worker
         self._extra_symbol = self._extra_updates = False
         self._pack_bar = p.BAR.pack_into
+        self._clock = time.monotonic
+        self._bar_deadline = config.deadline
         self._spins = range(0)
         self._to_us = p.BarClock().to_us
         self._symbols: dict[str, int] = {}
@@ -161,31 +169,32 @@ class WorkerHost:
         self._tail = bytearray()
         self._closed = False
         fd = Channel.create()
+        self._channel = Channel(fd, spin=0)
+        self._words = self._channel.words
+        self._memory = self._channel.map
+        self._post_seq = self._channel.post
+        self._cwd = tempfile.mkdtemp(prefix="bastion-worker-")
+        out_read, out_write = os.pipe()
         try:
-            self._channel = Channel(fd, spin=0)
-            self._words = self._channel.words
-            self._memory = self._channel.map
-            self._post_seq = self._channel.post
-            self._cwd = tempfile.mkdtemp(prefix="bastion-worker-")
-            out_read, out_write = os.pipe()
-            try:
-                self._proc = subprocess.Popen(
-                    [sys.executable, "-I", "-m", "bastion._worker", str(fd), str(os.getpid())],
-                    env={},
-                    cwd=self._cwd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out_write,
-                    stderr=out_write,
-                    pass_fds=(fd,),
-                    close_fds=True,
-                    start_new_session=True,
-                )
-            finally:
-                os.close(out_write)
-        except BaseException:
-            os.close(fd)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-m", "bastion._worker", str(fd), str(os.getpid())],
+                env={},
+                cwd=self._cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out_write,
+                stderr=out_write,
+                pass_fds=(fd,),
+                close_fds=True,
+                start_new_session=True,
+            )
+        except BaseException:  # nothing started: release what was made for it
+            os.close(out_read)
+            self._channel.close()
+            shutil.rmtree(self._cwd, ignore_errors=True)
             raise
-        os.close(fd)
+        finally:
+            os.close(out_write)
+            os.close(fd)
         self._reader = threading.Thread(
             target=self._drain, args=(out_read,), name=f"bastion-output-{info.name}", daemon=True
         )
@@ -242,6 +251,9 @@ class WorkerHost:
     def _post(self, kind: int, data: bytes, hook: str, deadline: float) -> None:
         memory = self._memory
         size = len(data)
+        if size > K_CAP:
+            self._too_large(size, hook)
+            return
         memory[K_PAYLOAD : K_PAYLOAD + size] = data
         words = self._words
         words[K_LENGTH] = size
@@ -258,10 +270,7 @@ class WorkerHost:
         """Between naps while waiting: has the worker died, or missed its deadline?"""
         if self._reap(block=False):
             raise self._death()
-        now = time.monotonic()
-        if self._deadline is None:  # a bar: its deadline runs from the first nap
-            self._deadline = now + self.config.deadline
-        if now > self._deadline:
+        if time.monotonic() > self._deadline:
             limit = self.config.load_deadline if self._hook == "load" else self.config.deadline
             raise _Gone(TIMEOUT, f"no answer within {limit:g} s; the worker was killed")
 
@@ -282,6 +291,17 @@ class WorkerHost:
             raise _Gone(PROTOCOL_VIOLATION, f"answer of {length} bytes exceeds {W_CAP}")
         data = self._memory[W_PAYLOAD : W_PAYLOAD + length] if length else b""
         return kind, data
+
+    def _too_large(self, size: int, hook: str) -> None:
+        """An event the channel cannot carry: that strategy stops, the run goes on (the
+        next gather reports it)."""
+        self._hook = hook
+        self._fail(
+            _Gone(
+                PROTOCOL_VIOLATION,
+                f"an event of {size} bytes does not fit the worker's channel ({K_CAP} bytes)",
+            )
+        )
 
     # -- death and quarantine ---------------------------------------------------------------
 
@@ -371,7 +391,9 @@ class WorkerHost:
             self._kill()
             self.close()
             tail = bytes(self._tail).decode("utf-8", "replace").strip().splitlines()
-            detail = f" ({tail[-1][:200]})" if tail and gone.kind in (EXITED, CRASHED) else ""
+            detail = (
+                f" ({printable(tail[-1][:200])})" if tail and gone.kind in (EXITED, CRASHED) else ""
+            )
             what = "did not finish loading" if gone.kind == TIMEOUT else "failed while loading"
             return LoadFailure(LOAD_ERROR, f"the sandboxed worker {what}: {gone.reason}{detail}")
         if kind == p.W_LOAD_FAILED:
@@ -413,8 +435,13 @@ class WorkerHost:
         )
 
     def _take_updates(self) -> list[list[Any]]:
-        updates, self._updates = self._updates, []
-        return updates
+        notes: list[list[Any]] = [
+            ["w", symbol, str(change)] for symbol, change in self._working.items() if change
+        ]
+        if self._fill_note is not None:
+            notes.append(self._fill_note)
+        self._working, self._fill_note, self._updates = {}, None, False
+        return notes
 
     def post_bar(self, bar: Bar) -> None:
         # Once per bar and strategy: everything it touches is bound in __init__.
@@ -426,6 +453,8 @@ class WorkerHost:
         flags = 0 if volume is None else 1  # BAR_VOLUME
         if index is None or self._updates:
             index = self._bar_extra(symbol, index)
+            if self._failure is not None:
+                return
             flags |= 4 if self._extra_updates else 0
             flags |= 2 if self._extra_symbol else 0
         self._pack_bar(
@@ -445,7 +474,7 @@ class WorkerHost:
             words[K_LENGTH] = BAR_SIZE
         words[K_KIND] = K_BAR
         self._hook = "on_bar"
-        self._deadline = None  # set when the wait starts to block (a bar is answered in µs)
+        self._deadline = self._clock() + self._bar_deadline
         seq = self._seq = self._seq + 1
         self._post_seq(K_SEQ, seq, W_SLEEPING)
 
@@ -460,6 +489,9 @@ class WorkerHost:
         self._extra_updates = bool(updates)
         extra = p.pack([define, updates])
         start = K_PAYLOAD + BAR_SIZE
+        if BAR_SIZE + len(extra) > K_CAP:
+            self._too_large(BAR_SIZE + len(extra), "on_bar")
+            return index
         self._memory[start : start + len(extra)] = extra
         self._words[K_LENGTH] = BAR_SIZE + len(extra)
         return index
@@ -468,7 +500,8 @@ class WorkerHost:
         if self._failure is not None:
             return
         if "on_fill" not in self._hooks:
-            self._updates.append(["f", p.encode_fill(fill), p.encode_account(account)])
+            self._fill_note = ["f", p.encode_fill(fill), p.encode_account(account)]
+            self._updates = True
             self._answered = True
         else:
             self._post(
@@ -531,7 +564,8 @@ class WorkerHost:
         return Reply(intents=intents, logs=logs, failure=failure)
 
     def working(self, symbol: str, change: Decimal) -> None:
-        self._updates.append(["w", symbol, str(change)])
+        self._working[symbol] = self._working.get(symbol, ZERO) + change
+        self._updates = True
 
     def close(self) -> None:
         if self._closed:

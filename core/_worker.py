@@ -100,9 +100,15 @@ def main() -> None:
 
     seq = 0
 
+    def orphaned() -> None:
+        """Between naps: a worker whose kernel is gone exits (the parent-death signal
+        is the first line of defence; this is the second)."""
+        if os.getppid() != parent:
+            os._exit(0)
+
     def next_frame() -> tuple[int, int]:
         nonlocal seq
-        seq = channel.wait(K_SEQ, seq, W_SLEEPING, NAP)
+        seq = channel.wait(K_SEQ, seq, W_SLEEPING, NAP, orphaned)
         return words[K_KIND], words[K_LENGTH]
 
     def payload(length: int, start: int = K_PAYLOAD) -> bytes:
@@ -209,7 +215,7 @@ def main() -> None:
         # The hot path, a bar, is written out inline: it runs once per bar.
         value = words[K_SEQ]
         if value == seq:
-            value = wait(K_SEQ, seq, W_SLEEPING, NAP)
+            value = wait(K_SEQ, seq, W_SLEEPING, NAP, orphaned)
         seq = value
         kind = words[K_KIND]
         if kind == K_BAR:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -38,6 +38,17 @@ def _finite_positive(instance: Any, attribute: attrs.Attribute[Any], value: floa
 def _aware(instance: Any, attribute: attrs.Attribute[Any], value: datetime) -> None:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise ValueError(f"{attribute.name} must be a timezone-aware datetime, got {value!r}")
+
+
+def _utc(value: Any) -> Any:
+    """An aware time as UTC: a bar's time is one instant whatever zone its source used,
+    so a strategy sees the same ``bar.ts`` in the sandbox and in-process."""
+    if isinstance(value, datetime) and value.tzinfo is not None and value.tzinfo is not UTC:
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # before year 1 or after 9999 in UTC: the validator says so
+            raise ValueError(f"ts {value!r} is out of range in UTC") from None
+    return value
 
 
 def _decimal(value: object) -> Decimal:
@@ -86,14 +97,15 @@ class OrderStatus(enum.StrEnum):
 
 @attrs.frozen(slots=True)
 class Bar:
-    """One OHLCV bar for one symbol; ``ts`` is the bar's close time (UTC-aware).
+    """One OHLCV bar for one symbol; ``ts`` is the bar's close time, in UTC (an aware
+    time in another zone is converted).
 
     ``volume`` is ``None`` when the data does not report it (a CSV file without
     a volume column); the ``sim`` broker then does not limit fills by volume.
     """
 
     symbol: str = attrs.field(validator=attrs.validators.min_len(1))
-    ts: datetime = attrs.field(validator=_aware)
+    ts: datetime = attrs.field(converter=_utc, validator=_aware)
     open: float = attrs.field(validator=_finite_positive)
     high: float = attrs.field(validator=_finite_positive)
     low: float = attrs.field(validator=_finite_positive)

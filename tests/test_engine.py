@@ -1130,3 +1130,108 @@ def on_bar(ctx, bar):
     assert h.rows("SELECT status, reason FROM orders WHERE tag = 'bargain'") == [
         ("cancelled", "end of run")
     ]
+
+
+def test_many_fills_on_one_bar_across_many_symbols(ws: WS, h: Harness) -> None:
+    """A strategy without on_fill that fills 300 orders in 300 symbols on one bar runs to
+    the end on both hosts with the same results (a sandboxed worker gets the fills' effect
+    on ctx as one note, however many there were)."""
+    symbols = [f"S{i:03d}" for i in range(300)]
+    s = admit(
+        ws,
+        "wide.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if ctx.position(bar.symbol) == 0 and ctx.pending(bar.symbol) == 0:
+        ctx.order(bar.symbol, 1)
+    if bar.symbol == "S299":
+        ctx.log.info("seen", cash=ctx.cash, held=sum(ctx.positions.values()))
+""",
+    )
+    bars = [bar(sym, day, 10.0) for day in range(3) for sym in symbols]
+    result = h.run([s], bars, cash="1000000")
+    assert result.strategies[0].quarantined is None
+    assert result.strategies[0].fills == 300
+    assert [r["held"] for r in h.logged("seen")] == ["0", "300", "300"]
+    assert len(h.positions()) == 300
+
+
+def test_answering_rejections_with_ever_more_orders_is_bounded(ws: WS, h: Harness) -> None:
+    """A strategy that answers each rejection with a hundred more (never stored: their
+    quantity is one the ledger cannot hold) and stops short of the depth limit would keep
+    the kernel busy for ever; more than 1,000 rejections in one event quarantine it."""
+    s = admit(
+        ws,
+        "fan.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    ctx.order(bar.symbol, 10**40, tag="0")
+
+@strategy.hook
+def on_reject(ctx, intent, reason):
+    depth = int(intent.tag)
+    if depth < 6:
+        for _ in range(100):
+            ctx.order(intent.symbol, 10**40, tag=str(depth + 1))
+""",
+    )
+    result = h.run([s], [bar("AAA", d, 100.0) for d in range(3)])
+    assert result.strategies[0].quarantined == (
+        "exception: on_reject: kept answering rejections with orders (more than 1000 in one event)"
+    )
+    assert h.rows("SELECT count(*) FROM orders") == [(0,)]
+
+
+def test_a_reason_a_strategy_writes_cannot_drive_the_terminal(ws: WS, h: Harness) -> None:
+    """An exception message with terminal escapes and newlines is stored and shown with
+    them written out (\\x1b, \\x0a), on both hosts: what a strategy says is one safe line."""
+    s = admit(
+        ws,
+        "tty.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    raise ValueError("\\x1b[2K\\x1b[1Aforged line\\nsecond")
+""",
+    )
+    result = h.run([s], [bar("AAA", 0, 100.0)])
+    text = result.strategies[0].quarantined
+    assert text == ("exception: on_bar: raised ValueError: \\x1b[2K\\x1b[1Aforged line\\x0asecond")
+    assert text.isprintable()
+
+
+def test_bars_in_another_time_zone_reach_strategies_in_utc(ws: WS, h: Harness) -> None:
+    """A source's bar stamped in New York time is the same instant in UTC; both hosts
+    hand the strategy the UTC time, so results do not depend on the host."""
+    from zoneinfo import ZoneInfo
+
+    s = admit(
+        ws,
+        "clock.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    ctx.log.info("seen", ts=bar.ts.isoformat(), hour=bar.ts.hour)
+""",
+    )
+    new_york = ZoneInfo("America/New_York")
+    local = [
+        datetime(2021, 11, 7, 0, 30, tzinfo=new_york),
+        datetime(2021, 11, 7, 1, 30, fold=1, tzinfo=new_york),
+    ]
+    bars = [Bar("AAA", ts, 100.0, 101.0, 99.0, 100.0, 1e6) for ts in local]
+    h.run([s], bars)
+    assert [r["ts"] for r in h.logged("seen")] == [
+        "2021-11-07T04:30:00+00:00",
+        "2021-11-07T06:30:00+00:00",
+    ]

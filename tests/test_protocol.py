@@ -159,7 +159,8 @@ positive_decimals = st.one_of(
     ),
 )
 finite_decimals = st.decimals(allow_nan=False, allow_infinity=False)
-symbols = st.text(min_size=1, max_size=64)
+#: What ctx.order accepts as a symbol: printable text (no terminal escapes) of 1 to 64.
+symbols = st.text(min_size=1, max_size=64).filter(str.isprintable)
 tags = st.text(max_size=64)
 
 fixed_offsets = st.timedeltas(
@@ -462,6 +463,13 @@ def test_intent_side_must_be_buy_or_sell(side: Any) -> None:
 def test_intent_type_must_be_market_limit_or_stop(kind: Any) -> None:
     """The type is exactly "market", "limit" or "stop"."""
     bad_reply(reply(i=[intent((3, kind))]), "is not market, limit or stop")
+
+
+def test_intent_symbol_with_control_characters_is_refused() -> None:
+    """A symbol with a terminal escape or a newline is a violation: it would end up in
+    a rejection reason printed on the operator's terminal."""
+    for symbol in ("A\x1b[2K", "A\nB", "\x9b31m"):
+        bad_reply(reply(i=[intent((0, symbol))]), "control characters")
 
 
 @pytest.mark.parametrize(
@@ -1225,11 +1233,11 @@ offset_datetimes = st.datetimes(
 
 
 def test_bar_struct_layout() -> None:
-    """BAR is 51 packed little-endian bytes: flags u8, symbol index u16, time as i64
-    microseconds since 1970-01-01 UTC, then open, high, low, close, volume as f64; the
-    flags are distinct bits."""
-    assert p.BAR.format == "<BHq5d"
-    assert p.BAR.size == 1 + 2 + 8 + 5 * 8 == 51
+    """BAR is 53 packed little-endian bytes: flags u8, symbol index u32 (a run may have
+    more than 65,535 symbols), time as i64 microseconds since 1970-01-01 UTC, then open,
+    high, low, close, volume as f64; the flags are distinct bits."""
+    assert p.BAR.format == "<BIq5d"
+    assert p.BAR.size == 1 + 4 + 8 + 5 * 8 == 53
     assert {p.BAR_VOLUME, p.BAR_SYMBOL, p.BAR_UPDATES} == {1, 2, 4}
     assert datetime(1970, 1, 1, tzinfo=UTC) == p.EPOCH
 

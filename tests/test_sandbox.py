@@ -472,3 +472,52 @@ def test_the_sandbox_says_plainly_that_it_needs_linux(
     monkeypatch.setattr(sys, "platform", "darwin")
     with pytest.raises(ConfigError, match=r"needs Linux.*--in-process"):
         ws.admit("good.py", sandboxed())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root kernel can drop CAP_SYS_ADMIN")
+def test_a_root_kernel_without_cap_sys_admin_still_drops_to_nobody() -> None:
+    """Root in a container usually lacks CAP_SYS_ADMIN, so it may not take a network
+    namespace itself: the worker then drops to nobody first and takes its namespaces in a
+    new user namespace, and reports both layers truthfully (it used to stay root inside
+    that namespace while reporting 'not root')."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    code = (
+        "import json; from bastion._sandbox import probe\n"
+        "print(json.dumps({l.name: [l.active, l.detail] for l in probe()}))\n"
+    )
+    out = subprocess.run(
+        [setpriv, "--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin",
+         sys.executable, "-I", "-c", code],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    layers = json.loads(out)
+    assert layers["user"][0] and "dropped from root to nobody" in layers["user"][1]
+    assert layers["network"][0] and "user, network and IPC namespaces" in layers["network"][1]
+    assert all(active for active, _ in layers.values()), layers
+
+
+def test_a_worker_that_cannot_start_leaves_nothing_behind(
+    ws: WS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the worker's process cannot be started, its pipe, shared memory and temporary
+    folder are released and the error is the original one."""
+    import tempfile
+
+    from bastion._sandbox import sandboxed
+
+    ws.write("good.py")
+    ws.sign("good.py")
+    fds_before = set(os.listdir("/proc/self/fd"))
+    folders_before = {p.name for p in Path(tempfile.gettempdir()).glob("bastion-worker-*")}
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(7, "argument list too long (simulated)")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    for _ in range(3):
+        with pytest.raises(OSError, match="simulated"):
+            ws.admit("good.py", sandboxed())
+    assert set(os.listdir("/proc/self/fd")) <= fds_before
+    assert {p.name for p in Path(tempfile.gettempdir()).glob("bastion-worker-*")} <= folders_before

@@ -2117,3 +2117,110 @@ def test_shrinking_the_shared_memory_does_not_kill_the_kernel(h: Harness) -> Non
     )
     assert h.store.verify_audit().ok
     assert h.stored(HOSTILE_RUN, GOOD) == h.stored(REFERENCE_RUN, GOOD)
+
+
+# ============================================================== found by review
+
+SIGIO = hostile(
+    """
+def sigio(pid):
+    fcntl = load("fcntl")
+    r, w = os.pipe()
+    fcntl.fcntl(r, fcntl.F_SETOWN, pid)   # refused: the descriptor's owner gets the signal
+    fcntl.fcntl(r, 10, 9)                 # F_SETSIG: SIGKILL instead of SIGIO
+    fcntl.fcntl(r, fcntl.F_SETFL, os.O_ASYNC | os.O_NONBLOCK)
+    os.write(w, b"x")
+    return pid
+
+
+def owner_by_ioctl(pid):
+    r, w = os.pipe()
+    value = M["ctypes"].c_int(pid)
+    return checked(libc().ioctl(r, 0x8901, M["ctypes"].byref(value)), "FIOSETOWN")
+
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if first_bar(ctx):
+        victim = int(ctx.params["victim"])
+        ctx.log.info("attempt", what="sigio kernel", outcome=tried(sigio, os.getppid()))
+        ctx.log.info("attempt", what="sigio other worker", outcome=tried(sigio, victim))
+        ctx.log.info("attempt", what="FIOSETOWN", outcome=tried(owner_by_ioctl, victim))
+"""
+)
+
+
+def test_a_signal_by_the_back_door_fails_even_without_landlock(h: Harness) -> None:
+    """``fcntl(F_SETOWN)``/``F_SETSIG`` (or ``ioctl(FIOSETOWN)``) on a pipe of its own
+    would make the system deliver SIGKILL to any process of the same user on the next
+    write. seccomp refuses them, so this holds even where Landlock cannot scope signals
+    (Linux before 6.12, simulated here by leaving Landlock out): the kernel and the other
+    worker live."""
+    if not _protected("a signal through F_SETOWN", "seccomp"):
+        return
+    done = attack(
+        h,
+        SIGIO,
+        config=SandboxConfig(skip=frozenset({"landlock"})),
+        params=lambda: {"victim": str(h.pids[GOOD])},
+    )
+    _caught(done, "sigio kernel", "sigio other worker", "FIOSETOWN")
+
+
+SYSV = hostile(
+    """
+def segment():
+    ipc = libc()
+    shmid = checked(ipc.shmget(0, 200 * 1024 * 1024, 0o1666), "shmget")  # IPC_PRIVATE|CREAT
+    return shmid
+
+
+def queue():
+    return checked(libc().msgget(0, 0o1666), "msgget")
+
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if first_bar(ctx):
+        ctx.log.info("attempt", what="shmget", outcome=tried(segment))
+        ctx.log.info("attempt", what="msgget", outcome=tried(queue))
+"""
+)
+
+
+def test_system_v_memory_and_queues_are_refused(h: Harness) -> None:
+    """System V shared memory would live outside the worker's address-space limit and
+    outlive the run (and a message queue would be a channel between strategies): both
+    are refused, and no segment owned by the worker's user is left behind."""
+    if not _protected("System V IPC", "seccomp", "network:IPC"):
+        return
+    before = Path("/proc/sysvipc/shm").read_text()
+    done = attack(h, SYSV)
+    _caught(done, "shmget", "msgget")
+    assert Path("/proc/sysvipc/shm").read_text() == before
+
+
+UNDO = hostile(
+    """
+@strategy.hook
+def on_bar(ctx, bar):
+    if first_bar(ctx):
+        prctl = libc().prctl
+        ctx.log.info(
+            "attempt", what="no parent-death signal",
+            outcome=tried(lambda: checked(prctl(1, 0, 0, 0, 0), "PR_SET_PDEATHSIG")),
+        )
+        ctx.log.info(
+            "attempt", what="dumpable again",
+            outcome=tried(lambda: checked(prctl(4, 1, 0, 0, 0), "PR_SET_DUMPABLE")),
+        )
+"""
+)
+
+
+def test_the_lock_down_cannot_be_undone(h: Harness) -> None:
+    """A worker cannot switch off its parent-death signal (it would outlive a kernel that
+    dies uncleanly) or make itself dumpable again."""
+    if not _protected("undoing prctl settings", "seccomp"):
+        return
+    _caught(attack(h, UNDO), "no parent-death signal", "dumpable again")
