@@ -25,6 +25,7 @@ from ._host import Launcher, in_process
 from ._kernel import Kernel
 from ._loader import Gate, Refusal, Strategy
 from ._sandbox import SandboxConfig, sandbox_config, sandboxed
+from ._settings import limits_from_config
 from ._version import __version__
 from .interfaces import RunInfo, Source, Store, StrategyRecord
 from .models import Bar
@@ -215,32 +216,8 @@ def resolve_params(
 
 
 def _limits(config: Mapping[str, Any], environment: str, config_name: str) -> OrderLimits:
-    limits = config.get("limits", {})
-    if not isinstance(limits, dict):
-        raise ConfigError(f"{config_name}: [limits] must be a table of [limits.ENV] tables")
-    table = limits.get(environment, {})
-    if not isinstance(table, dict):
-        raise ConfigError(
-            f"{config_name}: limits.{environment} must be a table like "
-            f"[limits.{environment}] with max_order_quantity / max_order_notional"
-        )
-    values = {}
-    for key in ("max_order_quantity", "max_order_notional"):
-        if key in table:
-            raw = table[key]
-            try:
-                if isinstance(raw, bool):
-                    raise InvalidOperation
-                value = Decimal(str(raw))
-            except InvalidOperation:
-                value = Decimal("NaN")
-            if not value.is_finite() or value <= 0:
-                raise ConfigError(
-                    f"{config_name}: limits.{environment}.{key} = {raw!r}; "
-                    "it must be a positive number (or left out for no limit)"
-                )
-            values[key] = value
-    return OrderLimits(**values)
+    sourced = limits_from_config(config, environment, config_name)
+    return OrderLimits(**{key: item.value for key, item in sourced.items()})
 
 
 @attrs.define

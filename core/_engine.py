@@ -19,8 +19,9 @@ import contextlib
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -33,10 +34,12 @@ from ._loader import Strategy, StrategyInfo
 from ._logging import get_logger
 from ._metrics import downsample_columns, metrics_from_columns
 from ._portfolio import Portfolio
+from ._settings import Limits
 from .interfaces import Broker, Store
 from .models import AccountSnapshot, Bar, Fill, Order, OrderIntent, OrderStatus, Side
 
 ZERO = Decimal(0)
+ONE_MINUTE = timedelta(minutes=1)
 
 __all__ = [
     "Engine",
@@ -82,12 +85,8 @@ def unholdable(intent: OrderIntent) -> str | None:
     return None
 
 
-@attrs.frozen
-class OrderLimits:
-    """The environment's own limits, applied before risk plugins and the broker."""
-
-    max_order_quantity: Decimal | None = None
-    max_order_notional: Decimal | None = None
+#: The environment's own limits (``[limits.ENV]``), applied before risk plugins and the broker.
+OrderLimits = Limits
 
 
 @attrs.frozen
@@ -105,7 +104,7 @@ class EngineConfig:
     environment: str
     cash: Decimal
     symbols: frozenset[str]  # every symbol the source has for this run
-    limits: OrderLimits = OrderLimits()
+    limits: OrderLimits = attrs.Factory(OrderLimits)
     stored_equity_points: int = 5000
     exceptions: Mapping[str, ExceptionPolicy] = attrs.Factory(dict)  # by strategy name
 
@@ -196,6 +195,9 @@ class Engine:
         self._filled: dict[str, Decimal] = {}
         self._cancelled: dict[str, str] = {}  # client order id -> why it was cancelled
         self._resize: list[_Slot] = []  # margin calls whose liquidation a fill outdated
+        self._recent: deque[datetime] = deque()  # when the orders of the last minute were placed
+        self._day: tuple[date, float, float] | None = None  # day, its start equity, latest
+        self._halted: tuple[date, str] | None = None  # the day trading is halted, and why
         self._last: dict[str, float] = {}
         self._ts: list[datetime] = []
         self._seq = 0
@@ -313,6 +315,39 @@ class Engine:
             slot.values.append(slot.equity_f)
             if slot.portfolio.quantities_f:
                 slot.exposure += 1
+        if self.config.limits.max_daily_loss is not None:
+            self._check_daily_loss(ts)
+
+    def _check_daily_loss(self, ts: datetime) -> None:
+        """The account (every strategy) lost more than the day's limit: halt for the day."""
+        limit = self.config.limits.max_daily_loss
+        assert limit is not None
+        equity = sum(slot.equity_f for slot in self._slots)
+        day = ts.date()
+        if self._day is None or self._day[0] != day:
+            previous = (
+                self._day[2]
+                if self._day is not None
+                else float(self.config.cash) * len(self._slots)
+            )
+            self._day = (day, previous, equity)
+        else:
+            self._day = (day, self._day[1], equity)
+        loss = self._day[1] - equity
+        if loss <= float(limit) or (self._halted is not None and self._halted[0] == day):
+            return
+        why = (
+            f"trading is halted until the end of {day}: the account lost {loss:,.2f} today, "
+            f"more than the {self.config.environment} limit of {limit:,.2f}"
+        )
+        self._halted = (day, why)
+        self._log.error("trading_halted", ts=ts.isoformat(), loss=round(loss, 2), limit=str(limit))
+        self.store.audit(
+            "trading_halted",
+            {"run_id": self.config.run_id, "ts": ts.isoformat(), "reason": why},
+        )
+        for slot in self._slots:
+            self._cancel(self.broker.cancel_strategy(slot.info.name), "trading halted")
 
     # -- orders --------------------------------------------------------------------------
 
@@ -388,13 +423,14 @@ class Engine:
                 # Never stored: the store and the ledger could not hold these numbers.
                 self._reject_intent(slot, intent, unheld, ts, depth)
                 continue
-            reason = self._pre_check(slot, intent)
+            reason = self._pre_check(slot, intent, ts)
             order = self._new_order(slot, intent, ts)
             if reason is not None:
                 self.store.record_order(self.config.run_id, order, OrderStatus.REJECTED, reason)
                 self._rejected(slot, order, reason, depth)
                 continue
             self.store.record_order(self.config.run_id, order, OrderStatus.PENDING, None)
+            self._recent.append(ts)
             if self._order_event is not None:
                 self._order_event(order=order, status="submitted", reason=None)
             # Marks for every symbol the broker may value: held, ordered, or with
@@ -442,10 +478,32 @@ class Engine:
         self._filled[order.client_order_id] = ZERO
         return order
 
-    def _pre_check(self, slot: _Slot, intent: OrderIntent) -> str | None:
+    def _pre_check(self, slot: _Slot, intent: OrderIntent, ts: datetime) -> str | None:
         if intent.symbol not in self.config.symbols:
             return f"unknown symbol {intent.symbol!r}: not in this run's data"
+        if self._halted is not None and self._halted[0] == ts.date():
+            return self._halted[1]
         limits = self.config.limits
+        if limits.max_orders_per_minute is not None:
+            recent = self._recent
+            while recent and recent[0] <= ts - ONE_MINUTE:
+                recent.popleft()
+            if len(recent) >= limits.max_orders_per_minute:
+                return (
+                    f"{len(recent)} orders in the last minute reach the {self.config.environment} "
+                    f"limit of {limits.max_orders_per_minute} per minute"
+                )
+        if limits.max_open_positions is not None:
+            # Held, or with orders working (which may open a position): what the account
+            # holds or is about to.
+            held = {s for sl in self._slots for s, q in sl.portfolio.quantities_f.items() if q}
+            held.update(self.broker.working_symbols())
+            if intent.symbol not in held and len(held) >= limits.max_open_positions:
+                return (
+                    f"{intent.symbol} would be a new position; {len(held)} are open or being "
+                    f"opened, the {self.config.environment} limit is "
+                    f"{limits.max_open_positions}"
+                )
         if limits.max_order_quantity is not None and intent.quantity > limits.max_order_quantity:
             return (
                 f"quantity {intent.quantity} exceeds the {self.config.environment} limit "

@@ -1,9 +1,9 @@
 """development / paper / live, detected and kept apart.
 
-Detection order: explicit CLI flag, then ``BASTION_ENV``, then the
-``environment`` key of ``bastion.toml`` in the workspace; default
-``development``.  Nothing is ever inferred *into* live: ``live`` must come
-from the explicit flag.
+Detection order: the ``--env`` flag, then the ``BASTION_ENV`` variable, then
+``BASTION_ENV=`` in the workspace's ``.env`` file, then the ``environment``
+key of its ``bastion.toml``; default ``development``.  Nothing is ever
+inferred *into* live: ``live`` must come from the explicit flag.
 """
 
 from __future__ import annotations
@@ -13,11 +13,22 @@ import os
 import tomllib
 from pathlib import Path
 
+import attrs
+
 from ._errors import ConfigError
 
-__all__ = ["Environment", "allow_unsigned_requested", "detect_environment", "read_config"]
+__all__ = [
+    "Detected",
+    "Environment",
+    "allow_unsigned_requested",
+    "detect",
+    "detect_environment",
+    "read_config",
+    "read_env_file",
+]
 
 ENV_VAR = "BASTION_ENV"
+ENV_FILE = ".env"
 ALLOW_UNSIGNED_VAR = "BASTION_ALLOW_UNSIGNED"
 
 
@@ -53,27 +64,63 @@ def read_config(path: Path) -> dict[str, object]:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix or remove the file") from None
 
 
-def detect_environment(flag: str | None, config_path: Path) -> Environment:
+@attrs.frozen
+class Detected:
+    """The environment and where it came from (``--env``, ``BASTION_ENV``, a file, default)."""
+
+    environment: Environment
+    source: str
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines of a ``.env`` file (python-dotenv's format); missing is empty."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}; fix its permissions or remove it") from None
+    import io
+
+    from dotenv import dotenv_values
+
+    values = dotenv_values(stream=io.StringIO(text))
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def detect(flag: str | None, home: Path) -> Detected:
+    """The workspace's environment, in the detection order; live only from the flag."""
     if flag:
-        return Environment.parse(flag, "--env")
-    from_env = os.environ.get(ENV_VAR)
-    if from_env:
-        env = Environment.parse(from_env, ENV_VAR)
-        source = ENV_VAR
-    else:
+        return Detected(Environment.parse(flag, "--env"), "--env")
+    candidates: list[tuple[str, str]] = []
+    from_var = os.environ.get(ENV_VAR)
+    if from_var:
+        candidates.append((from_var, ENV_VAR))
+    env_file = home / ENV_FILE
+    from_file = read_env_file(env_file).get(ENV_VAR) if not candidates else None
+    if from_file:
+        candidates.append((from_file, f"{env_file} ({ENV_VAR}=)"))
+    if not candidates:
+        config_path = home / "bastion.toml"
         value = read_config(config_path).get("environment")
         if value is None:
-            return Environment.DEVELOPMENT
+            return Detected(Environment.DEVELOPMENT, "default")
         if not isinstance(value, str):
             raise ConfigError(f"{config_path}: 'environment' must be a string")
-        env = Environment.parse(value, str(config_path))
-        source = str(config_path)
+        candidates.append((value, str(config_path)))
+    value, source = candidates[0]
+    env = Environment.parse(value, source)
     if env is Environment.LIVE:
         raise ConfigError(
             f"{source} asks for the live environment; live is never inferred, "
             "pass --env live explicitly"
         )
-    return env
+    return Detected(env, source)
+
+
+def detect_environment(flag: str | None, config_path: Path) -> Environment:
+    """:func:`detect` for the workspace holding ``config_path``; only the environment."""
+    return detect(flag, config_path.parent).environment
 
 
 def allow_unsigned_requested(flag: bool) -> bool:

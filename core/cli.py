@@ -22,11 +22,12 @@ from rich.console import Console
 from rich.table import Table
 
 from . import hookspecs
-from ._environment import Environment, allow_unsigned_requested, detect_environment
+from ._environment import Detected, Environment, allow_unsigned_requested, detect
 from ._errors import BastionError, ConfigError
 from ._kernel import Kernel
 from ._loader import Gate, Refusal, Strategy
 from ._logging import configure_logging
+from ._settings import EnvironmentSettings, environment_settings, masked
 from ._version import __version__
 from ._workspace import Workspace
 
@@ -55,6 +56,7 @@ class App:
     env_flag: str | None = None
     allow_unsigned_flag: bool = False
     _workspace: Workspace | None = None
+    _detected: Detected | None = None
 
     @property
     def workspace(self) -> Workspace:
@@ -62,10 +64,31 @@ class App:
             home = self.home.expanduser()
             if not home.is_dir():
                 raise ConfigError(f"--home {self.home}: no such directory")
-            environment = detect_environment(self.env_flag, home / "bastion.toml")
-            self._workspace = Workspace(home, environment)
+            self._detected = detect(self.env_flag, home)
+            self._workspace = Workspace(home, self._detected.environment)
             configure_logging(self._workspace.logs_dir)
         return self._workspace
+
+    @property
+    def detected(self) -> Detected:
+        """The environment and where it came from (flag, variable, file, default)."""
+        self.workspace  # noqa: B018 - detects on first use
+        assert self._detected is not None
+        return self._detected
+
+    def settings(self, *, approve_live: str | None = None) -> EnvironmentSettings:
+        """This environment's settings, each with its source."""
+        from ._environment import read_config
+
+        workspace = self.workspace
+        config = read_config(workspace.config_file)
+        return environment_settings(
+            self.detected,
+            workspace.data_dir,
+            config,
+            workspace.config_file,
+            approve_live=approve_live,
+        )
 
     @property
     def environment(self) -> Environment:
@@ -210,6 +233,45 @@ def build_cli(kernel: Kernel) -> click.Group:
         for row in rows:
             table.add_row(row["name"], row["origin"], row["source"], ", ".join(row["hooks"]))
         console.print(table)
+
+    @cli.command("env")
+    @workspace_options
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @pass_app
+    def env_command(app: App, as_json: bool) -> None:
+        """Show the detected environment and every setting it has, with where each came from.
+
+        The environment comes from --env, then BASTION_ENV, then BASTION_ENV= in the
+        workspace's .env file, then 'environment' in bastion.toml, then development.
+        Live is never inferred: it needs --env live.
+        """
+        settings = app.settings()
+        data = settings.as_dict()
+        if as_json:
+            _print_json(data)
+            return
+        table = Table(title=f"Environment of {app.workspace.home}")
+        for column in ("setting", "value", "from"):
+            table.add_column(column, overflow="fold")
+
+        def row(name: str, value: Any, source: str) -> None:
+            if isinstance(value, (list, tuple)):
+                value = f"{value[0]} to {value[1]}"
+            table.add_row(name, "-" if value is None else str(value), source)
+
+        for key in ("environment", "data_dir", "logs_dir", "client_ids", "host"):
+            row(key, data[key]["value"], data[key]["source"])
+        for key in ("tws_port", "gateway_port", "auto_execute"):
+            row(key, data[key]["value"], data[key]["source"])
+        row(
+            "approved_account",
+            masked(settings.approved_account.value),
+            data["approved_account"]["source"],
+        )
+        for key, item in data["limits"].items():
+            row(f"limits.{key}", item["value"], item["source"])
+        console.print(table)
+        console.print(f"config file: {data['config_file']}", markup=False)
 
     @cli.command("sandbox")
     @workspace_options

@@ -1235,3 +1235,95 @@ def on_bar(ctx, bar):
         "2021-11-07T04:30:00+00:00",
         "2021-11-07T06:30:00+00:00",
     ]
+
+
+def test_orders_per_minute_are_limited_across_strategies(ws: WS, h: Harness) -> None:
+    """max_orders_per_minute counts every strategy's orders in any 60 seconds of the bars'
+    time; beyond it an order is rejected with the reason (and on_reject hears it)."""
+    eager = """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    ctx.order(bar.symbol, 1, limit=1)
+
+@strategy.hook
+def on_reject(ctx, intent, reason):
+    ctx.log.info("rejected", reason=reason)
+"""
+    a, b = admit(ws, "a.py", eager), admit(ws, "b.py", eager)
+    minute = [
+        Bar("AAA", T0 + timedelta(seconds=20 * i), 100.0, 101.0, 99.0, 100.0, 1e6) for i in range(6)
+    ]
+    h.run([a, b], minute, limits=OrderLimits(max_orders_per_minute=5))
+    statuses = [s for (s,) in h.rows("SELECT status FROM orders ORDER BY client_order_id")]
+    # bars at 0, 20, 40 s: 2 orders each, the 6th in that minute is refused; at 60 s the
+    # first two have left the window, and so on
+    assert statuses.count("rejected") >= 1
+    reasons = {r["reason"] for r in h.logged("rejected")}
+    assert reasons == {"5 orders in the last minute reach the development limit of 5 per minute"}
+
+
+def test_open_positions_are_limited_across_the_account(ws: WS, h: Harness) -> None:
+    """max_open_positions caps how many symbols the account holds: an order that would open
+    one more is rejected; orders in symbols already held still pass."""
+    s = admit(
+        ws,
+        "spread.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if ctx.position(bar.symbol) == 0 and ctx.pending(bar.symbol) == 0:
+        ctx.order(bar.symbol, 1)
+""",
+    )
+    bars = sorted(
+        [bar(sym, d, 10.0) for d in range(3) for sym in ("A1", "A2", "A3")],
+        key=lambda b: (b.ts, b.symbol),
+    )
+    h.run([s], bars, limits=OrderLimits(max_open_positions=2))
+    assert sorted(h.positions()) == ["A1", "A2"]
+    reasons = [r for (r,) in h.rows("SELECT reason FROM orders WHERE status = 'rejected'")]
+    assert reasons and all("A3 would be a new position; 2 are open" in r for r in reasons)
+
+
+def test_a_daily_loss_beyond_the_limit_halts_trading_for_that_day(ws: WS, h: Harness) -> None:
+    """When the account's equity falls more than max_daily_loss below the day's start,
+    working orders are cancelled and new ones refused for the rest of that (UTC) day, with
+    the reason; the halt is in the audit log; the next day trading resumes."""
+    s = admit(
+        ws,
+        "loser.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    if ctx.position(bar.symbol) == 0 and ctx.pending(bar.symbol) == 0:
+        ctx.order(bar.symbol, 10)
+    else:
+        ctx.order(bar.symbol, 1, limit=1)   # rests, far below the market
+
+@strategy.hook
+def on_reject(ctx, intent, reason):
+    ctx.log.info("rejected", at=ctx.now.isoformat(), reason=reason)
+""",
+    )
+    hours = [(0, 10, 100.0), (0, 11, 100.0), (0, 12, 80.0), (0, 13, 80.0), (1, 10, 80.0)]
+    bars = [
+        Bar("AAA", T0 + timedelta(days=d, hours=hr - 21), p, p + 1, p - 1, p, 1e6)
+        for d, hr, p in hours
+    ]
+    result = h.run([s], bars, limits=OrderLimits(max_daily_loss=Decimal(100)))
+    assert result.strategies[0].quarantined is None
+    assert "trading_halted" in [e for (e,) in h.rows("SELECT event FROM audit")]
+    rejected = h.logged("rejected")
+    assert [r["at"] for r in rejected] == [bars[3].ts.isoformat()]  # 13:00 on the bad day
+    assert rejected[0]["reason"].startswith(
+        f"trading is halted until the end of {bars[2].ts.date()}: the account lost 200.00 today"
+    )
+    assert ("trading halted",) in h.rows("SELECT reason FROM orders WHERE status = 'cancelled'")
+    last = h.rows("SELECT created, status FROM orders ORDER BY client_order_id")[-1]
+    assert last[0].startswith(str(bars[4].ts.date()))  # the next day an order is placed again

@@ -52,3 +52,30 @@ def test_allow_unsigned_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BASTION_ALLOW_UNSIGNED", "maybe")
     with pytest.raises(ConfigError):
         allow_unsigned_requested(False)
+
+
+def test_the_env_file_comes_after_the_variable_and_before_bastion_toml(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Detection order: --env, BASTION_ENV, BASTION_ENV= in the workspace's .env file,
+    then bastion.toml; each result says where it came from."""
+    from bastion._environment import detect
+
+    (tmp_path / "bastion.toml").write_text('environment = "development"\n')
+    assert detect(None, tmp_path).source.endswith("bastion.toml")
+    (tmp_path / ".env").write_text("# a comment\nOTHER=1\nBASTION_ENV=paper\n")
+    found = detect(None, tmp_path)
+    assert found.environment is Environment.PAPER and found.source.endswith(".env (BASTION_ENV=)")
+    monkeypatch.setenv("BASTION_ENV", "development")
+    assert detect(None, tmp_path).source == "BASTION_ENV"
+    assert detect("paper", tmp_path).source == "--env"
+
+
+def test_live_is_never_inferred_from_the_env_file(tmp_path) -> None:
+    """BASTION_ENV=live in .env is refused like the variable and the config file."""
+    from bastion._environment import detect
+
+    (tmp_path / ".env").write_text("BASTION_ENV=live\n")
+    with pytest.raises(ConfigError, match=r"\.env.*--env live explicitly"):
+        detect(None, tmp_path)
+    assert detect("live", tmp_path).environment is Environment.LIVE
