@@ -11,6 +11,7 @@ import importlib
 import os
 from collections.abc import Callable, Mapping
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -19,6 +20,7 @@ import pluggy
 from . import hookspecs
 from ._errors import PluginError, one_line
 from ._loader import Refusal, Strategy, StrategyInfo
+from ._secrets import Secrets
 
 __all__ = ["BUILTIN_PLUGINS", "ENTRY_POINT_GROUP", "Kernel", "PluginInfo"]
 
@@ -177,6 +179,10 @@ class Kernel:
 
     def add_commands(self, cli: Any) -> None:
         self.hook.register_commands(cli=cli)
+
+    def secrets(self, environment: str, workspace: Path) -> Secrets:
+        """Secret lookup (variables, the secrets file, then the ``get_secret`` hooks)."""
+        return Secrets(environment, workspace, self.hook.get_secret)
 
     def check_order(self, intent: Any, strategy: StrategyInfo, environment: str) -> str | None:
         """The first veto reason from a risk plugin, or ``None``.  A crashing check vetoes."""

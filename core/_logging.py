@@ -11,6 +11,8 @@ from typing import Any
 
 import structlog
 
+from ._secrets import redact
+
 __all__ = ["configure_logging", "get_logger"]
 
 LOGGER_NAME = "bastion"
@@ -49,6 +51,7 @@ def configure_logging(logs_dir: Path | None) -> Path | None:
         std.addHandler(logging.NullHandler())
     structlog.configure(
         processors=[
+            redact,
             structlog.stdlib.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.dict_tracebacks,

@@ -245,8 +245,14 @@ def build_cli(kernel: Kernel) -> click.Group:
         workspace's .env file, then 'environment' in bastion.toml, then development.
         Live is never inferred: it needs --env live.
         """
+        from ._secrets import SECRETS_FILE_VAR, secrets_file
+
         settings = app.settings()
         data = settings.as_dict()
+        data["secrets_file"] = {
+            "value": str(secrets_file()),
+            "source": SECRETS_FILE_VAR if os.environ.get(SECRETS_FILE_VAR) else "default",
+        }
         if as_json:
             _print_json(data)
             return
@@ -270,6 +276,7 @@ def build_cli(kernel: Kernel) -> click.Group:
         )
         for key, item in data["limits"].items():
             row(f"limits.{key}", item["value"], item["source"])
+        row("secrets_file", data["secrets_file"]["value"], data["secrets_file"]["source"])
         console.print(table)
         console.print(f"config file: {data['config_file']}", markup=False)
 

@@ -74,6 +74,23 @@ def register_commands(cli: Any) -> None:
     """
 
 
+@hookspec(firstresult=True)
+def get_secret(name: str, environment: str) -> str | None:
+    """Supply a secret (a broker account id, an API key) that Bastion did not find itself.
+
+    Called when a plugin or the kernel asks for the secret ``name`` and neither
+    its environment variable (``BASTION_SECRET_<NAME>``, dots and dashes as
+    underscores) nor the secrets file holds it; so a vault or a cloud secret
+    manager can be added as a plugin.  Return the value, or ``None`` to pass.
+    ``firstresult``: the first value wins.  Bastion never logs, stores or
+    prints the value (log lines that would contain it are redacted), and never
+    hands it to strategy code.
+
+    :param name: the secret's name, e.g. ``"ibkr.account"``.
+    :param environment: ``"development"``, ``"paper"`` or ``"live"``.
+    """
+
+
 # --------------------------------------------------------------------------
 # Kernel plugins: risk
 # --------------------------------------------------------------------------
