@@ -84,6 +84,7 @@ class BacktestRequest:
     symbols: tuple[str, ...] = ()
     params: tuple[str, ...] = ()  # "key=value" or "strategy.key=value"
     in_process: bool = False  # run strategy code in the kernel's process (trusted, development)
+    log_trades: bool = False  # every order's life in the trades log stream
 
 
 def launcher_for(
@@ -318,6 +319,7 @@ class PreparedBacktest:
                     symbols=frozenset(self.symbols),
                     limits=self.limits,
                     exceptions=self.exceptions,
+                    log_trades=request.log_trades,
                 ),
                 progress=progress,
             )

@@ -106,6 +106,7 @@ class EngineConfig:
     symbols: frozenset[str]  # every symbol the source has for this run
     limits: OrderLimits = attrs.Factory(OrderLimits)
     stored_equity_points: int = 5000
+    log_trades: bool = False  # every order's life in the trades log stream (paper, live)
     exceptions: Mapping[str, ExceptionPolicy] = attrs.Factory(dict)  # by strategy name
 
 
@@ -201,7 +202,10 @@ class Engine:
         self._last: dict[str, float] = {}
         self._ts: list[datetime] = []
         self._seq = 0
-        self._log = get_logger(run_id=config.run_id)
+        self._log = get_logger("system", run_id=config.run_id)
+        self._strategy_log = get_logger("strategy", run_id=config.run_id)
+        self._trades = get_logger("trades", run_id=config.run_id)
+        self._lifecycle = self._trades if config.log_trades else None
         hooks = kernel.hook
         self._order_event = hooks.order_event if hooks.order_event.get_hookimpls() else None
         self._fill_event = hooks.fill_event if hooks.fill_event.get_hookimpls() else None
@@ -341,7 +345,9 @@ class Engine:
             f"more than the {self.config.environment} limit of {limit:,.2f}"
         )
         self._halted = (day, why)
-        self._log.error("trading_halted", ts=ts.isoformat(), loss=round(loss, 2), limit=str(limit))
+        self._trades.error(
+            "trading_halted", ts=ts.isoformat(), loss=round(loss, 2), limit=str(limit)
+        )
         self.store.audit(
             "trading_halted",
             {"run_id": self.config.run_id, "ts": ts.isoformat(), "reason": why},
@@ -370,7 +376,7 @@ class Engine:
         if depth == 0:
             slot.rejections = 0  # a new event: a new budget of rejections
         if reply.logs:
-            log = self._log
+            log = self._strategy_log
             for level, event, fields in reply.logs:
                 getattr(log, level)(event, strategy=slot.info.name, **log_fields(fields))
         failure = reply.failure
@@ -383,7 +389,7 @@ class Engine:
                 and slot.skips < policy.max_skips
             ):
                 slot.skips += 1
-                self._log.error(
+                self._strategy_log.error(
                     "strategy_event_skipped",
                     strategy=slot.info.name,
                     hook=failure.hook,
@@ -411,7 +417,7 @@ class Engine:
         for index, intent in enumerate(intents):
             if slot.quarantined is not None:
                 for dropped in intents[index:]:
-                    self._log.warning(
+                    self._trades.warning(
                         "order_ignored",
                         strategy=slot.info.name,
                         symbol=dropped.symbol,
@@ -431,6 +437,8 @@ class Engine:
                 continue
             self.store.record_order(self.config.run_id, order, OrderStatus.PENDING, None)
             self._recent.append(ts)
+            if self._lifecycle is not None:
+                self._submitted(order)
             if self._order_event is not None:
                 self._order_event(order=order, status="submitted", reason=None)
             # Marks for every symbol the broker may value: held, ordered, or with
@@ -457,8 +465,31 @@ class Engine:
                     ZERO,
                 )
                 slot.host.working(order.symbol, order.signed_quantity)
+                if self._lifecycle is not None:
+                    self._lifecycle.info(
+                        "order_accepted", order_id=order.client_order_id, strategy=order.strategy
+                    )
                 if self._order_event is not None:
                     self._order_event(order=order, status="accepted", reason=None)
+
+    def _submitted(self, order: Order) -> None:
+        """The trades stream's first record of an order: what was asked, under its id."""
+        assert self._lifecycle is not None
+        intent = order.intent
+        self._lifecycle.info(
+            "order_submitted",
+            order_id=order.client_order_id,
+            strategy=order.strategy,
+            sha256=order.strategy_sha256,
+            symbol=intent.symbol,
+            side=intent.side.value,
+            quantity=str(intent.quantity),
+            type=intent.type.value,
+            limit_price=None if intent.limit_price is None else str(intent.limit_price),
+            stop_price=None if intent.stop_price is None else str(intent.stop_price),
+            tag=intent.tag,
+            liquidation=order.liquidation,
+        )
 
     def _new_order(
         self, slot: _Slot, intent: OrderIntent, ts: datetime, *, liquidation: bool = False
@@ -532,13 +563,23 @@ class Engine:
     def _rejected(self, slot: _Slot, order: Order, reason: str, depth: int) -> None:
         if self._order_event is not None:
             self._order_event(order=order, status="rejected", reason=reason)
-        self._reject_intent(slot, order.intent, reason, order.created, depth)
+        self._reject_intent(slot, order.intent, reason, order.created, depth, order.client_order_id)
 
     def _reject_intent(
-        self, slot: _Slot, intent: OrderIntent, reason: str, ts: datetime | None, depth: int
+        self,
+        slot: _Slot,
+        intent: OrderIntent,
+        reason: str,
+        ts: datetime | None,
+        depth: int,
+        order_id: str | None = None,
     ) -> None:
-        self._log.info(
-            "order_rejected", strategy=slot.info.name, symbol=intent.symbol, reason=reason
+        self._trades.info(
+            "order_rejected",
+            strategy=slot.info.name,
+            symbol=intent.symbol,
+            reason=reason,
+            order_id=order_id,
         )
         slot.rejections += 1
         if depth >= MAX_REENTRY or slot.rejections > MAX_REJECTIONS_PER_EVENT:
@@ -586,6 +627,20 @@ class Engine:
         run_id = self.config.run_id
         self.store.record_fill(run_id, fill, order)
         self.store.update_order(run_id, cid, status, reason, filled)
+        if self._lifecycle is not None:
+            self._lifecycle.info(
+                "order_filled",
+                order_id=cid,
+                strategy=order.strategy,
+                symbol=fill.symbol,
+                side=fill.side.value,
+                quantity=str(fill.quantity),
+                price=str(fill.price),
+                commission=str(fill.commission),
+                ts=fill.ts.isoformat(),
+                status=status.value,
+                filled=str(filled),
+            )
         if self._fill_event is not None:
             self._fill_event(fill=fill, strategy=slot.info)
         if status is OrderStatus.FILLED and self._order_event is not None:
@@ -622,7 +677,7 @@ class Engine:
         slot.margin_call = True
         snapshot = slot.portfolio.snapshot(self._last)
         ratio = float(snapshot.equity) / slot.gross_f if slot.gross_f else 0.0
-        self._log.warning(
+        self._trades.warning(
             "margin_call",
             strategy=slot.info.name,
             ts=ts.isoformat(),
@@ -703,6 +758,8 @@ class Engine:
     ) -> None:
         order = self._new_order(slot, intent, ts, liquidation=True)
         self.store.record_order(self.config.run_id, order, OrderStatus.PENDING, "margin call")
+        if self._lifecycle is not None:
+            self._submitted(order)
         reason = self.broker.submit(order, snapshot)
         status = OrderStatus.REJECTED if reason else OrderStatus.ACCEPTED
         if status is OrderStatus.ACCEPTED:
@@ -726,6 +783,13 @@ class Engine:
     def _cancel(self, orders: Sequence[Order], reason: str) -> None:
         for order in orders:
             self._cancelled[order.client_order_id] = reason
+            if self._lifecycle is not None:
+                self._lifecycle.info(
+                    "order_cancelled",
+                    order_id=order.client_order_id,
+                    strategy=order.strategy,
+                    reason=reason,
+                )
             filled = self._filled.get(order.client_order_id, ZERO)
             self.store.update_order(
                 self.config.run_id,
@@ -760,7 +824,7 @@ class Engine:
             reason=failure.reason,
         )
         if failure.traceback:
-            self._log.error(
+            self._strategy_log.error(
                 "strategy_traceback", strategy=slot.info.name, traceback=failure.traceback
             )
         self.store.audit(
@@ -787,7 +851,7 @@ class Engine:
                 continue
             if reply.intents and reply.failure is None:
                 for intent in reply.intents:
-                    self._log.warning(
+                    self._trades.warning(
                         "order_ignored",
                         strategy=slot.info.name,
                         symbol=intent.symbol,

@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "bastion.plugins.synthetic",
     "bastion.plugins.sqlite_store",
     "bastion.plugins.backtest",
+    "bastion.plugins.logs",
 )
 
 

@@ -372,7 +372,7 @@ def _loaded(info: StrategyInfo, host: StrategyHost) -> Strategy | Refusal:
     if loaded.logs:  # what the module body printed, in the strategy's log stream
         from ._logging import get_logger
 
-        log = get_logger()
+        log = get_logger("strategy")
         for level, event, fields in loaded.logs:
             getattr(log, level)(event, strategy=info.name, **log_fields(fields))
     return Strategy(

@@ -143,7 +143,7 @@ class WorkerHost:
         self.layers: tuple[Layer, ...] = ()
         self._source = source
         self._peers = peers
-        self._log = get_logger(strategy=info.name)
+        self._log = get_logger("strategy", strategy=info.name)  # its stray output
         self._seq = 0  # the latest frame posted
         self._hook = "load"
         self._deadline = 0.0
@@ -373,7 +373,7 @@ class WorkerHost:
             for layer in missing:
                 if layer.name not in _warned:
                     _warned.add(layer.name)
-                    self._log.warning(
+                    get_logger("system", strategy=self.info.name).warning(
                         "sandbox_layer_unavailable", layer=layer.name, detail=layer.detail
                     )
             self._post_message(

@@ -66,7 +66,10 @@ class App:
                 raise ConfigError(f"--home {self.home}: no such directory")
             self._detected = detect(self.env_flag, home)
             self._workspace = Workspace(home, self._detected.environment)
-            configure_logging(self._workspace.logs_dir)
+            configure_logging(
+                self._workspace.logs_dir,
+                debug=self._detected.environment is Environment.DEVELOPMENT,
+            )
         return self._workspace
 
     @property

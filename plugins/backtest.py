@@ -113,6 +113,11 @@ def _report_dir(app: App, run_id: str, out: Path | None) -> Path:
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @click.option(
+    "--log-trades",
+    is_flag=True,
+    help="Also write every order's life, submission to fill, to the trades log stream.",
+)
+@click.option(
     "--in-process",
     "in_process",
     is_flag=True,
@@ -134,6 +139,7 @@ def backtest_command(
     report: bool,
     out: Path | None,
     as_json: bool,
+    log_trades: bool,
     in_process: bool,
 ) -> None:
     """Backtest STRATEGIES (default: every verified strategy) on historical bars.
@@ -160,6 +166,7 @@ def backtest_command(
         symbols=wanted,
         params=params,
         in_process=in_process,
+        log_trades=log_trades,
     )
     prepared = prepare_backtest(app.kernel, app.gate(), request, str(app.environment))
     for refusal in prepared.refusals:

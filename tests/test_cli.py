@@ -123,7 +123,7 @@ def test_allow_unsigned_in_development_is_loud(cli: CLI, ws: WS) -> None:
     assert r.exit_code == 0
     assert json.loads(r.stdout)[0]["status"] == "loaded-unsigned"
     assert "WARNING" in r.stderr
-    log = (ws.home / ".bastion" / "development" / "logs" / "bastion.jsonl").read_text()
+    log = (ws.home / ".bastion" / "development" / "logs" / "system.jsonl").read_text()
     assert "unsigned_strategy_loaded" in log
 
 

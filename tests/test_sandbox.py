@@ -143,7 +143,7 @@ def test_paper_refuses_a_strategy_when_a_required_layer_is_missing(
     assert r.exit_code != 0
     one_error_line(r.stderr, "sma_cross.py", "sandbox-unavailable", "'network'", "bastion sandbox")
     assert not (examples / ".bastion" / "paper" / "bastion.db").exists()
-    log = (examples / ".bastion" / "paper" / "logs" / "bastion.jsonl").read_text()
+    log = (examples / ".bastion" / "paper" / "logs" / "strategy.jsonl").read_text()
     assert "module body ran" not in log
     # development only warns, once per layer, and runs
     r = cli("backtest", "sma_cross", *SHORT, "--no-report", "--home", examples)
@@ -151,7 +151,7 @@ def test_paper_refuses_a_strategy_when_a_required_layer_is_missing(
     assert "warning: sandbox layer network is unavailable" in r.stderr
     assert (
         "module body ran"
-        in (examples / ".bastion" / "development" / "logs" / "bastion.jsonl").read_text()
+        in (examples / ".bastion" / "development" / "logs" / "strategy.jsonl").read_text()
     )
 
 
