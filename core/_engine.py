@@ -196,6 +196,8 @@ class Engine:
         self._filled: dict[str, Decimal] = {}
         self._cancelled: dict[str, str] = {}  # client order id -> why it was cancelled
         self._resize: list[_Slot] = []  # margin calls whose liquidation a fill outdated
+        self._executions: set[str] = set()  # broker execution ids already booked
+        self.unknown_fills: list[Fill] = []  # fills of orders this run did not place
         self._recent: deque[datetime] = deque()  # when the orders of the last minute were placed
         self._day: tuple[date, float, float] | None = None  # day, its start equity, latest
         self._halted: tuple[date, str] | None = None  # the day trading is halted, and why
@@ -601,9 +603,14 @@ class Engine:
     # -- fills and the ledger ------------------------------------------------------------------
 
     def _book(self, fill: Fill) -> None:
+        if fill.exec_id is not None:
+            if fill.exec_id in self._executions:
+                return  # a broker's duplicate report of an execution already booked
+            self._executions.add(fill.exec_id)
         order = self._orders.get(fill.order_id)
         if order is None:
-            raise RuntimeError(f"broker reported a fill for unknown order {fill.order_id}")
+            self._unknown_fill(fill)
+            return
         slot = self._by_name[order.strategy]
         portfolio = slot.portfolio
         portfolio.apply(fill)
@@ -661,6 +668,24 @@ class Engine:
             self._margin_call(slot, fill.ts)  # a fill can leave the account under water too
         account = slot.portfolio.snapshot(self._last)
         self._call(slot, lambda host: host.post_fill(fill, account), fill.ts)
+
+    def _unknown_fill(self, fill: Fill) -> None:
+        """A fill for an order this run did not place (a manual trade, an order from
+        before a restart): recorded and reported, booked to no strategy."""
+        payload = {
+            "run_id": self.config.run_id,
+            "order_id": fill.order_id,
+            "broker_order_id": fill.broker_order_id,
+            "exec_id": fill.exec_id,
+            "symbol": fill.symbol,
+            "side": fill.side.value,
+            "quantity": str(fill.quantity),
+            "price": str(fill.price),
+            "ts": fill.ts.isoformat(),
+        }
+        self._trades.warning("unknown_fill", **{k: v for k, v in payload.items() if k != "run_id"})
+        self.store.audit("unknown_fill", payload)
+        self.unknown_fills.append(fill)
 
     def _resync(self, slot: _Slot) -> None:
         """Exact float mirrors of equity and gross exposure after a fill."""

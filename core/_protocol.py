@@ -159,11 +159,13 @@ def encode_fill(fill: Fill) -> list[Any]:
         str(fill.price),
         str(fill.commission),
         [ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, ts.microsecond],
+        fill.exec_id,
+        fill.broker_order_id,
     ]
 
 
 def decode_fill(data: Sequence[Any]) -> Fill:
-    order_id, symbol, side, quantity, price, commission, ts = data
+    order_id, symbol, side, quantity, price, commission, ts, exec_id, broker_order_id = data
     return Fill(
         order_id=order_id,
         symbol=symbol,
@@ -172,6 +174,8 @@ def decode_fill(data: Sequence[Any]) -> Fill:
         price=Decimal(price),
         commission=Decimal(commission),
         ts=decode_bar_time(ts),
+        exec_id=exec_id,
+        broker_order_id=broker_order_id,
     )
 
 

@@ -180,7 +180,13 @@ class Order:
 
 @attrs.frozen(slots=True)
 class Fill:
-    """An execution reported by a broker, in exact decimals.  ``order_id`` is the client id."""
+    """An execution reported by a broker, in exact decimals.
+
+    ``order_id`` is Bastion's client order id (a live broker carries it in the
+    order's reference); ``exec_id`` is the broker's id of this execution (a
+    report seen twice is booked once) and ``broker_order_id`` the broker's id of
+    the order, when the broker has them.
+    """
 
     order_id: str
     symbol: str
@@ -189,6 +195,8 @@ class Fill:
     price: Decimal = attrs.field(converter=_decimal)
     commission: Decimal = attrs.field(converter=_decimal)
     ts: datetime = attrs.field(validator=_aware)
+    exec_id: str | None = None
+    broker_order_id: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.quantity <= 0 or self.price <= 0 or self.commission < 0:

@@ -13,13 +13,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import pytest
 import structlog.testing
 
 from bastion import Kernel, Strategy, hookimpl
 from bastion._engine import Engine, EngineConfig, ExceptionPolicy, OrderLimits, RunResult
 from bastion.interfaces import RunInfo, StrategyRecord
-from bastion.models import Bar
+from bastion.models import Bar, Fill
 from bastion.plugins.sim import SimBroker
 from bastion.plugins.sqlite_store import SQLiteStore
 
@@ -1327,3 +1328,32 @@ def on_reject(ctx, intent, reason):
     assert ("trading halted",) in h.rows("SELECT reason FROM orders WHERE status = 'cancelled'")
     last = h.rows("SELECT created, status FROM orders ORDER BY client_order_id")[-1]
     assert last[0].startswith(str(bars[4].ts.date()))  # the next day an order is placed again
+
+
+def test_a_fill_bastion_did_not_order_is_recorded_and_a_duplicate_is_booked_once(
+    ws: WS, h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker reporting a fill for an order this run never placed (a manual trade, an
+    order from before a restart) gets it recorded in the audit log and the trades stream,
+    booked to no strategy, and the run goes on; the same execution reported twice is
+    booked once."""
+    s = admit(ws, "buy9.py", BUY_FIRST)
+    real_on_bar = SimBroker.on_bar
+    extra: dict[str, Any] = {"sent": False}
+
+    def on_bar(self: SimBroker, bar_: Bar) -> Any:
+        fills = list(real_on_bar(self, bar_))
+        if fills and not extra["sent"]:
+            extra["sent"] = True
+            own = attrs.evolve(fills[0], exec_id="E1")
+            manual = Fill("manual-7", bar_.symbol, "sell", 3, 101, 0, bar_.ts, exec_id="E2")
+            return [own, own, manual]
+        return fills
+
+    monkeypatch.setattr(SimBroker, "on_bar", on_bar)
+    result = h.run([s], [bar("AAA", d, 100.0) for d in range(4)])
+    assert result.strategies[0].fills == 1 and h.positions() == {"AAA": Decimal(10)}
+    assert [f.order_id for f in h.engine.unknown_fills] == ["manual-7"]
+    audit = [e for (e,) in h.rows("SELECT event FROM audit")]
+    assert audit.count("unknown_fill") == 1
+    assert h.rows("SELECT count(*) FROM fills") == [(1,)]
