@@ -69,7 +69,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 from zoneinfo import ZoneInfo
 
 __all__ = [
@@ -482,6 +482,10 @@ class _Reader:
             into[name] = self.text()
 
 
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
 def _parse_place_order(r: _Reader, version: int) -> tuple[int, dict[str, str], dict[str, str]]:
     """Read a placeOrder message exactly as ib_async 2.1's ``Client.placeOrder`` writes it."""
     o: dict[str, str] = {}
@@ -490,44 +494,54 @@ def _parse_place_order(r: _Reader, version: int) -> tuple[int, dict[str, str], d
     r.named(o, "secIdType", "secId")
     r.named(
         o,
-        *"action totalQuantity orderType lmtPrice auxPrice tif ocaGroup account openClose "
-        "origin orderRef transmit parentId blockOrder sweepToFill displaySize triggerMethod "
-        "outsideRth hidden".split(),
+        *_words(
+            "action totalQuantity orderType lmtPrice auxPrice tif ocaGroup account openClose "
+            "origin orderRef transmit parentId blockOrder sweepToFill displaySize triggerMethod "
+            "outsideRth hidden"
+        ),
     )
     if contract["secType"] == "BAG":
         r.skip(8 * r.integer())  # combo legs
         r.skip(r.integer())  # order combo leg prices
         r.skip(2 * r.integer())  # smart combo routing params
     r.skip()  # deprecated sharesAllocation
-    r.named(o, *"discretionaryAmt goodAfterTime goodTillDate faGroup faMethod faPercentage".split())
+    r.named(o, *_words("discretionaryAmt goodAfterTime goodTillDate faGroup faMethod faPercentage"))
     if version < 177:
         r.named(o, "faProfile")
     r.named(
         o,
-        *"modelCode shortSaleSlot designatedLocation exemptCode ocaType rule80A settlingFirm "
-        "allOrNone minQty percentOffset eTradeOnly firmQuoteOnly nbboPriceCap auctionStrategy "
-        "startingPrice stockRefPrice delta stockRangeLower stockRangeUpper "
-        "overridePercentageConstraints volatility volatilityType deltaNeutralOrderType "
-        "deltaNeutralAuxPrice".split(),
+        *_words(
+            "modelCode shortSaleSlot designatedLocation exemptCode ocaType rule80A settlingFirm "
+            "allOrNone minQty percentOffset eTradeOnly firmQuoteOnly nbboPriceCap auctionStrategy "
+            "startingPrice stockRefPrice delta stockRangeLower stockRangeUpper "
+            "overridePercentageConstraints volatility volatilityType deltaNeutralOrderType "
+            "deltaNeutralAuxPrice"
+        ),
     )
     if o["deltaNeutralOrderType"]:
         r.named(
             o,
-            *"deltaNeutralConId deltaNeutralSettlingFirm deltaNeutralClearingAccount "
-            "deltaNeutralClearingIntent deltaNeutralOpenClose deltaNeutralShortSale "
-            "deltaNeutralShortSaleSlot deltaNeutralDesignatedLocation".split(),
+            *_words(
+                "deltaNeutralConId deltaNeutralSettlingFirm deltaNeutralClearingAccount "
+                "deltaNeutralClearingIntent deltaNeutralOpenClose deltaNeutralShortSale "
+                "deltaNeutralShortSaleSlot deltaNeutralDesignatedLocation"
+            ),
         )
     r.named(
         o,
-        *"continuousUpdate referencePriceType trailStopPrice trailingPercent "
-        "scaleInitLevelSize scaleSubsLevelSize scalePriceIncrement".split(),
+        *_words(
+            "continuousUpdate referencePriceType trailStopPrice trailingPercent "
+            "scaleInitLevelSize scaleSubsLevelSize scalePriceIncrement"
+        ),
     )
     increment = float(o["scalePriceIncrement"] or 0)
     if 0 < increment < UNSET_DOUBLE:
         r.named(
             o,
-            *"scalePriceAdjustValue scalePriceAdjustInterval scaleProfitOffset scaleAutoReset "
-            "scaleInitPosition scaleInitFillQty scaleRandomPercent".split(),
+            *_words(
+                "scalePriceAdjustValue scalePriceAdjustInterval scaleProfitOffset scaleAutoReset "
+                "scaleInitPosition scaleInitFillQty scaleRandomPercent"
+            ),
         )
     r.named(o, "scaleTable", "activeStartTime", "activeStopTime", "hedgeType")
     if o["hedgeType"]:
@@ -538,14 +552,14 @@ def _parse_place_order(r: _Reader, version: int) -> tuple[int, dict[str, str], d
     r.named(o, "algoStrategy")
     if o["algoStrategy"]:
         r.skip(2 * r.integer())
-    r.named(
-        o, *"algoId whatIf orderMiscOptions solicited randomizeSize randomizePrice".split()
-    )
+    r.named(o, *_words("algoId whatIf orderMiscOptions solicited randomizeSize randomizePrice"))
     if o["orderType"] in {"PEG BENCH", "PEGBENCH"}:
         r.named(
             o,
-            *"referenceContractId isPeggedChangeAmountDecrease peggedChangeAmount "
-            "referenceChangeAmount referenceExchangeId".split(),
+            *_words(
+                "referenceContractId isPeggedChangeAmountDecrease peggedChangeAmount "
+                "referenceChangeAmount referenceExchangeId"
+            ),
         )
     n_conditions = r.integer()
     o["conditionCount"] = str(n_conditions)
@@ -558,12 +572,14 @@ def _parse_place_order(r: _Reader, version: int) -> tuple[int, dict[str, str], d
         r.named(o, "conditionsIgnoreRth", "conditionsCancelOrder")
     r.named(
         o,
-        *"adjustedOrderType triggerPrice lmtPriceOffset adjustedStopPrice "
-        "adjustedStopLimitPrice adjustedTrailingAmount adjustableTrailingUnit extOperator "
-        "softDollarTierName softDollarTierValue cashQty mifid2DecisionMaker "
-        "mifid2DecisionAlgo mifid2ExecutionTrader mifid2ExecutionAlgo "
-        "dontUseAutoPriceForHedge isOmsContainer discretionaryUpToLimitPrice "
-        "usePriceMgmtAlgo".split(),
+        *_words(
+            "adjustedOrderType triggerPrice lmtPriceOffset adjustedStopPrice "
+            "adjustedStopLimitPrice adjustedTrailingAmount adjustableTrailingUnit extOperator "
+            "softDollarTierName softDollarTierValue cashQty mifid2DecisionMaker "
+            "mifid2DecisionAlgo mifid2ExecutionTrader mifid2ExecutionAlgo "
+            "dontUseAutoPriceForHedge isOmsContainer discretionaryUpToLimitPrice "
+            "usePriceMgmtAlgo"
+        ),
     )
     if version >= 158:
         r.named(o, "duration")
@@ -617,6 +633,9 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # no Nagle delay between the small messages of one answer
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.tws._connection_made(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -795,7 +814,7 @@ class FakeTWS:
         """Bind 127.0.0.1 (ephemeral port unless ``port`` was given), serve, return the port."""
         if self._thread is not None:
             raise RuntimeError("FakeTWS already started")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", self._requested_port))
@@ -886,14 +905,32 @@ class FakeTWS:
         try:
             await self._stop_event.wait()
         finally:
-            self._server.close()
-            with self._lock:
-                conns = list(self._conns)
-            for conn in conns:
-                conn.abort()
-            await self._server.wait_closed()
-            for _ in range(3):  # let connection_lost callbacks close the sockets
+            me = asyncio.current_task()
+
+            def others() -> list[asyncio.Task[object]]:
+                return [t for t in asyncio.all_tasks() if t is not me]
+
+            # A connection accepted just before the listener closes gets its transport in
+            # a task's first step; if that step runs after Server.close(), asyncio 3.11
+            # fails in Server._attach and leaks the socket. So let in-flight accepts
+            # finish, then close in the same step (a later accept callback is cancelled).
+            for _ in range(1000):
+                if not others():
+                    break
                 await asyncio.sleep(0)
+            self._server.close()
+            # Abort every client until none is left: a new transport reaches
+            # connection_made an iteration later, and an aborted socket is only closed by
+            # its connection_lost callback.
+            for _ in range(1000):
+                with self._lock:
+                    conns = list(self._conns)
+                for conn in conns:
+                    conn.abort()
+                if not conns and not others():
+                    break
+                await asyncio.sleep(0)
+            await self._server.wait_closed()
             self._server = None
 
     def _call(self, fn: Callable[[], T]) -> T:
@@ -944,7 +981,11 @@ class FakeTWS:
             self._changed.notify_all()
 
     def _live(self) -> list[_Connection]:
-        return [c for c in self._conns if c.api_started and c.transport is not None]
+        return [
+            c
+            for c in self._conns
+            if c.api_started and c.transport is not None and not c.transport.is_closing()
+        ]
 
     def _owners(self, order: FakeOrder) -> list[_Connection]:
         return [c for c in self._live() if c.client_id == order.client_id]
@@ -2080,7 +2121,7 @@ class FakeTWS:
     def _cancel(self, order: FakeOrder, reason: str = "") -> None:
         order.status = "Cancelled"
         order.completed_time = self._now_text()
-        order.completed_status = "Cancelled by Trader" if not reason else reason
+        order.completed_status = reason or "Cancelled by Trader"
         for conn in self._owners(order):
             conn.send(*self._order_status_fields(order))
             conn.error(order.order_id, 202, DEFAULT_MESSAGES[202] + reason)
@@ -2156,7 +2197,7 @@ class FakeTWS:
             conn.send(*self._commission_fields(ex))
         conn.send(55, 1, req_id)
 
-    _handlers: dict[int, Callable[[FakeTWS, _Connection, _Reader], None]] = {
+    _handlers: ClassVar[dict[int, Callable[[FakeTWS, _Connection, _Reader], None]]] = {
         1: _on_req_mkt_data,
         2: _on_cancel_mkt_data,
         3: _on_place_order,
@@ -2204,11 +2245,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, lambda *_: done.set())
     with FakeTWS(args.account, server_version=args.server_version, port=args.port) as tws:
         print(f"PORT {tws.port}", flush=True)
-        threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+
+        def wait_for_stdin_eof() -> None:
+            sys.stdin.read()
+            done.set()
+
+        threading.Thread(target=wait_for_stdin_eof, daemon=True).start()
         done.wait()
     return 0
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
