@@ -35,7 +35,7 @@ from ._logging import get_logger
 from ._metrics import downsample_columns, metrics_from_columns
 from ._portfolio import Portfolio
 from ._settings import Limits
-from .interfaces import Broker, Store
+from .interfaces import Broker, OrderUpdate, Store
 from .models import AccountSnapshot, Bar, Fill, Order, OrderIntent, OrderStatus, Side
 
 ZERO = Decimal(0)
@@ -107,6 +107,8 @@ class EngineConfig:
     limits: OrderLimits = attrs.Factory(OrderLimits)
     stored_equity_points: int = 5000
     log_trades: bool = False  # every order's life in the trades log stream (paper, live)
+    signal_only: bool = False  # intents pass every check and are audited; no broker sees them
+    trade_from: datetime | None = None  # earlier bars are warm-up: orders asked then are ignored
     exceptions: Mapping[str, ExceptionPolicy] = attrs.Factory(dict)  # by strategy name
 
 
@@ -151,6 +153,7 @@ class _Slot:
         "portfolio",
         "quarantined",
         "rejections",
+        "signals",
         "skips",
         "values",
     )
@@ -161,6 +164,7 @@ class _Slot:
         self.params = params
         self.skips = 0
         self.rejections = 0  # rejections from the event being handled
+        self.signals = 0  # intents recorded as signals (signal-only)
         self.portfolio = Portfolio(strategy.name, cash)
         self.equity_f = float(cash)
         self.gross_f = 0.0
@@ -254,12 +258,18 @@ class Engine:
         progress = self.progress
         current: datetime | None = None
         count = 0
+        poll = getattr(broker, "poll", None)  # a live broker's pushed fills and status changes
         for bar in bars:
             ts = bar.ts
             if ts != current:
                 if current is not None:
                     self._close_timestamp(current)
                 current = ts
+                if poll is not None:
+                    for update in poll():
+                        self._broker_update(update, ts)
+                    active = self._active()
+                    waiting = working()
             symbol = bar.symbol
             gapped = False
             if symbol in waiting:
@@ -426,12 +436,23 @@ class Engine:
                         reason="the strategy was quarantined while this event was handled",
                     )
                 return
+            if self.config.trade_from is not None and ts < self.config.trade_from:
+                self._trades.info(
+                    "order_ignored",
+                    strategy=slot.info.name,
+                    symbol=intent.symbol,
+                    reason="a warm-up bar: orders start with the first live bar",
+                )
+                continue
             unheld = unholdable(intent)
             if unheld is not None:
                 # Never stored: the store and the ledger could not hold these numbers.
                 self._reject_intent(slot, intent, unheld, ts, depth)
                 continue
             reason = self._pre_check(slot, intent, ts)
+            if reason is None and self.config.signal_only:
+                self._signal(slot, intent, ts)
+                continue
             order = self._new_order(slot, intent, ts)
             if reason is not None:
                 self.store.record_order(self.config.run_id, order, OrderStatus.REJECTED, reason)
@@ -473,6 +494,62 @@ class Engine:
                     )
                 if self._order_event is not None:
                     self._order_event(order=order, status="accepted", reason=None)
+
+    def _signal(self, slot: _Slot, intent: OrderIntent, ts: datetime) -> None:
+        """Signal-only: an intent that passed every check is recorded, never sent."""
+        payload = {
+            "run_id": self.config.run_id,
+            "strategy": slot.info.name,
+            "sha256": slot.info.sha256,
+            "signer": slot.info.signer,
+            "ts": ts.isoformat(),
+            "symbol": intent.symbol,
+            "side": intent.side.value,
+            "quantity": str(intent.quantity),
+            "type": intent.type.value,
+            "limit_price": None if intent.limit_price is None else str(intent.limit_price),
+            "stop_price": None if intent.stop_price is None else str(intent.stop_price),
+            "tag": intent.tag,
+        }
+        self.store.audit("signal", payload)
+        self._trades.info("signal", **{k: v for k, v in payload.items() if k != "run_id"})
+        slot.signals += 1
+
+    def _broker_update(self, update: Fill | OrderUpdate, ts: datetime) -> None:
+        """A live broker's news since the last timestamp: a fill, or an order it
+        rejected or cancelled by itself."""
+        if isinstance(update, Fill):
+            self._last.setdefault(update.symbol, float(update.price))
+            self._book(update)
+            if self._resize:
+                self._resize_liquidations(ts)
+            return
+        order = self._orders.get(update.client_order_id)
+        if order is None:
+            self._trades.warning(
+                "unknown_order_update",
+                order_id=update.client_order_id,
+                status=update.status,
+                reason=update.reason,
+            )
+            return
+        if update.status == "rejected":
+            filled = self._filled.get(order.client_order_id, ZERO)
+            self._cancelled[order.client_order_id] = update.reason
+            self.store.update_order(
+                self.config.run_id,
+                order.client_order_id,
+                OrderStatus.REJECTED,
+                update.reason,
+                filled,
+            )
+            slot = self._by_name[order.strategy]
+            remaining = order.quantity - filled
+            slot.host.working(order.symbol, -remaining if order.signed_quantity > 0 else remaining)
+            if not order.liquidation:
+                self._rejected(slot, order, update.reason, 0)
+        else:
+            self._cancel([order], update.reason)
 
     def _submitted(self, order: Order) -> None:
         """The trades stream's first record of an order: what was asked, under its id."""

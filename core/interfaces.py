@@ -22,6 +22,7 @@ __all__ = [
     "AuditCheck",
     "Broker",
     "EquityPoint",
+    "OrderUpdate",
     "RunData",
     "RunInfo",
     "RunRow",
@@ -92,6 +93,16 @@ class Source(Protocol):
 # --------------------------------------------------------------------------- brokers
 
 
+@attrs.frozen
+class OrderUpdate:
+    """A live broker's news about an order it had accepted: ``rejected`` (e.g. IBKR's
+    201) or ``cancelled`` by the broker itself, with its reason."""
+
+    client_order_id: str
+    status: str  # "rejected" or "cancelled"
+    reason: str
+
+
 @runtime_checkable
 class Broker(Protocol):
     """Executes orders.  A factory ``factory(spec: str) -> Broker`` gets the text after
@@ -135,6 +146,13 @@ class Broker(Protocol):
         """Cancel the working orders of one strategy (quarantine, margin call) and return
         them; its margin-call liquidations (``liquidation=True``) keep working."""
         ...
+
+    # Optional, for brokers that push news (a live broker):
+    #
+    #   def poll(self) -> Sequence[Fill | OrderUpdate]:
+    #       """Fills and order updates received since the last call; the engine asks at
+    #       every new timestamp.  A fill carries Bastion's client order id (``order_id``)
+    #       and the broker's execution id, so a duplicate report is booked once."""
 
 
 # --------------------------------------------------------------------------- storage

@@ -7,6 +7,7 @@ the store, and what strategies log through ``ctx.log``.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -70,6 +71,7 @@ class Harness:
         limits: OrderLimits = NO_LIMITS,
         params: dict[str, Any] | None = None,
         exceptions: dict[str, ExceptionPolicy] | None = None,
+        **config: Any,
     ) -> RunResult:
         self.store.begin_run(
             RunInfo(RUN, "backtest", "development", T0, "test", {}),
@@ -90,6 +92,7 @@ class Harness:
                 symbols=frozenset(symbols or {b.symbol for b in bars}),
                 limits=limits,
                 exceptions=exceptions or {},
+                **config,
             ),
         )
         with structlog.testing.capture_logs() as captured:
@@ -1357,3 +1360,62 @@ def test_a_fill_bastion_did_not_order_is_recorded_and_a_duplicate_is_booked_once
     audit = [e for (e,) in h.rows("SELECT event FROM audit")]
     assert audit.count("unknown_fill") == 1
     assert h.rows("SELECT count(*) FROM fills") == [(1,)]
+
+
+def test_signal_only_records_intents_that_pass_every_check_and_sends_nothing(
+    ws: WS, h: Harness
+) -> None:
+    """In signal-only mode an intent that passes the limits and risk checks is written to
+    the audit log as a signal with the strategy's SHA-256; no order row exists and the
+    broker sees nothing; an intent over a limit is still rejected with its reason."""
+    s = admit(
+        ws,
+        "signals.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    ctx.order(bar.symbol, 10)
+    ctx.order(bar.symbol, 1000)
+""",
+    )
+    result = h.run(
+        [s],
+        [bar("AAA", d, 100.0) for d in range(3)],
+        limits=OrderLimits(max_order_quantity=Decimal(100)),
+        signal_only=True,
+    )
+    assert result.strategies[0].fills == 0
+    audit = h.rows("SELECT event, payload FROM audit WHERE event = 'signal'")
+    assert len(audit) == 3
+    payload = json.loads(audit[0][1])
+    assert (payload["sha256"], payload["quantity"], payload["side"]) == (s.info.sha256, "10", "buy")
+    assert [st for (st,) in h.rows("SELECT DISTINCT status FROM orders")] == ["rejected"]
+    assert h.store.verify_audit().ok
+
+
+def test_warm_up_bars_reach_strategies_but_their_orders_are_ignored(ws: WS, h: Harness) -> None:
+    """Bars before trade_from warm the strategy up (it sees them, its history fills) but
+    what it asks for then is ignored with a reason; from the first live bar on, orders go
+    through as usual."""
+    s = admit(
+        ws,
+        "warm.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    ctx.log.info("seen", n=len(ctx.history(bar.symbol)))
+    if ctx.position(bar.symbol) == 0 and ctx.pending(bar.symbol) == 0:
+        ctx.order(bar.symbol, 5)
+""",
+    )
+    bars = [bar("AAA", d, 100.0) for d in range(5)]
+    h.run([s], bars, trade_from=bars[3].ts)
+    assert [r["n"] for r in h.logged("seen")] == ["1", "2", "3", "4", "5"]
+    created = [c for (c,) in h.rows("SELECT created FROM orders")]
+    assert len(created) == 1 and created[0].startswith(str(bars[3].ts.date()))
+    ignored = [r for r in h.captured if r["event"] == "order_ignored"]
+    assert len(ignored) == 3 and "warm-up" in ignored[0]["reason"]
