@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import secrets
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
@@ -27,7 +28,7 @@ from ._loader import Gate, Refusal, Strategy
 from ._sandbox import SandboxConfig, sandbox_config, sandboxed
 from ._settings import limits_from_config
 from ._version import __version__
-from .interfaces import RunInfo, Source, Store, StrategyRecord
+from .interfaces import PluginContext, RunInfo, Source, Store, StrategyRecord, make_plugin
 from .models import Bar
 
 __all__ = ["BacktestRequest", "parse_cash", "parse_date", "prepare_backtest"]
@@ -85,6 +86,9 @@ class BacktestRequest:
     params: tuple[str, ...] = ()  # "key=value" or "strategy.key=value"
     in_process: bool = False  # run strategy code in the kernel's process (trusted, development)
     log_trades: bool = False  # every order's life in the trades log stream
+    kind: str = "backtest"  # or "paper" / "live": a run against a live broker
+    signal_only: bool = False  # intents are recorded as signals; nothing reaches the broker
+    trade_from: datetime | None = None  # earlier bars warm strategies up
 
 
 def launcher_for(
@@ -242,22 +246,26 @@ class PreparedBacktest:
     environment: str
     sandbox: SandboxConfig
     exceptions: dict[str, ExceptionPolicy]
+    stop: Any = None  # threading.Event set by the operator's Ctrl-C or SIGTERM (live runs)
 
     @property
     def mode(self) -> str:
         return "in-process" if self.request.in_process else "sandboxed"
 
     def close(self) -> None:
-        """Release the strategies' hosts (workers) of a run that will not happen."""
+        """Release the strategies' hosts (workers), the broker and the source
+        (idempotent: after a run, or instead of one)."""
         for strategy in self.strategies:
             strategy.close()
+        _close(self.broker)
+        _close(self.source)
 
     def run(self, progress: Callable[[int], None] | None = None) -> tuple[RunResult, Store]:
         run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
         request = self.request
         info = RunInfo(
             run_id=run_id,
-            kind="backtest",
+            kind=request.kind,
             environment=self.environment,
             started=datetime.now(UTC),
             bastion_version=__version__,
@@ -271,6 +279,7 @@ class PreparedBacktest:
                 "symbols": list(self.symbols),
                 "params": self.params,
                 "sandbox": self.mode,
+                "signal_only": request.signal_only,
                 "sandbox_layers": {
                     s.name: sorted(layer.name for layer in s.layers if layer.active)
                     for s in self.strategies
@@ -319,7 +328,11 @@ class PreparedBacktest:
                     symbols=frozenset(self.symbols),
                     limits=self.limits,
                     exceptions=self.exceptions,
-                    log_trades=request.log_trades,
+                    log_trades=request.log_trades or request.kind != "backtest",
+                    signal_only=request.signal_only,
+                    trade_from=request.trade_from,
+                    stop=self.stop,
+                    halt_file=None if request.kind == "backtest" else self.data_dir / "HALT",
                 ),
                 progress=progress,
             )
@@ -343,7 +356,11 @@ class PreparedBacktest:
 
 
 def prepare_backtest(
-    kernel: Kernel, gate: Gate, request: BacktestRequest, environment: str
+    kernel: Kernel,
+    gate: Gate,
+    request: BacktestRequest,
+    environment: str,
+    context: PluginContext | None = None,
 ) -> PreparedBacktest:
     """Check every input and admit the strategies; raise a one-line BastionError otherwise."""
     workspace = gate.workspace
@@ -354,7 +371,9 @@ def prepare_backtest(
     source_factory, source_spec = _split(request.source, "source", kernel.sources())
     broker_factory, broker_spec = _split(request.broker, "broker", kernel.brokers())
     store_factory, _ = _split(request.storage, "storage", kernel.storages())
-    source: Source = source_factory(source_spec)
+    if context is None:
+        context = PluginContext(environment, None, None, False, threading.Event())
+    source: Source = make_plugin(source_factory, source_spec, context)
     available = source.symbols()
     symbols = request.symbols or available
     missing = [s for s in symbols if s not in available]
@@ -362,7 +381,11 @@ def prepare_backtest(
         raise ConfigError(
             f"symbol {missing[0]!r} is not in {source.description}; it has: {', '.join(available)}"
         )
-    broker = broker_factory(broker_spec)
+    try:
+        broker = make_plugin(broker_factory, broker_spec, context)
+    except BaseException:
+        _close(source)
+        raise
     config = read_config(workspace.config_file)
     config_name = str(workspace.config_file)
     launcher, sandbox = launcher_for(request.in_process, environment, config, config_name)
@@ -410,6 +433,8 @@ def prepare_backtest(
     except BaseException:
         for strategy in strategies:
             strategy.close()
+        _close(broker)
+        _close(source)
         raise
     first, bars, total = prepared
     return PreparedBacktest(
@@ -430,7 +455,15 @@ def prepare_backtest(
         environment=environment,
         sandbox=sandbox,
         exceptions=exceptions,
+        stop=context.stop if context.live else None,
     )
+
+
+def _close(plugin: object) -> None:
+    """A broker or source may hold a connection: ``close()`` it when it has one."""
+    close = getattr(plugin, "close", None)
+    if callable(close):
+        close()
 
 
 def _prepared_source(

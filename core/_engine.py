@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -109,6 +110,8 @@ class EngineConfig:
     log_trades: bool = False  # every order's life in the trades log stream (paper, live)
     signal_only: bool = False  # intents pass every check and are audited; no broker sees them
     trade_from: datetime | None = None  # earlier bars are warm-up: orders asked then are ignored
+    stop: Any = None  # a threading.Event: Ctrl-C sets it (a graceful stop) instead of raising
+    halt_file: Path | None = None  # while it exists, trading is halted ('bastion halt')
     exceptions: Mapping[str, ExceptionPolicy] = attrs.Factory(dict)  # by strategy name
 
 
@@ -205,6 +208,7 @@ class Engine:
         self._recent: deque[datetime] = deque()  # when the orders of the last minute were placed
         self._day: tuple[date, float, float] | None = None  # day, its start equity, latest
         self._halted: tuple[date, str] | None = None  # the day trading is halted, and why
+        self._operator_halt: str | None = None  # 'bastion halt' is in force
         self._last: dict[str, float] = {}
         self._ts: list[datetime] = []
         self._seq = 0
@@ -222,7 +226,7 @@ class Engine:
     def run(self, bars: Iterable[Bar]) -> RunResult:
         started = time.perf_counter()
         try:
-            with _operator_sigint():
+            with _operator_sigint(self.config.stop):
                 for slot in self._slots:
                     slot.host.start(slot.params, slot.portfolio.snapshot(self._last))
                 for slot in self._slots:
@@ -269,6 +273,9 @@ class Engine:
                     for update in poll():
                         self._broker_update(update, ts)
                     active = self._active()
+                    waiting = working()
+                if self.config.halt_file is not None:
+                    self._check_halt_file(ts)
                     waiting = working()
             symbol = bar.symbol
             gapped = False
@@ -333,6 +340,27 @@ class Engine:
                 slot.exposure += 1
         if self.config.limits.max_daily_loss is not None:
             self._check_daily_loss(ts)
+
+    def _check_halt_file(self, ts: datetime) -> None:
+        """``bastion halt`` wrote the halt file: cancel working orders, refuse new ones;
+        ``bastion resume`` removed it: trade again."""
+        assert self.config.halt_file is not None
+        halted = self.config.halt_file.exists()
+        if halted and self._operator_halt is None:
+            self._operator_halt = "trading is halted by the operator ('bastion resume' lifts it)"
+            self._trades.error("trading_halted", ts=ts.isoformat(), by="operator")
+            self.store.audit(
+                "trading_halted",
+                {"run_id": self.config.run_id, "ts": ts.isoformat(), "reason": "bastion halt"},
+            )
+            for slot in self._slots:
+                self._cancel(self.broker.cancel_strategy(slot.info.name), "trading halted")
+        elif not halted and self._operator_halt is not None:
+            self._operator_halt = None
+            self._trades.info("trading_resumed", ts=ts.isoformat())
+            self.store.audit(
+                "trading_resumed", {"run_id": self.config.run_id, "ts": ts.isoformat()}
+            )
 
     def _check_daily_loss(self, ts: datetime) -> None:
         """The account (every strategy) lost more than the day's limit: halt for the day."""
@@ -593,6 +621,8 @@ class Engine:
             return f"unknown symbol {intent.symbol!r}: not in this run's data"
         if self._halted is not None and self._halted[0] == ts.date():
             return self._halted[1]
+        if self._operator_halt is not None:
+            return self._operator_halt
         limits = self.config.limits
         if limits.max_orders_per_minute is not None:
             recent = self._recent
@@ -989,14 +1019,19 @@ class Engine:
 
 
 @contextlib.contextmanager
-def _operator_sigint() -> Iterator[None]:
+def _operator_sigint(stop: Any = None) -> Iterator[None]:
     """While a run is on, the operator's Ctrl-C is told apart from a ``KeyboardInterrupt``
-    that strategy code raises (which only quarantines that strategy)."""
+    that strategy code raises (which only quarantines that strategy).  With ``stop`` (a
+    live run), Ctrl-C sets it instead: the source ends and the run finishes cleanly; a
+    second Ctrl-C interrupts."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
+        if stop is not None and not stop.is_set():
+            stop.set()
+            return
         operator_interrupt.pressed = True
         raise KeyboardInterrupt
 

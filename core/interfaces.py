@@ -23,6 +23,7 @@ __all__ = [
     "Broker",
     "EquityPoint",
     "OrderUpdate",
+    "PluginContext",
     "RunData",
     "RunInfo",
     "RunRow",
@@ -30,6 +31,7 @@ __all__ = [
     "Store",
     "StrategyRecord",
     "StrategyRunData",
+    "make_plugin",
     "select_symbols",
 ]
 
@@ -88,6 +90,37 @@ class Source(Protocol):
         total and the time left.
         """
         ...
+
+
+# --------------------------------------------------------------------------- context
+
+
+@attrs.frozen
+class PluginContext:
+    """What a broker or source factory may be given besides its spec (a factory that has
+    a ``context`` parameter receives it): the environment, its settings (host, ports,
+    client-id range, approved account: ``bastion._settings.EnvironmentSettings``), the
+    secrets lookup, whether this is a paper or live run rather than a backtest, and the
+    event that is set when the operator stops the run."""
+
+    environment: str
+    settings: Any
+    secrets: Any
+    live: bool
+    stop: Any  # threading.Event
+
+
+def make_plugin(factory: Any, spec: str, context: PluginContext) -> Any:
+    """Call a broker or source factory: with ``context=`` when it takes one."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        parameters = {}  # type: ignore[assignment]
+    if "context" in parameters:
+        return factory(spec, context=context)
+    return factory(spec)
 
 
 # --------------------------------------------------------------------------- brokers
