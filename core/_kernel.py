@@ -36,6 +36,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "bastion.plugins.sqlite_store",
     "bastion.plugins.backtest",
     "bastion.plugins.logs",
+    "bastion.plugins.ibkr",
+    "bastion.plugins.run",
 )
 
 
