@@ -57,21 +57,25 @@ from bastion.interfaces import (
     RunData,
     RunInfo,
     RunRow,
+    StoredOrder,
     StrategyRecord,
     StrategyRunData,
 )
-from bastion.models import Fill, Order, OrderStatus, OrderType, Position, Side
+from bastion.models import Fill, Order, OrderIntent, OrderStatus, OrderType, Position, Side
 
 __all__ = ["DB_NAME", "GENESIS_HASH", "SCHEMA_VERSION", "SQLiteStore", "audit_hash"]
 
 DB_NAME: Final = "bastion.db"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 GENESIS_HASH: Final = "0" * 64
 
 FINAL_ORDER_STATUSES: Final = frozenset(
     {OrderStatus.FILLED, OrderStatus.REJECTED, OrderStatus.CANCELLED}
 )
 FINISHED_RUN_STATUSES: Final = frozenset({"completed", "failed", "interrupted"})
+# A run without a run_finished record: running, or (paper/live) stopped with orders
+# still working at the broker until a later run's reconciliation settles them.
+_OPEN_RUN_STATUSES: Final = frozenset({"running", "stopped"})
 _ORDER_STATUSES: Final = frozenset(s.value for s in OrderStatus)
 
 
@@ -152,17 +156,20 @@ _ORDER_COLUMNS = (
     "client_order_id, run_id, strategy, strategy_sha256, signer, symbol, side, quantity, type, "
     "limit_price, stop_price, tag, created, liquidation, status, reason, filled"
 )
-_FILL_COLUMNS = (
+_FILL_COLUMNS_V1 = (
     "id, run_id, client_order_id, strategy, strategy_sha256, signer, symbol, side, quantity, "
     "price, commission, ts"
 )
+# Schema 2: the broker's execution id (unique: one execution is stored once, across runs)
+# and its order id, so a restart can tell which of the broker's executions are stored.
+_FILL_COLUMNS = f"{_FILL_COLUMNS_V1}, exec_id, broker_order_id"
 _ORDER_INSERT_SQL = f"INSERT INTO orders ({_ORDER_COLUMNS}, updated) VALUES ({', '.join('?' * 18)})"  # noqa: S608
-_FILL_INSERT_SQL = f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES (NULL, {', '.join('?' * 11)})"  # noqa: S608
+_FILL_INSERT_SQL = f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES (NULL, {', '.join('?' * 13)})"  # noqa: S608
 _ORDER_STATUS_AT = 14  # index of status (then reason, filled) in a buffered order row
 
 
-TRADES_DIGEST_FORM: Final = 3
-_DIGEST_FORMS: Final = frozenset({1, 2, 3})
+TRADES_DIGEST_FORM: Final = 4
+_DIGEST_FORMS: Final = frozenset({1, 2, 3, 4})
 
 # Form 3 also covers what the engine stores at the end of a run, before
 # finish_run writes run_finished: the equity curve, the positions left, and
@@ -176,7 +183,8 @@ _RESULT_TABLES: Final = (
 
 def _trades_digest(conn: sqlite3.Connection, run_id: str, form: int | None = None) -> str:
     """SHA-256 over a run's order and fill rows (all columns but wall-clock ``updated``),
-    and from form 3 on also over its equity, positions and strategy results.
+    and from form 3 on also over its equity, positions and strategy results; form 4
+    adds the fills' execution and broker order ids (schema 2).
 
     For each table its name, then (forms 2 and 3) its rows as one JSON array;
     form 1 (runs stored before form 2) hashed each order and fill row as a JSON
@@ -189,7 +197,7 @@ def _trades_digest(conn: sqlite3.Connection, run_id: str, form: int | None = Non
     digest = hashlib.sha256()
     tables = [
         ("orders", _ORDER_COLUMNS, "client_order_id"),
-        ("fills", _FILL_COLUMNS, "id"),
+        ("fills", _FILL_COLUMNS if form >= 4 else _FILL_COLUMNS_V1, "id"),
         *(_RESULT_TABLES if form >= 3 else ()),
     ]
     for table, columns, order in tables:
@@ -280,7 +288,9 @@ def _run_records_problem(conn: sqlite3.Connection) -> tuple[int | None, str] | N
             if "config" in recorded and not _same_json(row["config"], recorded["config"]):
                 return record_id, f"{where}run {run_id}'s config was changed after it started"
             if run_id not in last_finished and (
-                row["status"] != "running" or row["error"] is not None or row["finished"]
+                row["status"] not in _OPEN_RUN_STATUSES
+                or row["error"] is not None
+                or row["finished"]
             ):
                 return record_id, (
                     f"{where}run {run_id}'s status was changed to {row['status']!r}, but the "
@@ -473,6 +483,8 @@ def _create_schema(db: sqlite_utils.Database) -> None:
             "price": str,
             "commission": str,
             "ts": str,
+            "exec_id": str,
+            "broker_order_id": str,
         },
         pk="id",
         foreign_keys=[*runs_fk, ("client_order_id", "orders", "client_order_id")],
@@ -491,6 +503,7 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     )
     db.table("fills").create_index(["run_id", "strategy"])
     db.table("fills").create_index(["client_order_id"])
+    db.conn.execute(_EXEC_ID_INDEX_SQL)
     db.table("positions").create(
         {
             "run_id": str,
@@ -514,6 +527,21 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     for statement in _AUDIT_SQL:
         db.conn.execute(statement)
     db.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+_EXEC_ID_INDEX_SQL: Final = (
+    "CREATE UNIQUE INDEX fills_exec_id ON fills (exec_id) WHERE exec_id IS NOT NULL"
+)
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a store of an older schema to :data:`SCHEMA_VERSION` (inside the caller's
+    transaction); stored rows and the audit chain are left as they are."""
+    if version < 2:
+        conn.execute("ALTER TABLE fills ADD COLUMN exec_id TEXT")
+        conn.execute("ALTER TABLE fills ADD COLUMN broker_order_id TEXT")
+        conn.execute(_EXEC_ID_INDEX_SQL)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 _AUDIT_HEAD_SQL: Final = (
@@ -628,6 +656,9 @@ class SQLiteStore:
             tables = self._conn.execute(
                 "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
             ).fetchone()[0]
+            if version > 0:
+                _migrate(self._conn, version)
+                return
             if tables:
                 raise FormatError(
                     f"{self.path} is a SQLite database but not a Bastion store "
@@ -1103,6 +1134,8 @@ class SQLiteStore:
             _num(fill.price),
             _num(fill.commission),
             _ts(fill.ts),
+            fill.exec_id,
+            fill.broker_order_id,
         )
         cid = order.client_order_id
         with self._lock:
@@ -1116,7 +1149,15 @@ class SQLiteStore:
         with self._write(run_id):
             if self._order_run(cid) != run_id:
                 raise ValueError(f"run {run_id!r} has no order {cid!r}")
-            fill_id = _insert(self._conn, "fills", row)
+            try:
+                fill_id = _insert(self._conn, "fills", row)
+            except sqlite3.IntegrityError as exc:
+                if "exec_id" not in str(exc):
+                    raise
+                raise ValueError(
+                    f"execution {fill.exec_id!r} is already stored (order {cid!r}); "
+                    "a broker's execution is booked once"
+                ) from None
             if run_id != self._batch_run:
                 self._append_audit("fill", {"fill_id": fill_id, **row})
 
@@ -1125,6 +1166,115 @@ class SQLiteStore:
             "SELECT run_id FROM orders WHERE client_order_id = ?", (client_order_id,)
         ).fetchone()
         return None if found is None else str(found[0])
+
+    # ----------------------------------------------------------------- reconciliation
+
+    def stop_run(self, run_id: str, reason: str) -> None:
+        """End a paper or live run whose orders still work at the broker (``on_stop=
+        leave``): ``stopped``, with no run_finished record, so the next run's
+        reconciliation can still settle its orders and then finish it."""
+        with self._lock:
+            try:
+                with self._write() as conn:
+                    updated = conn.execute(
+                        "UPDATE runs SET status = 'stopped' "
+                        "WHERE run_id = ? AND status = 'running'",
+                        (run_id,),
+                    ).rowcount
+                    if not updated:
+                        raise ValueError(f"no running run {run_id!r} in {self.location}")
+                    self._append_audit("run_stopped", {"run_id": run_id, "reason": reason})
+            finally:
+                self._open_runs.pop(run_id, None)
+                self._update_synchronous()
+
+    def unsettled_runs(self, kind: str) -> list[tuple[str, str]]:
+        """Runs of ``kind`` a restart must reconcile, oldest first: ``running`` with their
+        process gone (killed), or ``stopped`` with orders left working."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT run_id, status, pid FROM runs WHERE kind = ? "
+                "AND status IN ('running', 'stopped') ORDER BY started, rowid",
+                (kind,),
+            ).fetchall()
+        return [
+            (str(run_id), str(status))
+            for run_id, status, pid in rows
+            if status == "stopped"
+            or (pid is not None and pid != os.getpid() and not _pid_alive(int(pid)))
+        ]
+
+    def open_orders(self, run_id: str) -> list[StoredOrder]:
+        """The run's orders that are not filled, rejected or cancelled."""
+        finals = tuple(s.value for s in FINAL_ORDER_STATUSES)
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT client_order_id, strategy, strategy_sha256, signer, symbol, side, "
+                "quantity, type, limit_price, stop_price, tag, created, liquidation, status, "
+                "filled FROM orders WHERE run_id = ? AND status NOT IN (?, ?, ?) "
+                "ORDER BY created, client_order_id",
+                (run_id, *finals),
+            ).fetchall()
+        stored = []
+        for (cid, strategy, sha, signer, symbol, side, quantity, kind, limit, stop, tag,
+             created, liquidation, status, filled) in rows:  # fmt: skip
+            intent = OrderIntent(
+                symbol=symbol,
+                side=Side(side),
+                quantity=Decimal(quantity),
+                type=OrderType(kind),
+                limit_price=None if limit is None else Decimal(limit),
+                stop_price=None if stop is None else Decimal(stop),
+                tag=tag or "",
+            )
+            order = Order(cid, strategy, sha, signer, intent, _parse_ts(created), bool(liquidation))
+            stored.append(StoredOrder(run_id, order, str(status), Decimal(filled)))
+        return stored
+
+    def execution_ids(self) -> set[str]:
+        with self._read() as conn:
+            return {
+                str(r[0])
+                for r in conn.execute("SELECT exec_id FROM fills WHERE exec_id IS NOT NULL")
+            }
+
+    def book(self, kind: str) -> list[tuple[str, Fill]]:
+        """Every fill of the runs of ``kind``, oldest first, with its strategy."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT f.strategy, f.client_order_id, f.symbol, f.side, f.quantity, f.price, "
+                "f.commission, f.ts, f.exec_id, f.broker_order_id FROM fills f "
+                "JOIN runs r ON r.run_id = f.run_id WHERE r.kind = ? ORDER BY f.ts, f.id",
+                (kind,),
+            ).fetchall()
+        return [
+            (
+                str(strategy),
+                Fill(
+                    order_id=cid,
+                    symbol=symbol,
+                    side=Side(side),
+                    quantity=Decimal(quantity),
+                    price=Decimal(price),
+                    commission=Decimal(commission),
+                    ts=_parse_ts(ts),
+                    exec_id=exec_id,
+                    broker_order_id=broker_order_id,
+                ),
+            )
+            for (
+                strategy,
+                cid,
+                symbol,
+                side,
+                quantity,
+                price,
+                commission,
+                ts,
+                exec_id,
+                broker_order_id,
+            ) in rows
+        ]
 
     # ----------------------------------------------------------------- results
 

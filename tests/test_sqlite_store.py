@@ -749,7 +749,7 @@ def finished_backtest(
     store.finish_run(RUN_ID, status, error)
     rows = audit_rows(store)
     assert rows[-1][2] == "run_finished"
-    assert json.loads(rows[-1][3])["trades_digest_form"] == 3
+    assert json.loads(rows[-1][3])["trades_digest_form"] == 4
     assert store.verify_audit().ok
     return int(rows[-1][0])
 
@@ -900,7 +900,7 @@ def test_runs_finished_with_the_second_digest_form_still_verify(
         store.finish_run(RUN_ID, "completed", None)
     finished_id, _, _, payload, _, _ = audit_rows(store)[-1]
     assert json.loads(payload)["trades_digest_form"] == 2
-    assert sqlite_store.TRADES_DIGEST_FORM == 3
+    assert sqlite_store.TRADES_DIGEST_FORM == 4
     assert store.verify_audit().ok
     tamper(store, "INSERT INTO equity SELECT * FROM equity")
     assert store.verify_audit().ok
@@ -1398,3 +1398,75 @@ def test_a_read_only_store_is_a_one_line_error_before_anything_is_written(
     assert "\n" not in message
     assert message.startswith(f"cannot write to {tmp_path / 'data' / 'bastion.db'}: ")
     assert "bastion.db-shm" in message
+
+
+def test_runs_finished_with_the_third_digest_form_still_verify(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run_finished record of form 3 (schema 1, before fills had execution ids) is
+    checked over the fill columns it covered: it verifies, and a changed price fails it."""
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite_store, "TRADES_DIGEST_FORM", 3)
+        store.begin_run(run_info(kind="backtest"), [SIGNED])
+        order = make_order("o-1")
+        store.record_order(RUN_ID, order, "pending", None)
+        store.record_fill(RUN_ID, make_fill(order, "10", "101.5"), order)
+        store.finish_run(RUN_ID, "completed", None)
+    finished_id, _, _, payload, _, _ = audit_rows(store)[-1]
+    assert json.loads(payload)["trades_digest_form"] == 3
+    assert store.verify_audit().ok
+    tamper(store, "UPDATE fills SET price = '99'")
+    check = store.verify_audit()
+    assert (check.ok, check.first_broken) == (False, finished_id)
+
+
+def test_the_form_4_digest_covers_execution_ids(store: SQLiteStore) -> None:
+    """A fill's execution id (what a restart matches the broker's executions by) cannot be
+    changed after the run finished without verify noticing."""
+    store.begin_run(run_info(kind="paper"), [SIGNED])
+    order = make_order("o-1")
+    store.record_order(RUN_ID, order, "pending", None)
+    fill = attrs.evolve(make_fill(order, "10", "101.5"), exec_id="0001.01", broker_order_id="7")
+    store.record_fill(RUN_ID, fill, order)
+    store.finish_run(RUN_ID, "completed", None)
+    assert store.verify_audit().ok
+    tamper(store, "UPDATE fills SET exec_id = '0001.02'")
+    assert not store.verify_audit().ok
+
+
+def test_an_execution_is_stored_once_across_runs(store: SQLiteStore) -> None:
+    """Two fills with the same broker execution id: the second is refused with a
+    ValueError naming it, whichever run records it."""
+    store.begin_run(run_info(kind="paper"), [SIGNED])
+    first, second = make_order("o-1"), make_order("o-2")
+    for order in (first, second):
+        store.record_order(RUN_ID, order, "pending", None)
+    store.record_fill(RUN_ID, attrs.evolve(make_fill(first, "10", "100"), exec_id="e1"), first)
+    with pytest.raises(ValueError, match="execution 'e1' is already stored"):
+        store.record_fill(
+            RUN_ID, attrs.evolve(make_fill(second, "10", "100"), exec_id="e1"), second
+        )
+    assert raw(store).execute("SELECT count(*) FROM fills").fetchone() == (1,)
+
+
+def test_a_schema_1_store_is_migrated_in_place(tmp_path: Path) -> None:
+    """A store written before fills had execution ids (schema 1) opens: the columns and
+    their unique index are added, stored rows and the audit chain are untouched."""
+    data = tmp_path / "data"
+    SQLiteStore.open(data).close()
+    conn = sqlite3.connect(data / sqlite_store.DB_NAME)
+    conn.execute("DROP INDEX fills_exec_id")
+    conn.execute("ALTER TABLE fills DROP COLUMN exec_id")
+    conn.execute("ALTER TABLE fills DROP COLUMN broker_order_id")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore.open(data)
+    try:
+        columns = [r[1] for r in raw(store).execute("PRAGMA table_info(fills)")]
+        assert columns[-2:] == ["exec_id", "broker_order_id"]
+        assert raw(store).execute("PRAGMA user_version").fetchone() == (2,)
+        test_an_execution_is_stored_once_across_runs(store)
+        assert store.verify_audit().ok
+    finally:
+        store.close()
