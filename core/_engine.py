@@ -112,6 +112,11 @@ class EngineConfig:
     trade_from: datetime | None = None  # earlier bars are warm-up: orders asked then are ignored
     stop: Any = None  # a threading.Event: Ctrl-C sets it (a graceful stop) instead of raising
     halt_file: Path | None = None  # while it exists, trading is halted ('bastion halt')
+    # Paper and live: each strategy's fills from earlier runs in this environment,
+    # replayed into its ledger before the first bar (what it holds in the account) ...
+    opening: Mapping[str, Sequence[Fill]] = attrs.Factory(dict)
+    # ... and strategies a reconciliation stopped from trading, with why (by name).
+    blocked: Mapping[str, str] = attrs.Factory(dict)
     exceptions: Mapping[str, ExceptionPolicy] = attrs.Factory(dict)  # by strategy name
 
 
@@ -158,6 +163,7 @@ class _Slot:
         "rejections",
         "signals",
         "skips",
+        "start_equity",
         "values",
     )
 
@@ -170,6 +176,7 @@ class _Slot:
         self.signals = 0  # intents recorded as signals (signal-only)
         self.portfolio = Portfolio(strategy.name, cash)
         self.equity_f = float(cash)
+        self.start_equity = self.equity_f  # with what it carried in (paper, live)
         self.gross_f = 0.0
         self.values: list[float] = []
         self.exposure = 0
@@ -216,10 +223,28 @@ class Engine:
         self._strategy_log = get_logger("strategy", run_id=config.run_id)
         self._trades = get_logger("trades", run_id=config.run_id)
         self._lifecycle = self._trades if config.log_trades else None
+        for slot in self._slots:
+            self._carry(slot, config.opening.get(slot.info.name, ()))
         hooks = kernel.hook
         self._order_event = hooks.order_event if hooks.order_event.get_hookimpls() else None
         self._fill_event = hooks.fill_event if hooks.fill_event.get_hookimpls() else None
         self._risk = bool(hooks.check_order.get_hookimpls())
+
+    def _carry(self, slot: _Slot, fills: Sequence[Fill]) -> None:
+        """Replay a strategy's earlier fills (paper, live) into its ledger: it starts
+        with what it holds, marked at the last price it traded; its earlier round
+        trips are not this run's trades."""
+        if not fills:
+            return
+        portfolio = slot.portfolio
+        for fill in fills:
+            portfolio.apply(fill)
+            self._last[fill.symbol] = float(fill.price)
+            if fill.exec_id is not None:
+                self._executions.add(fill.exec_id)
+        portfolio.trades.clear()
+        self._resync(slot)
+        slot.start_equity = slot.equity_f
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -623,6 +648,9 @@ class Engine:
             return self._halted[1]
         if self._operator_halt is not None:
             return self._operator_halt
+        blocked = self.config.blocked.get(slot.info.name)
+        if blocked is not None:
+            return blocked
         limits = self.config.limits
         if limits.max_orders_per_minute is not None:
             recent = self._recent
@@ -999,7 +1027,7 @@ class Engine:
             slot.portfolio.trades,
             exposure_bars=slot.exposure,
             total_bars=len(slot.values),
-            starting_equity=float(self.config.cash),
+            starting_equity=slot.start_equity,
         )
         run_id, name = self.config.run_id, slot.info.name
         points = downsample_columns(self._ts, slot.values, self.config.stored_equity_points)

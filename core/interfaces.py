@@ -21,14 +21,19 @@ from .models import AccountSnapshot, Bar, Fill, Order, Position
 __all__ = [
     "AuditCheck",
     "Broker",
+    "BrokerOrder",
+    "BrokerState",
     "EquityPoint",
     "OrderUpdate",
     "PluginContext",
+    "ReconcilingBroker",
+    "ReconcilingStore",
     "RunData",
     "RunInfo",
     "RunRow",
     "Source",
     "Store",
+    "StoredOrder",
     "StrategyRecord",
     "StrategyRunData",
     "make_plugin",
@@ -188,6 +193,44 @@ class Broker(Protocol):
     #       and the broker's execution id, so a duplicate report is booked once."""
 
 
+@attrs.frozen
+class BrokerOrder:
+    """What the broker says about one of Bastion's orders (matched by the client order
+    id it was sent with): ``working``, ``filled``, ``cancelled`` or ``rejected``, how much
+    of it filled, and the broker's reason when it ended unfilled."""
+
+    client_order_id: str
+    status: str
+    filled: Decimal
+    reason: str | None = None
+
+
+@attrs.frozen
+class BrokerState:
+    """What the broker holds, for reconciliation at start-up: its open and completed
+    orders by client order id, its executions (as fills; ``order_id`` is the client
+    order id the order carried, or a broker id for an order Bastion did not place)
+    and the account's positions (signed quantities by symbol)."""
+
+    orders: Mapping[str, BrokerOrder]
+    executions: Sequence[Fill]
+    positions: Mapping[str, Decimal]
+
+
+@runtime_checkable
+class ReconcilingBroker(Broker, Protocol):
+    """A broker that can be reconciled with at start-up (paper and live runs need one)."""
+
+    def state(self) -> BrokerState:
+        """Open and completed orders, executions and positions, fresh from the broker."""
+        ...
+
+    def cancel_order(self, client_order_id: str) -> None:
+        """Ask the broker to cancel an order by its client order id (one a previous run
+        placed); the outcome shows in the next :meth:`state`."""
+        ...
+
+
 # --------------------------------------------------------------------------- storage
 
 
@@ -312,3 +355,43 @@ class Store(Protocol):
     def load_run(self, run_id: str) -> RunData: ...
 
     def close(self) -> None: ...
+
+
+@attrs.frozen
+class StoredOrder:
+    """An order as stored: the run that placed it, its status and how much filled."""
+
+    run_id: str
+    order: Order
+    status: str
+    filled: Decimal
+
+
+@runtime_checkable
+class ReconcilingStore(Store, Protocol):
+    """A store that paper and live runs can use: it can say what a restart must
+    reconcile with the broker, and keep a run open while its orders still work."""
+
+    def unsettled_runs(self, kind: str) -> list[tuple[str, str]]:
+        """Runs of ``kind`` (``paper``, ``live``, ...) that ended without settling their
+        orders, oldest first, as ``(run id, status)``: killed (``running``, its process
+        gone) or ``stopped`` with orders left working at the broker."""
+        ...
+
+    def open_orders(self, run_id: str) -> list[StoredOrder]:
+        """The run's orders not in a final status (filled, rejected, cancelled)."""
+        ...
+
+    def execution_ids(self) -> set[str]:
+        """Every broker execution id stored (a fill is stored once across runs)."""
+        ...
+
+    def book(self, kind: str) -> list[tuple[str, Fill]]:
+        """Every fill of every run of ``kind``, oldest first, with its strategy's name:
+        what each strategy holds in that environment's account."""
+        ...
+
+    def stop_run(self, run_id: str, reason: str) -> None:
+        """End a run whose orders still work at the broker: ``stopped``, not finished;
+        the next run's reconciliation settles and finishes it."""
+        ...
