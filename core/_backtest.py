@@ -25,10 +25,19 @@ from ._errors import BastionError, ConfigError
 from ._host import Launcher, in_process
 from ._kernel import Kernel
 from ._loader import Gate, Refusal, Strategy
+from ._reconcile import Reconciliation, reconcile
 from ._sandbox import SandboxConfig, sandbox_config, sandboxed
 from ._settings import limits_from_config
 from ._version import __version__
-from .interfaces import PluginContext, RunInfo, Source, Store, StrategyRecord, make_plugin
+from .interfaces import (
+    PluginContext,
+    ReconcilingStore,
+    RunInfo,
+    Source,
+    Store,
+    StrategyRecord,
+    make_plugin,
+)
 from .models import Bar
 
 __all__ = ["BacktestRequest", "parse_cash", "parse_date", "prepare_backtest"]
@@ -247,6 +256,8 @@ class PreparedBacktest:
     sandbox: SandboxConfig
     exceptions: dict[str, ExceptionPolicy]
     stop: Any = None  # threading.Event set by the operator's Ctrl-C or SIGTERM (live runs)
+    # Paper and live: told what the start-up reconciliation found, before the first bar.
+    on_reconciled: Callable[[Reconciliation], None] | None = None
 
     @property
     def mode(self) -> str:
@@ -299,8 +310,15 @@ class PreparedBacktest:
             )
             for s in self.strategies
         ]
+        settled = Reconciliation()
         try:
             store = self.store_factory(self.data_dir)
+            if request.kind != "backtest":
+                # Before this run exists: earlier runs' orders are settled with the
+                # broker and the book is read; a failure here leaves no new run behind.
+                settled = reconcile(store, self.broker, request.kind, run_id, self.data_dir)
+                if self.on_reconciled is not None:
+                    self.on_reconciled(settled)
             store.begin_run(info, records)
         except BaseException:
             self.close()
@@ -333,6 +351,8 @@ class PreparedBacktest:
                     trade_from=request.trade_from,
                     stop=self.stop,
                     halt_file=None if request.kind == "backtest" else self.data_dir / "HALT",
+                    opening=settled.opening,
+                    blocked=settled.blocked,
                 ),
                 progress=progress,
             )
@@ -351,7 +371,13 @@ class PreparedBacktest:
             store.close()
             self.close()
             raise
-        store.finish_run(run_id, "completed", None)
+        left = self.broker.working_symbols() if request.kind != "backtest" else frozenset()
+        if left and isinstance(store, ReconcilingStore):
+            # Orders left working at the broker (on_stop=leave): the run stays open
+            # until the next run's reconciliation settles them.
+            store.stop_run(run_id, f"stopped with orders working in {', '.join(sorted(left))}")
+        else:
+            store.finish_run(run_id, "completed", None)
         return result, store
 
 

@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 from bastion import ConfigError, hookimpl
 from bastion._logging import get_logger
 from bastion._settings import masked
-from bastion.interfaces import OrderUpdate, select_symbols
+from bastion.interfaces import BrokerOrder, BrokerState, OrderUpdate, select_symbols
 from bastion.models import AccountSnapshot, Bar, Fill, Order, OrderType, Side
 
 T = TypeVar("T")
@@ -347,6 +347,7 @@ class IBKRBroker:
         self._reasons: dict[str, str] = {}
         self._pending_fills: dict[str, tuple[Any, float]] = {}  # execId -> (fill, when)
         self._contracts: dict[str, Any] = {}
+        self._reconciled: set[str] = set()  # execution ids reported through state()
         ib = session.ib
         session.run(lambda: self._wire(ib))
         session.error_listeners.append(self._error)
@@ -375,24 +376,31 @@ class IBKRBroker:
         ref = execution.orderRef or ""
         if not ref and execution.orderId in self._by_ib_id:
             ref = self._by_ib_id[execution.orderId]
-        commission = commission if commission and math.isfinite(commission) else 0.0
-        ts = execution.time if execution.time.tzinfo else execution.time.replace(tzinfo=UTC)
-        self._news.append(
-            Fill(
-                order_id=ref or f"ibkr-{execution.permId}",
-                symbol=fill.contract.symbol,
-                side=Side.BUY if execution.side.upper().startswith("B") else Side.SELL,
-                quantity=_shares(execution.shares),
-                price=Decimal(repr(float(execution.price))),
-                commission=Decimal(repr(abs(float(commission)))),
-                ts=ts,
-                exec_id=execution.execId,
-                broker_order_id=str(execution.permId),
-            )
-        )
+        if execution.execId in self._reconciled and ref not in self._orders:
+            return  # an earlier run's execution, settled by the start-up reconciliation
+        self._news.append(self._as_fill(fill, ref, commission))
         order = self._orders.get(ref)
         if order is not None and fill.execution.cumQty >= float(order.quantity):
             self._working.pop(ref, None)
+
+    @staticmethod
+    def _as_fill(fill: Any, ref: str, commission: float) -> Fill:
+        """An ib_async fill as Bastion's: the client order id from ``orderRef`` (or the
+        permanent id of an order Bastion did not place), exact quantities."""
+        execution = fill.execution
+        commission = commission if commission and math.isfinite(commission) else 0.0
+        ts = execution.time if execution.time.tzinfo else execution.time.replace(tzinfo=UTC)
+        return Fill(
+            order_id=ref or f"ibkr-{execution.permId}",
+            symbol=fill.contract.symbol,
+            side=Side.BUY if execution.side.upper().startswith("B") else Side.SELL,
+            quantity=_shares(execution.shares),
+            price=Decimal(repr(float(execution.price))),
+            commission=Decimal(repr(abs(float(commission)))),
+            ts=ts,
+            exec_id=execution.execId,
+            broker_order_id=str(execution.permId),
+        )
 
     def _status(self, trade: Any) -> None:
         ref = trade.order.orderRef or self._by_ib_id.get(trade.order.orderId, "")
@@ -436,6 +444,62 @@ class IBKRBroker:
             if ref in self._orders:
                 self._emit_fill(fill, getattr(fill.commissionReport, "commission", 0.0))
 
+    # -- reconciliation (bastion.interfaces.ReconcilingBroker) ---------------------------
+
+    def state(self) -> BrokerState:
+        """Open orders (every client's), completed orders, the executions IBKR still
+        reports (the current day's) and the account's positions, fresh from the gateway,
+        not from ib_async's cache (which a disconnect leaves stale)."""
+        if not self.session.connected.is_set():
+            raise ConfigError(
+                "not connected to IBKR; cannot reconcile the stored orders with the broker"
+            )
+        return self.session.call(self._state(), timeout=120)
+
+    async def _state(self) -> BrokerState:
+        import ib_async
+
+        ib = self.session.ib
+        account = self.session.account
+        orders: dict[str, BrokerOrder] = {}
+        for trade in await ib.reqCompletedOrdersAsync(apiOnly=True):
+            ref = trade.order.orderRef
+            if ref and (not trade.order.account or trade.order.account == account):
+                orders[ref] = _broker_order(ref, trade, completed=True)
+        for trade in await ib.reqAllOpenOrdersAsync():
+            ref = trade.order.orderRef
+            if ref and (not trade.order.account or trade.order.account == account):
+                orders[ref] = _broker_order(ref, trade, completed=False)
+        fills = await ib.reqExecutionsAsync(ib_async.ExecutionFilter(acctCode=account))
+        known = ib.wrapper.fills  # where commission reports land
+        executions = []
+        for fill in fills:
+            execution = fill.execution
+            report = getattr(known.get(execution.execId, fill), "commissionReport", None)
+            commission = float(getattr(report, "commission", 0.0) or 0.0)
+            self._reconciled.add(execution.execId)
+            executions.append(self._as_fill(fill, execution.orderRef or "", commission))
+        positions: dict[str, Decimal] = {}
+        for position in await ib.reqPositionsAsync():
+            if position.account == account and position.position:
+                symbol = position.contract.symbol
+                positions[symbol] = positions.get(symbol, Decimal(0)) + _shares_signed(
+                    position.position
+                )
+        return BrokerState(orders=orders, executions=executions, positions=positions)
+
+    def cancel_order(self, client_order_id: str) -> None:
+        """Cancel an order an earlier run placed, found among the open orders by its
+        ``orderRef``."""
+
+        async def cancel() -> None:
+            for trade in await self.session.ib.reqAllOpenOrdersAsync():
+                if trade.order.orderRef == client_order_id:
+                    self.session.ib.cancelOrder(trade.order)
+
+        self.log.info("ibkr_cancel_earlier_order", order_id=client_order_id)
+        self.session.call(cancel(), timeout=30)
+
     # -- the Broker protocol (the engine's thread) ----------------------------------------
 
     def _contract(self, symbol: str) -> Any:
@@ -466,17 +530,24 @@ class IBKRBroker:
             ib_order = ib_async.MarketOrder(action, quantity)
         ib_order.orderRef = order.client_order_id
         ib_order.account = self.session.account
+        cid = order.client_order_id
+
+        def place() -> None:
+            # On the session's loop, in one go: IBKR's answers (a fill can come at once)
+            # are read only after the order is known here.
+            trade = self.session.ib.placeOrder(contract, ib_order)
+            self._orders[cid] = order
+            self._trades[cid] = trade
+            self._by_ib_id[trade.order.orderId] = cid
+            self._working[cid] = order
+
         try:
             contract = self._contract(intent.symbol)
-            trade = self.session.run(lambda: self.session.ib.placeOrder(contract, ib_order))
+            self.session.run(place)
         except ConfigError as exc:
             return str(exc)
         except (ConnectionError, OSError, TimeoutError) as exc:
             return f"IBKR did not take the order ({type(exc).__name__}); it was not sent"
-        self._orders[order.client_order_id] = order
-        self._trades[order.client_order_id] = trade
-        self._by_ib_id[trade.order.orderId] = order.client_order_id
-        self._working[order.client_order_id] = order
         return None
 
     def on_bar(self, bar: Bar) -> Sequence[Fill]:
@@ -500,7 +571,7 @@ class IBKRBroker:
         return news
 
     def working_symbols(self) -> frozenset[str]:
-        return frozenset(order.symbol for order in self._working.values())
+        return frozenset(order.symbol for order in list(self._working.values()))
 
     def margin_call(self, strategy: str, account: AccountSnapshot, ts: datetime) -> Sequence[Order]:
         return ()
@@ -727,6 +798,31 @@ class IBKRSource:
         if not getattr(self, "_closed", False):
             self._closed = True
             self.session.release()
+
+
+WORKING_STATUSES = frozenset(
+    {"PendingSubmit", "ApiPending", "PreSubmitted", "Submitted", "PendingCancel"}
+)
+
+
+def _broker_order(ref: str, trade: Any, *, completed: bool) -> BrokerOrder:
+    """What IBKR says about one order: working, filled, cancelled or rejected."""
+    status = trade.orderStatus.status
+    reported = trade.orderStatus.filled or getattr(trade.order, "filledQuantity", 0) or 0
+    filled = _shares(reported if 0 <= reported < 1e300 else 0)  # UNSET_DOUBLE: none
+    reason = getattr(trade.orderState, "completedStatus", "") or None
+    if status == "Filled":
+        return BrokerOrder(ref, "filled", filled)
+    if status in WORKING_STATUSES and not completed:
+        return BrokerOrder(ref, "working", filled)
+    if status == "Inactive":
+        return BrokerOrder(ref, "rejected", filled, reason or "IBKR made the order Inactive")
+    return BrokerOrder(ref, "cancelled", filled, reason or f"IBKR reports it {status or 'done'}")
+
+
+def _shares_signed(value: Any) -> Decimal:
+    number = float(value)
+    return -_shares(-number) if number < 0 else _shares(number)
 
 
 def _shares(value: Any) -> Decimal:

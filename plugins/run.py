@@ -19,6 +19,7 @@ import click
 
 from bastion import ConfigError, Environment, hookimpl
 from bastion._backtest import BacktestRequest, parse_cash, prepare_backtest
+from bastion._reconcile import BLOCKS_FILE, Blocks, Reconciliation
 from bastion._settings import masked
 from bastion.cli import App, console, err_console, pass_app, workspace_options
 from bastion.interfaces import PluginContext
@@ -131,6 +132,7 @@ def run_command(
                 + "; Ctrl-C stops",
                 markup=False,
             )
+            prepared.on_reconciled = _tell_reconciled
             result, store = prepared.run()
         finally:
             prepared.close()
@@ -168,6 +170,11 @@ def run_command(
     )
 
 
+def _tell_reconciled(found: Reconciliation) -> None:
+    for line in found.lines():
+        err_console.print(line, markup=False)
+
+
 @click.command("halt")
 @workspace_options
 @click.option("--reason", default="halted by the operator", show_default=True)
@@ -182,15 +189,70 @@ def halt_command(app: App, reason: str) -> None:
 
 @click.command("resume")
 @workspace_options
+@click.option(
+    "--strategy",
+    "strategies",
+    multiple=True,
+    metavar="NAME",
+    help="Lift the block a start-up reconciliation put on this strategy (repeatable).",
+)
+@click.option(
+    "--accept-positions",
+    is_flag=True,
+    help="With --strategy: accept the position differences it was blocked for as not "
+    "Bastion's (e.g. shares bought by hand); later checks allow for them.",
+)
 @pass_app
-def resume_command(app: App) -> None:
-    """Lift a halt set with 'bastion halt'."""
+def resume_command(app: App, strategies: tuple[str, ...], accept_positions: bool) -> None:
+    """Lift a halt set with 'bastion halt', or with --strategy the block a start-up
+    reconciliation put on a strategy whose orders or positions did not agree with the
+    broker's (after you have looked: 'bastion logs --stream trades')."""
+    if accept_positions and not strategies:
+        raise ConfigError("--accept-positions goes with --strategy NAME")
+    if strategies:
+        _unblock(app, strategies, accept_positions)
+        return
     path = halt_path(app)
     if not path.exists():
         console.print(f"trading is not halted in {app.environment}", markup=False)
         return
     path.unlink()
     console.print(f"trading resumed in {app.environment}", markup=False)
+
+
+def _unblock(app: App, strategies: tuple[str, ...], accept_positions: bool) -> None:
+    blocks = Blocks(app.workspace.data_dir / BLOCKS_FILE)
+    names = [s if s.endswith(".py") else f"{s}.py" for s in strategies]
+    missing = [n for n in names if n not in blocks.blocked]
+    if missing:
+        blocked = ", ".join(sorted(blocks.blocked)) or "none"
+        raise ConfigError(
+            f"{missing[0]} is not blocked in the {app.environment} environment (blocked: {blocked})"
+        )
+    lifted = {name: blocks.lift(name, accept_positions) for name in names}
+    factory = app.kernel.storages().get("sqlite")
+    if factory is not None and (app.workspace.data_dir / "bastion.db").exists():
+        store = factory(app.workspace.data_dir)
+        try:
+            for name, accepted in lifted.items():
+                store.audit(
+                    "strategy_unblocked",
+                    {
+                        "strategy": name,
+                        "accepted_positions": {s: str(q) for s, q in accepted.items()},
+                    },
+                )
+        finally:
+            store.close()
+    blocks.save()
+    for name, accepted in lifted.items():
+        note = (
+            "; accepted as not Bastion's: "
+            + ", ".join(f"{s} {q:+}" for s, q in sorted(accepted.items()))
+            if accepted
+            else ""
+        )
+        console.print(f"{name} may trade again in {app.environment}{note}", markup=False)
 
 
 @hookimpl

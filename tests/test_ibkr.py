@@ -241,7 +241,7 @@ _FED: dict[int, int] = {}
 def _feed(fake: FakeTWS, count: int) -> None:
     """Push ``count`` 5-second bars, continuing where the last feed to ``fake`` stopped
     (times run forwards, as IBKR's do)."""
-    base = _FED.get(id(fake)) or (int(time.time()) // 5 + 1) * 5
+    base = max(_FED.get(id(fake), 0), (int(time.time()) // 5 + 1) * 5)
     for i in range(count):
         fake.push_bar("AAPL", base + 5 * i, 100.0, 101.0, 99.0, 100.0 + i, 500)
         time.sleep(0.25)
@@ -280,7 +280,8 @@ def test_a_paper_run_end_to_end(ws: WS, fake: FakeTWS) -> None:
         ((kind, status),) = conn.execute("SELECT kind, status FROM runs").fetchall()
         assert (kind, status) == ("paper", "completed")
         orders = conn.execute("SELECT client_order_id, status, filled FROM orders").fetchall()
-        assert len(orders) == 1 and orders[0][1:] == ("filled", "10")
+        trades_log = (ws.home / ".bastion" / "paper" / "logs" / "trades.jsonl").read_text()
+        assert len(orders) == 1 and orders[0][1:] == ("filled", "10"), trades_log
         assert [o.order_ref for o in fake.orders] == [orders[0][0]]
         assert conn.execute("SELECT count(*) FROM fills").fetchone() == (1,)
     finally:
