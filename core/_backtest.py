@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -22,6 +23,7 @@ import attrs
 from ._engine import Engine, EngineConfig, ExceptionPolicy, OrderLimits, RunResult
 from ._environment import read_config
 from ._errors import BastionError, ConfigError
+from ._fsutil import ExclusiveLock, LockHeld
 from ._host import Launcher, in_process
 from ._kernel import Kernel
 from ._loader import Gate, Refusal, Strategy
@@ -258,6 +260,8 @@ class PreparedBacktest:
     stop: Any = None  # threading.Event set by the operator's Ctrl-C or SIGTERM (live runs)
     # Paper and live: told what the start-up reconciliation found, before the first bar.
     on_reconciled: Callable[[Reconciliation], None] | None = None
+    # Paper and live: the environment's run lock (one run per data directory at a time).
+    lock: ExclusiveLock | None = None
 
     @property
     def mode(self) -> str:
@@ -270,6 +274,8 @@ class PreparedBacktest:
             strategy.close()
         _close(self.broker)
         _close(self.source)
+        if self.lock is not None:
+            self.lock.release()
 
     def run(self, progress: Callable[[int], None] | None = None) -> tuple[RunResult, Store]:
         run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
@@ -399,7 +405,15 @@ def prepare_backtest(
     store_factory, _ = _split(request.storage, "storage", kernel.storages())
     if context is None:
         context = PluginContext(environment, None, None, False, threading.Event())
-    source: Source = make_plugin(source_factory, source_spec, context)
+    lock = (
+        None if request.kind == "backtest" else _run_lock(workspace.ensure_data_dir(), request.kind)
+    )
+    try:
+        source: Source = make_plugin(source_factory, source_spec, context)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     available = source.symbols()
     symbols = request.symbols or available
     missing = [s for s in symbols if s not in available]
@@ -411,6 +425,8 @@ def prepare_backtest(
         broker = make_plugin(broker_factory, broker_spec, context)
     except BaseException:
         _close(source)
+        if lock is not None:
+            lock.release()
         raise
     config = read_config(workspace.config_file)
     config_name = str(workspace.config_file)
@@ -461,6 +477,8 @@ def prepare_backtest(
             strategy.close()
         _close(broker)
         _close(source)
+        if lock is not None:
+            lock.release()
         raise
     first, bars, total = prepared
     return PreparedBacktest(
@@ -482,7 +500,24 @@ def prepare_backtest(
         sandbox=sandbox,
         exceptions=exceptions,
         stop=context.stop if context.live else None,
+        lock=lock,
     )
+
+
+RUN_LOCK = "run.lock"
+
+
+def _run_lock(data_dir: Path, kind: str) -> ExclusiveLock:
+    """Paper and live runs hold ``run.lock`` in the environment's data directory for
+    their whole life: a second run would reconcile the first one's working orders as
+    abandoned and cancel them.  A killed run's lock goes with its process."""
+    try:
+        return ExclusiveLock(data_dir / RUN_LOCK)
+    except LockHeld as held:
+        raise ConfigError(
+            f"another {kind} run (process {held.holder}) is running on {data_dir}; "
+            "stop it first (Ctrl-C, or 'bastion halt' to stop its orders)"
+        ) from None
 
 
 def _close(plugin: object) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_many"]
+__all__ = ["ExclusiveLock", "LockHeld", "atomic_write", "atomic_write_many"]
 
 
 def _temp_for(path: Path, data: bytes, mode: int) -> Path:
@@ -53,3 +54,38 @@ def atomic_write_many(items: Iterable[tuple[Path, bytes]], mode: int = 0o644) ->
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     atomic_write_many([(path, data)], mode)
+
+
+class ExclusiveLock:
+    """An exclusive ``flock`` on ``path`` held until :meth:`release` (or the process
+    dies: the kernel drops it even on SIGKILL, so a killed run never leaves it stuck).
+    The holder's pid is written into the file for the message others get."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise LockHeld(path, holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Idempotent."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+class LockHeld(Exception):
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is held by process {holder}")
+        self.path = path
+        self.holder = holder

@@ -810,7 +810,9 @@ def _broker_order(ref: str, trade: Any, *, completed: bool) -> BrokerOrder:
     status = trade.orderStatus.status
     reported = trade.orderStatus.filled or getattr(trade.order, "filledQuantity", 0) or 0
     filled = _shares(reported if 0 <= reported < 1e300 else 0)  # UNSET_DOUBLE: none
-    reason = getattr(trade.orderState, "completedStatus", "") or None
+    # ib_async keeps a completed order's status but drops its orderState (and the
+    # completedStatus text with it), so there is no reason to report beyond the status.
+    reason = None
     if status == "Filled":
         return BrokerOrder(ref, "filled", filled)
     if status in WORKING_STATUSES and not completed:

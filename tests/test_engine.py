@@ -1419,3 +1419,69 @@ def on_bar(ctx, bar):
     assert len(created) == 1 and created[0].startswith(str(bars[3].ts.date()))
     ignored = [r for r in h.captured if r["event"] == "order_ignored"]
     assert len(ignored) == 3 and "warm-up" in ignored[0]["reason"]
+
+
+CARRIER = """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    held = ctx.position(bar.symbol)
+    ctx.log.info("held", quantity=held, cash=ctx.cash)
+    if held > 0 and ctx.pending(bar.symbol) == 0:
+        ctx.order(bar.symbol, -held)
+"""
+
+
+def test_a_carried_book_opens_the_run_holding_it(ws: WS, h: Harness) -> None:
+    """A paper or live run that carries a strategy's earlier fills starts holding them
+    (position and the cash they cost), marked at the last traded price; its earlier
+    round trips are not this run's trades, and a broker re-reporting a carried execution
+    books nothing."""
+    s = admit(ws, "carry.py", CARRIER)
+    earlier = [
+        Fill("old-1", "AAA", "buy", 15, 90, 1, T0 - timedelta(days=3), exec_id="E1"),
+        Fill("old-2", "AAA", "sell", 5, 95, 1, T0 - timedelta(days=2), exec_id="E2"),
+    ]
+    real_on_bar = SimBroker.on_bar
+    replayed = {"done": False}
+
+    def on_bar(self: SimBroker, bar_: Bar) -> Any:
+        fills = list(real_on_bar(self, bar_))
+        if not replayed["done"]:
+            replayed["done"] = True
+            return [*fills, earlier[0]]  # a broker re-reporting a booked execution
+        return fills
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SimBroker, "on_bar", on_bar)
+        result = h.run([s], [bar("AAA", d, 100.0) for d in range(3)], opening={s.name: earlier})
+    assert result.strategies[0].quarantined is None, result
+    first = h.logged("held")[0]
+    # 100000 - 15*90 - 1 + 5*95 - 1 = 99123
+    assert (first["quantity"], first["cash"]) == ("10", "99123")
+    assert h.positions() == {"AAA": Decimal(0)}  # sold at the second bar's open
+    [stored] = h.rows("SELECT quantity, price FROM fills")
+    assert stored == ("10", "100.0")
+    assert result.strategies[0].fills == 1 and h.engine.unknown_fills == []
+    [strategy] = h.store.load_run(RUN).strategies
+    assert strategy.metrics["trades"] == 1  # this run's one round trip, not the earlier one
+    # the book's realised P&L: 5 sold at 95 (+25), then 10 sold at 100 (+100)
+    assert [p.realized for p in strategy.positions] == [Decimal(125)]
+
+
+def test_a_blocked_strategy_is_refused_every_order_with_the_reason(ws: WS, h: Harness) -> None:
+    """A strategy a reconciliation blocked runs and sees bars, but each order it asks for
+    is rejected with the block's reason (stored, told to on_reject); others trade."""
+    blocked = admit(ws, "blocked.py", BUY_FIRST)
+    free = admit(ws, "free.py", BUY_FIRST)
+    h.run(
+        [blocked, free],
+        [bar("AAA", d, 100.0) for d in range(3)],
+        blocked={"blocked.py": "positions differ from the broker's"},
+    )
+    rows = h.rows("SELECT strategy, status, reason FROM orders ORDER BY strategy")
+    assert rows == [
+        ("blocked.py", "rejected", "positions differ from the broker's"),
+        ("free.py", "filled", None),
+    ]

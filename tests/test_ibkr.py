@@ -30,6 +30,7 @@ from bastion.plugins import ibkr
 from .conftest import WS
 from .fake_tws import Bar as FakeBar
 from .fake_tws import FakeTWS, never_fill
+from .fake_tws import market_orders_fill as ibkr_fills_market_orders
 
 ZERO = Decimal(0)
 EMPTY = AccountSnapshot(ZERO, ZERO, {}, {}, ZERO, ZERO)
@@ -344,3 +345,99 @@ def test_live_needs_an_approval_and_refuses_the_example_key(ws: WS, cli: Any) ->
     r = cli("run", "--env", "paper", "--source", "ibkr:symbols=AAPL", "--approve-live", "U1",
             "--home", ws.home)  # fmt: skip
     assert r.exit_code != 0 and "--env live only" in r.stderr
+
+
+def _statuses(ws: WS) -> list[str]:
+    conn = _db(ws)
+    try:
+        return [s for (s,) in conn.execute("SELECT status FROM runs ORDER BY started")]
+    finally:
+        conn.close()
+
+
+def test_kill_9_then_restart_settles_every_order_once(ws: WS, fake: FakeTWS) -> None:
+    """SIGKILL the kernel while its order works at IBKR; the order fills while it is
+    down.  The restarted run reconciles before its first order: the fill is stored once
+    (with IBKR's execution id), the killed run ends 'interrupted', the strategy starts
+    holding its 10 shares (so it does not buy again), nothing is sent twice, and the
+    audit chain verifies."""
+    fake.set_fill_policy(never_fill)
+    proc = _run(ws, fake.port)
+    try:
+        assert fake.wait_for(lambda: "reqRealTimeBars" in fake.requests, timeout=30), proc
+        for _ in range(8):
+            _feed(fake, 1)
+            if fake.orders:
+                break
+        assert fake.wait_for(lambda: bool(fake.orders), timeout=5)
+        time.sleep(0.3)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert _statuses(ws) == ["running"]
+    [placed] = fake.orders
+    fake.fill(placed.order_id, 10, 100.25)
+
+    again = _run(ws, fake.port)
+    try:
+        assert fake.wait_for(lambda: fake.requests.count("reqRealTimeBars") >= 2, timeout=30), again
+        _feed(fake, 3)
+        time.sleep(0.5)
+    finally:
+        again.send_signal(signal.SIGTERM)
+        _out, err = again.communicate(timeout=30)
+    assert again.returncode == 0, err
+    assert "reconciled 1 unfinished run(s)" in err and "1 missed fill(s) recovered" in err, err
+    assert "carried over from earlier runs: buyer.py (1 fills)" in err
+    assert [o.order_ref for o in fake.orders] == [placed.order_ref]  # never sent again
+    assert _statuses(ws) == ["interrupted", "completed"]
+    conn = _db(ws)
+    try:
+        assert conn.execute("SELECT client_order_id, status, filled FROM orders").fetchall() == [
+            (placed.order_ref, "filled", "10")
+        ]
+        assert conn.execute("SELECT quantity, price FROM fills").fetchall() == [("10", "100.25")]
+    finally:
+        conn.close()
+    verify = subprocess.run(
+        [str(Path(sys.executable).with_name("bastion")), "audit", "verify", "--env", "paper",
+         "--home", str(ws.home)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stderr
+
+
+def test_kill_9_with_an_order_working_cancels_it_at_restart(ws: WS, fake: FakeTWS) -> None:
+    """Killed with its order still working and unfilled: the restart cancels that order
+    at IBKR (no run follows it any more) before trading; the strategy, holding nothing,
+    orders afresh under a new client order id."""
+    fake.set_fill_policy(never_fill)
+    proc = _run(ws, fake.port)
+    try:
+        assert fake.wait_for(lambda: "reqRealTimeBars" in fake.requests, timeout=30), proc
+        for _ in range(8):
+            _feed(fake, 1)
+            if fake.orders:
+                break
+        assert fake.wait_for(lambda: bool(fake.orders), timeout=5)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    [first] = fake.orders
+    fake.set_fill_policy(ibkr_fills_market_orders)
+
+    again = _run(ws, fake.port)
+    try:
+        assert fake.wait_for(lambda: fake.requests.count("reqRealTimeBars") >= 2, timeout=30), again
+        _feed(fake, 3)
+        assert fake.wait_for(lambda: len(fake.orders) == 2, timeout=10)
+        time.sleep(0.5)
+    finally:
+        again.send_signal(signal.SIGTERM)
+        _out, err = again.communicate(timeout=30)
+    assert again.returncode == 0, err
+    assert f"order {first.order_ref}: cancelled (cancelled at restart" in err, err
+    old, new = fake.orders
+    assert old.status == "Cancelled" and new.order_ref != old.order_ref
+    assert _statuses(ws) == ["interrupted", "completed"]
