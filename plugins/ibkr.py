@@ -62,9 +62,15 @@ PAPER_PREFIXES = ("DU", "DF")
 CONNECT_TIMEOUT = 4.0
 BAR_SIZES = {
     "5s": (5, "5 secs"),
+    "10s": (10, "10 secs"),
+    "15s": (15, "15 secs"),
+    "30s": (30, "30 secs"),
     "1m": (60, "1 min"),
+    "2m": (120, "2 mins"),
+    "3m": (180, "3 mins"),
     "5m": (300, "5 mins"),
     "15m": (900, "15 mins"),
+    "30m": (1800, "30 mins"),
     "1h": (3600, "1 hour"),
 }
 CODE_CLIENT_ID_IN_USE = 326
@@ -167,7 +173,7 @@ class Session:
         self.on_reconnect: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.error_listeners: list[Callable[[int, int, str], None]] = []
         self.key: tuple[str, str, int] = ("", "", 0)
-        self.gaps = 0  # missing 5-second bars (after a reconnect, or the feed paused)
+        self.gaps = 0  # 5-second bars missing from the feed (a reconnect, a paused feed)
         self.late = 0  # bars that came after a later one and were dropped
 
     async def _make(self, factory: Callable[[], T]) -> T:
@@ -633,6 +639,8 @@ class IBKRSource:
         self._queue: queue.Queue[Bar] = queue.Queue()
         self._subscriptions: list[Any] = []
         self._last_bucket: dict[str, int] = {}
+        self._last_five: dict[str, int] = {}  # each symbol's latest 5-second bar (epoch s)
+        self._chosen: tuple[str, ...] = symbols
         self._building: dict[str, list[Any]] = {}
         session.on_reconnect.append(self._resubscribe)
 
@@ -646,6 +654,7 @@ class IBKRSource:
         end: datetime | None = None,
     ) -> Iterator[Bar]:
         chosen = select_symbols(symbols, self._symbols, self.description)
+        self._chosen = tuple(chosen)
         history = self._history(chosen)
         yield from history
         self.session.call(self._subscribe(chosen))
@@ -724,18 +733,33 @@ class IBKRSource:
 
     async def _resubscribe(self) -> None:
         self._subscriptions.clear()
-        await self._subscribe(list(self._last_bucket) or list(self._symbols))
+        await self._subscribe(self._chosen)
 
     def _five_seconds(self, symbol: str, bars: Any, has_new: bool) -> None:
         if not has_new or not bars:
             return
         item = bars[-1]
         moment = item.time if item.time.tzinfo else item.time.replace(tzinfo=UTC)
-        bucket = int(moment.timestamp()) // self.bar_seconds
+        stamp = int(moment.timestamp())
+        previous = self._last_five.get(symbol)
+        if previous is not None and stamp <= previous:
+            # Seen already (a feed replaying after a reconnect): never twice to a strategy.
+            self.session.late += 1
+            self.log.warning("late_bar", symbol=symbol, ts=moment.isoformat(), size="5s")
+            return
+        if previous is not None and stamp > previous + 5:
+            missing = (stamp - previous) // 5 - 1
+            self.session.gaps += missing
+            self.log.warning(
+                "bar_gap",
+                symbol=symbol,
+                missing_5s_bars=missing,
+                after=datetime.fromtimestamp(previous, UTC).isoformat(),
+                before=moment.isoformat(),
+            )
+        self._last_five[symbol] = stamp
+        bucket = stamp // self.bar_seconds
         last = self._last_bucket.get(symbol)
-        if last is not None and bucket > last + 1 and symbol in self._building:
-            self.session.gaps += 1
-            self.log.warning("bar_gap", symbol=symbol, missing=bucket - last - 1)
         if last is not None and bucket != last and self._building.get(symbol):
             self._emit(symbol, last)
         if last is None or bucket != last:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from bastion import ConfigError, Environment
 from bastion._environment import Detected
@@ -27,7 +29,7 @@ from bastion.interfaces import OrderUpdate, PluginContext
 from bastion.models import AccountSnapshot, Fill, Order, OrderIntent
 from bastion.plugins import ibkr
 
-from .conftest import WS
+from .conftest import REPO, WS
 from .fake_tws import Bar as FakeBar
 from .fake_tws import FakeTWS, never_fill
 from .fake_tws import market_orders_fill as ibkr_fills_market_orders
@@ -194,6 +196,110 @@ def test_ibkr_is_for_paper_and_live_runs_only() -> None:
 
 # ------------------------------------------------------------------ bastion run, end to end
 
+
+# ------------------------------------------------------------------ the source
+
+
+class Reader:
+    """Drains an IBKR source's bars on a thread, as the engine would."""
+
+    def __init__(self, source: ibkr.IBKRSource) -> None:
+        self.bars: list[Any] = []
+        self.source = source
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for item in self.source.bars():
+            self.bars.append(item)
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while len(self.bars) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return list(self.bars)
+
+
+def test_live_bars_are_built_from_five_second_bars_and_a_reconnect_is_a_reported_gap(
+    fake: FakeTWS,
+) -> None:
+    """bar=15s: three 5-second bars make one bar (open of the first, high and low over
+    all, close of the last, volumes summed; timed at its close).  The connection drops
+    and a 5-second bar is lost meanwhile: the adapter reconnects, subscribes again,
+    reports the gap, and a 5-second bar sent twice reaches the strategy once."""
+    ctx = context(fake.port)
+    source = ibkr.source_factory("symbols=AAPL,bar=15s,warmup=", context=ctx)
+    reader = Reader(source)
+    try:
+        assert fake.wait_for(lambda: fake.realtime_subscriptions("AAPL") == 1, timeout=10)
+        base = (int(time.time()) // 15 + 1) * 15
+        for i, (o, h, lo, c, v) in enumerate([(10, 12, 9, 11, 100), (11, 15, 10, 14, 50),
+                                              (14, 14, 8, 9, 25)]):  # fmt: skip
+            fake.push_bar("AAPL", base + 5 * i, o, h, lo, c, v)
+        [first] = reader.wait(1)
+        assert first.ts == datetime.fromtimestamp(base + 15, UTC)
+        assert (first.open, first.high, first.low, first.close, first.volume) == (10, 15, 8, 9, 175)
+        fake.drop_connections()
+        fake.push_bar("AAPL", base + 15, 9, 9, 9, 9, 1)  # nobody subscribed: lost
+        assert fake.wait_for(lambda: fake.realtime_subscriptions("AAPL") == 1, timeout=15)
+        fake.push_bar("AAPL", base + 20, 20, 21, 19, 20, 10)
+        fake.push_bar("AAPL", base + 20, 20, 21, 19, 20, 10)  # replayed: dropped
+        fake.push_bar("AAPL", base + 25, 20, 22, 20, 21, 10)
+        fake.push_bar("AAPL", base + 30, 21, 21, 21, 21, 10)
+        fake.push_bar("AAPL", base + 35, 21, 21, 21, 21, 10)
+        fake.push_bar("AAPL", base + 40, 21, 21, 21, 21, 10)
+        bars = reader.wait(3)
+        assert [b.ts for b in bars] == [
+            datetime.fromtimestamp(base + 15 * k, UTC) for k in (1, 2, 3)
+        ]
+        assert (bars[1].open, bars[1].high, bars[1].volume) == (20, 22, 20)  # 2 of 3
+        assert source.session.gaps == 1 and source.session.late == 1
+    finally:
+        ctx.stop.set()
+        reader.thread.join(timeout=5)
+        source.close()
+
+
+def test_history_paced_by_ibkr_is_retried_with_back_off(fake: FakeTWS) -> None:
+    """Error 162 (pacing) on a historical request: the source waits and asks again
+    (serialised, doubling the wait) and the warm-up bars arrive."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    fake.set_historical_bars(
+        "AAPL",
+        [FakeBar(now - timedelta(seconds=5 * (i + 1)), 99, 101, 98, 99.5, 900) for i in range(3)],
+    )
+    fake.pace_historical(2)
+    ctx = context(fake.port)
+    source = ibkr.source_factory("symbols=AAPL,bar=5s,warmup=60 S", context=ctx)
+    reader = Reader(source)
+    try:
+        bars = reader.wait(3, timeout=20)
+        assert len(bars) == 3 and [b.close for b in bars] == [99.5] * 3
+        assert fake.requests.count("reqHistoricalData") == 3
+    finally:
+        ctx.stop.set()
+        reader.thread.join(timeout=5)
+        source.close()
+
+
+def test_informational_codes_are_notices_not_errors(fake: FakeTWS) -> None:
+    """2104/2106/2158 ("market data farm connection is OK") are logged as info; an
+    order still goes through afterwards."""
+    broker = ibkr.broker_factory("", context=context(fake.port))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for code in (2104, 2106, 2158):
+                fake.send_error(-1, code)
+            assert broker.submit(order("run-000009"), EMPTY) is None
+            assert [n for n in news(broker, 1) if isinstance(n, Fill)]
+        notices = [r for r in logs if r["event"] == "ibkr_notice"]
+        assert sorted(r["code"] for r in notices) == [2104, 2106, 2158]
+        assert all(r["log_level"] == "info" for r in notices)
+        assert not [r for r in logs if r["event"] == "ibkr_error"]
+    finally:
+        broker.close()
+
+
 BUYER = """\
 from bastion import strategy
 
@@ -339,12 +445,23 @@ def test_a_paper_run_refuses_a_live_account_before_any_order(ws: WS) -> None:
 
 
 def test_live_needs_an_approval_and_refuses_the_example_key(ws: WS, cli: Any) -> None:
-    """--env live without --approve-live is refused before connecting."""
+    """--env live without --approve-live is refused before connecting; so are
+    strategies signed by the example key and --in-process (no gateway is listening:
+    each refusal comes before any connection is tried)."""
     r = cli("run", "--env", "live", "--source", "ibkr:symbols=AAPL", "--home", ws.home)
     assert r.exit_code != 0 and "--approve-live ACCOUNT" in r.stderr
     r = cli("run", "--env", "paper", "--source", "ibkr:symbols=AAPL", "--approve-live", "U1",
             "--home", ws.home)  # fmt: skip
     assert r.exit_code != 0 and "--env live only" in r.stderr
+    shutil.copytree(REPO / "strategies", ws.home / "strategies", dirs_exist_ok=True)
+    shutil.copytree(REPO / "signatures", ws.home / "signatures", dirs_exist_ok=True)
+    live = ("run", "--env", "live", "--source", "ibkr:symbols=AAPL", "--approve-live", "U1234567",
+            "--home", ws.home)  # fmt: skip
+    r = cli(*live, "sma_cross")
+    assert r.exit_code != 0 and "example-key-refused" in r.stderr, r.stderr
+    assert "IBKR" not in r.stderr and "Traceback" not in r.stderr
+    r = cli(*live, "--in-process")
+    assert r.exit_code != 0 and "the live environment refuses it: drop --in-process" in r.stderr
 
 
 def _statuses(ws: WS) -> list[str]:
@@ -441,3 +558,21 @@ def test_kill_9_with_an_order_working_cancels_it_at_restart(ws: WS, fake: FakeTW
     old, new = fake.orders
     assert old.status == "Cancelled" and new.order_ref != old.order_ref
     assert _statuses(ws) == ["interrupted", "completed"]
+
+
+def test_halt_stops_new_runs_until_resume(ws: WS, cli: Any) -> None:
+    """'bastion halt' writes the halt file with the reason (owner-only); 'bastion run'
+    refuses to start while it is there, before connecting; 'bastion resume' lifts it."""
+    r = cli("halt", "--env", "paper", "--reason", "news pending", "--home", ws.home)
+    assert r.exit_code == 0 and "trading halted in paper: news pending" in r.stdout
+    halt = ws.home / ".bastion" / "paper" / "HALT"
+    assert json.loads(halt.read_text())["reason"] == "news pending"
+    assert halt.stat().st_mode & 0o777 == 0o600
+    r = cli("run", "--env", "paper", "--source", "ibkr:symbols=AAPL", "--home", ws.home)
+    assert r.exit_code == 2 and "trading is halted in paper" in r.stderr
+    r = cli("resume", "--env", "paper", "--home", ws.home)
+    assert r.exit_code == 0 and "trading resumed in paper" in r.stdout and not halt.exists()
+    r = cli("resume", "--env", "paper", "--home", ws.home)
+    assert "trading is not halted in paper" in r.stdout
+    r = cli("resume", "--env", "paper", "--accept-positions", "--home", ws.home)
+    assert r.exit_code == 2 and "--accept-positions goes with --strategy NAME" in r.stderr
