@@ -405,36 +405,19 @@ def prepare_backtest(
     store_factory, _ = _split(request.storage, "storage", kernel.storages())
     if context is None:
         context = PluginContext(environment, None, None, False, threading.Event())
-    lock = (
-        None if request.kind == "backtest" else _run_lock(workspace.ensure_data_dir(), request.kind)
-    )
-    try:
-        source: Source = make_plugin(source_factory, source_spec, context)
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
-    available = source.symbols()
-    symbols = request.symbols or available
-    missing = [s for s in symbols if s not in available]
-    if missing:
-        raise ConfigError(
-            f"symbol {missing[0]!r} is not in {source.description}; it has: {', '.join(available)}"
-        )
-    try:
-        broker = make_plugin(broker_factory, broker_spec, context)
-    except BaseException:
-        _close(source)
-        if lock is not None:
-            lock.release()
-        raise
     config = read_config(workspace.config_file)
     config_name = str(workspace.config_file)
     launcher, sandbox = launcher_for(request.in_process, environment, config, config_name)
-
+    lock = (
+        None if request.kind == "backtest" else _run_lock(workspace.ensure_data_dir(), request.kind)
+    )
     strategies: list[Strategy] = []
     refusals: list[Refusal] = []
+    source: Source | None = None
+    broker: Any = None
     try:
+        # Strategies are verified before any plugin connects: a live run that would
+        # refuse them never reaches the broker.
         if request.strategies:
             # Named twice (sma_cross and sma_cross.py) is the same file: run it once.
             named = {gate.resolve(name): name for name in reversed(request.strategies)}
@@ -467,6 +450,16 @@ def prepare_backtest(
                 raise ConfigError(
                     f"no verified strategy in {workspace.strategies}; 'bastion strategies' says why"
                 )
+        source = make_plugin(source_factory, source_spec, context)
+        available = source.symbols()
+        symbols = request.symbols or available
+        missing = [s for s in symbols if s not in available]
+        if missing:
+            raise ConfigError(
+                f"symbol {missing[0]!r} is not in {source.description}; "
+                f"it has: {', '.join(available)}"
+            )
+        broker = make_plugin(broker_factory, broker_spec, context)
         params = resolve_params(strategies, request.params, config, config_name)
         limits = _limits(config, environment, config_name)
         exceptions = exception_policies(config, [s.name for s in strategies], config_name)
@@ -475,8 +468,10 @@ def prepare_backtest(
     except BaseException:
         for strategy in strategies:
             strategy.close()
-        _close(broker)
-        _close(source)
+        if broker is not None:
+            _close(broker)
+        if source is not None:
+            _close(source)
         if lock is not None:
             lock.release()
         raise

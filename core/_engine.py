@@ -16,6 +16,7 @@ in parallel and the results do not depend on which host ran them.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import threading
 import time
@@ -372,11 +373,14 @@ class Engine:
         assert self.config.halt_file is not None
         halted = self.config.halt_file.exists()
         if halted and self._operator_halt is None:
-            self._operator_halt = "trading is halted by the operator ('bastion resume' lifts it)"
-            self._trades.error("trading_halted", ts=ts.isoformat(), by="operator")
+            why = _halt_reason(self.config.halt_file)
+            self._operator_halt = (
+                f"trading is halted by the operator: {why} ('bastion resume' lifts it)"
+            )
+            self._trades.error("trading_halted", ts=ts.isoformat(), by="operator", reason=why)
             self.store.audit(
                 "trading_halted",
-                {"run_id": self.config.run_id, "ts": ts.isoformat(), "reason": "bastion halt"},
+                {"run_id": self.config.run_id, "ts": ts.isoformat(), "reason": why},
             )
             for slot in self._slots:
                 self._cancel(self.broker.cancel_strategy(slot.info.name), "trading halted")
@@ -1070,3 +1074,14 @@ def _operator_sigint(stop: Any = None) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
         operator_interrupt.pressed = False
+
+
+def _halt_reason(path: Path) -> str:
+    """The reason ``bastion halt --reason`` wrote into the halt file (any file there
+    halts; one that cannot be read halts for an unnamed reason)."""
+    try:
+        reason = json.loads(path.read_text(encoding="utf-8")).get("reason")
+    except (OSError, ValueError, AttributeError):
+        reason = None
+    text = str(reason) if reason else "halted by the operator"
+    return "".join(c if c.isprintable() else " " for c in text)[:200]

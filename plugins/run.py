@@ -19,6 +19,7 @@ import click
 
 from bastion import ConfigError, Environment, hookimpl
 from bastion._backtest import BacktestRequest, parse_cash, prepare_backtest
+from bastion._fsutil import atomic_write
 from bastion._reconcile import BLOCKS_FILE, Blocks, Reconciliation
 from bastion._settings import masked
 from bastion.cli import App, console, err_console, pass_app, workspace_options
@@ -183,7 +184,8 @@ def halt_command(app: App, reason: str) -> None:
     """Halt trading in this environment: a running run cancels its working orders and
     refuses new ones (within one bar); new runs refuse to start; until 'bastion resume'."""
     path = halt_path(app)
-    path.write_text(json.dumps({"reason": reason, "at": datetime.now(UTC).isoformat()}) + "\n")
+    record = {"reason": reason, "at": datetime.now(UTC).isoformat()}
+    atomic_write(path, (json.dumps(record) + "\n").encode(), 0o600)
     console.print(f"trading halted in {app.environment}: {reason} ({path})", markup=False)
 
 

@@ -282,3 +282,15 @@ def test_bundled_examples_refused_in_live(cli: CLI, tmp_path: Path) -> None:
     r = cli("verify", "--env", "live", "--home", home)
     assert r.exit_code == 1
     assert r.stderr.count("example-key-refused") >= 2
+
+
+def test_every_command_is_in_the_cli_reference(cli: CLI) -> None:
+    """Each top-level command (built-in plugins' too) has its own section in
+    docs/reference/cli.md, so a new command cannot ship undocumented."""
+    from bastion.cli import build_cli
+
+    reference = (REPO / "docs" / "reference" / "cli.md").read_text()
+    group = build_cli(cli.kernel)
+    assert len(group.commands) > 10
+    missing = [name for name in group.commands if f"## `bastion {name}" not in reference]
+    assert missing == []

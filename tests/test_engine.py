@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -1485,3 +1486,44 @@ def test_a_blocked_strategy_is_refused_every_order_with_the_reason(ws: WS, h: Ha
         ("blocked.py", "rejected", "positions differ from the broker's"),
         ("free.py", "filled", None),
     ]
+
+
+def test_the_operators_halt_file_cancels_and_refuses_until_removed(
+    ws: WS, h: Harness, tmp_path: Path
+) -> None:
+    """'bastion halt' writes the halt file: from the next bar the run cancels working
+    orders and rejects new ones with the operator's reason (audited); once 'bastion
+    resume' removes it, orders go through again."""
+    s = admit(
+        ws,
+        "every.py",
+        """
+from bastion import strategy
+
+@strategy.hook
+def on_bar(ctx, bar):
+    ctx.order(bar.symbol, 1, limit=1.0)
+""",
+    )
+    halt = tmp_path / "HALT"
+    bars = [bar("AAA", d, 100.0) for d in range(6)]
+
+    def source() -> Iterator[Bar]:
+        for i, item in enumerate(bars):
+            if i == 2:
+                halt.write_text('{"reason": "news pending"}\n')
+            if i == 4:
+                halt.unlink()
+            yield item
+
+    result = h.run([s], source(), symbols={"AAA"}, halt_file=halt)  # type: ignore[arg-type]
+    assert result.strategies[0].quarantined is None, result
+    rows = h.rows("SELECT status, reason FROM orders ORDER BY created, client_order_id")
+    assert [r[0] for r in rows] == ["cancelled", "cancelled", "rejected", "rejected",
+                                    "cancelled", "cancelled"]  # fmt: skip
+    assert rows[0][1] == "trading halted"
+    assert rows[2][1] == (
+        "trading is halted by the operator: news pending ('bastion resume' lifts it)"
+    )
+    audit = [e for (e,) in h.rows("SELECT event FROM audit")]
+    assert audit.count("trading_halted") == 1 and audit.count("trading_resumed") == 1
