@@ -26,6 +26,7 @@ from ._errors import BastionError, ConfigError
 from ._fsutil import ExclusiveLock, LockHeld
 from ._host import Launcher, in_process
 from ._kernel import Kernel
+from ._live import drive
 from ._loader import Gate, Refusal, Strategy
 from ._reconcile import Reconciliation, reconcile
 from ._sandbox import SandboxConfig, sandbox_config, sandboxed
@@ -362,7 +363,12 @@ class PreparedBacktest:
                 ),
                 progress=progress,
             )
-            result = engine.run(itertools.chain((self.first_bar,), self.bars))
+            bars = itertools.chain((self.first_bar,), self.bars)
+            if request.kind == "backtest" or self.stop is None:
+                result = engine.run(bars)
+            else:
+                # Paper and live: bars, the broker's news and time, as they come.
+                result = drive(engine, bars, self.stop)
         except BaseException as exc:
             reason = (
                 str(exc)

@@ -1,10 +1,13 @@
 """The event loop: source -> strategies -> limits and risk -> broker -> fills ->
 portfolio -> storage -> ``on_fill`` back to the strategy.
 
-One loop serves backtests now and live runs later.  The bar path is kept
-straight and cheap: marking to market uses float mirrors of the Decimal
-ledger (re-synchronised exactly at every fill).  Everything that touches
-money (orders, fills, the ledger) is Decimal.
+The engine is driven by events (bars, the broker's fills and order updates,
+timer ticks) and does no waiting of its own: :meth:`Engine.run` is the backtest
+driver, ``bastion._live.drive`` the paper and live one, and both hand the events
+to the same methods.  The bar path is kept straight and cheap: marking to
+market uses float mirrors of the Decimal ledger (re-synchronised exactly at
+every fill).  Everything that touches money (orders, fills, the ledger) is
+Decimal.
 
 Strategy code is never called from here: each strategy sits behind a
 :class:`~bastion._host.StrategyHost` (a sandboxed worker, or the in-process
@@ -22,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,7 @@ __all__ = [
     "OrderLimits",
     "RunResult",
     "StrategyResult",
+    "Tick",
     "unholdable",
 ]
 
@@ -119,6 +123,13 @@ class EngineConfig:
     # ... and strategies a reconciliation stopped from trading, with why (by name).
     blocked: Mapping[str, str] = attrs.Factory(dict)
     exceptions: Mapping[str, ExceptionPolicy] = attrs.Factory(dict)  # by strategy name
+
+
+@attrs.frozen(slots=True)
+class Tick:
+    """A timer event: time has passed (live runs tick between bars)."""
+
+    ts: datetime
 
 
 @attrs.frozen
@@ -226,6 +237,12 @@ class Engine:
         self._lifecycle = self._trades if config.log_trades else None
         for slot in self._slots:
             self._carry(slot, config.opening.get(slot.info.name, ()))
+        self._margin = broker.maintenance_margin
+        self._current: datetime | None = None  # the timestamp whose bars are being handled
+        self._count = 0  # bars handled
+        self._started = time.perf_counter()
+        self._running: list[tuple[_Slot, Callable[[Bar], None], Callable[[], Reply | None]]] = []
+        self._waiting: frozenset[str] = frozenset()
         hooks = kernel.hook
         self._order_event = hooks.order_event if hooks.order_event.get_hookimpls() else None
         self._fill_event = hooks.fill_event if hooks.fill_event.get_hookimpls() else None
@@ -247,27 +264,67 @@ class Engine:
         self._resync(slot)
         slot.start_equity = slot.equity_f
 
-    # -- the loop ------------------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------
+    #
+    # The engine is driven by events: bars, the broker's fills and order updates, and
+    # timer ticks, each handed to :meth:`handle` (or its typed twins) by a driver.  The
+    # backtest driver is :meth:`run` (bars from an iterator, the simulator's fills
+    # from ``on_bar``); paper and live runs use ``bastion._live.drive``, which feeds
+    # the same events as they arrive.  Both go through the same code.
 
     def run(self, bars: Iterable[Bar]) -> RunResult:
-        started = time.perf_counter()
+        """The backtest driver: every bar of ``bars``, in order."""
+        with self.session():
+            self.on_bars(bars)
+        return self.result()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Start the strategies; on leaving, end the run (working orders cancelled,
+        ``on_stop``) and release the strategies' hosts.  Between, a driver feeds events
+        with :meth:`handle` (or :meth:`on_bars`, :meth:`on_broker`, :meth:`on_tick`)."""
+        self._started = time.perf_counter()
         try:
             with _operator_sigint(self.config.stop):
                 for slot in self._slots:
                     slot.host.start(slot.params, slot.portfolio.snapshot(self._last))
                 for slot in self._slots:
                     self._gather(slot, None)
-                count = self._loop(bars)
+                self._refresh()
+                yield
+                if self._current is not None:
+                    self._close_timestamp(self._current)
+                if self.progress is not None:
+                    self.progress(self._count)
                 self._finish()
         finally:
             for slot in self._slots:
                 slot.host.close()
+
+    def result(self) -> RunResult:
+        """Store each strategy's metrics, equity and positions; the run's result."""
         return RunResult(
             run_id=self.config.run_id,
-            bars=count,
-            seconds=time.perf_counter() - started,
+            bars=self._count,
+            seconds=time.perf_counter() - self._started,
             strategies=tuple(self._result(slot) for slot in self._slots),
         )
+
+    def handle(self, event: Bar | Fill | OrderUpdate | Tick) -> None:
+        """One event: a bar, a fill or order update the broker pushed, or a timer tick."""
+        if type(event) is Bar:
+            self.on_bar(event)
+        elif type(event) is Tick:
+            self.on_tick(event.ts)
+        else:
+            self.on_broker(event)  # type: ignore[arg-type]
+
+    def _refresh(self) -> None:
+        # The strategies still running, and the symbols with working orders: these
+        # change only through calls made here (submit, fills, cancels, margin calls,
+        # quarantines), so they are asked again after each.
+        self._running = self._active()
+        self._waiting = self.broker.working_symbols()
 
     def _active(
         self,
@@ -275,87 +332,98 @@ class Engine:
         """Each strategy still running, with its host's bar and gather calls."""
         return [(s, s.host.post_bar, s.host.gather) for s in self._slots if s.quarantined is None]
 
-    def _loop(self, bars: Iterable[Bar]) -> int:
+    def on_tick(self, now: datetime) -> None:
+        """Time passes without a bar (live): the operator's halt file is looked at."""
+        if self.config.halt_file is not None:
+            self._check_halt_file(now)
+            self._refresh()
+
+    def on_broker(self, update: Fill | OrderUpdate) -> None:
+        """A fill or an order update the broker pushed (live), booked when it arrives."""
+        ts = self._current
+        if ts is None or (type(update) is Fill and update.ts > ts):
+            ts = update.ts if type(update) is Fill else datetime.now(UTC)
+        self._broker_update(update, ts)
+        self._refresh()
+
+    def on_bar(self, bar: Bar) -> None:
+        """One bar: fills it allows (simulator), marks, margin, then every strategy."""
+        self.on_bars((bar,))
+
+    def on_bars(self, bars: Iterable[Bar]) -> None:
+        """Bars in time order, each handled as :meth:`on_bar` does (the backtest driver
+        hands over its whole iterator: the loop keeps its state in locals)."""
         slots = self._slots
-        active = self._active()
+        active = self._running
         broker = self.broker
-        working = broker.working_symbols
-        # The broker's working orders change only through calls made here
-        # (submit, on_bar, cancels, margin calls): asked again after each.
-        waiting = working()
+        waiting = self._waiting
         last = self._last
-        margin = broker.maintenance_margin
+        margin = self._margin
         progress = self.progress
-        current: datetime | None = None
-        count = 0
-        poll = getattr(broker, "poll", None)  # a live broker's pushed fills and status changes
-        for bar in bars:
-            ts = bar.ts
-            if ts != current:
-                if current is not None:
-                    self._close_timestamp(current)
-                current = ts
-                if poll is not None:
-                    for update in poll():
-                        self._broker_update(update, ts)
-                    active = self._active()
-                    waiting = working()
-                if self.config.halt_file is not None:
-                    self._check_halt_file(ts)
-                    waiting = working()
-            symbol = bar.symbol
-            gapped = False
-            if symbol in waiting:
-                # Fills happen from the open on: mark the symbol there first, so the
-                # ledger, the margin check and on_fill see the gap, not the last close.
-                gapped = self._mark(symbol, bar.open)
-                for fill in broker.on_bar(bar):
-                    self._book(fill)
-                if self._resize:
-                    self._resize_liquidations(ts)
-                active = self._active()
-                waiting = working()
-            # The close, marked inline (this runs for every bar; _mark is the same
-            # move). Margin is checked at the close of every bar whose price moved
-            # (a gap marked at the open counts), whether or not orders were working.
-            close = bar.close
-            previous = last.get(symbol)
-            last[symbol] = close
-            if previous is not None and (previous != close or gapped):
-                move = close - previous
-                for slot in slots:
-                    quantity = slot.portfolio.quantities_f.get(symbol)
-                    if quantity:
-                        slot.equity_f += quantity * move
-                        slot.gross_f += abs(quantity) * move
-                        if (
-                            margin is not None
-                            and slot.equity_f < margin * slot.gross_f
-                            and not slot.margin_call
-                        ):
-                            self._margin_call(slot, ts)
-                            active = self._active()
-                            waiting = working()
-            if active:
-                for _, post, _ in active:  # hand the bar to every strategy first ...
-                    post(bar)
-                answered = False
-                for slot, _, gather in active:  # ... then gather, always in the same order
-                    reply = gather()
-                    if reply is not None:
-                        self._answer(slot, reply, ts, 0)
-                        answered = True
-                if answered:
-                    active = self._active()
-                    waiting = working()
-            count += 1
-            if progress is not None and not count & 0x3FFF:
-                progress(count)
-        if current is not None:
-            self._close_timestamp(current)
-        if progress is not None:
-            progress(count)
-        return count
+        halt_file = self.config.halt_file
+        current = self._current
+        count = self._count
+        try:
+            for bar in bars:
+                ts = bar.ts
+                if ts != current:
+                    if current is not None:
+                        self._close_timestamp(current)
+                    current = self._current = ts
+                    if halt_file is not None:
+                        self._check_halt_file(ts)
+                        self._refresh()
+                        active, waiting = self._running, self._waiting
+                symbol = bar.symbol
+                gapped = False
+                if symbol in waiting:
+                    # Fills happen from the open on: mark the symbol there first, so the
+                    # ledger, the margin check and on_fill see the gap, not the last close.
+                    gapped = self._mark(symbol, bar.open)
+                    for fill in broker.on_bar(bar):
+                        self._book(fill)
+                    if self._resize:
+                        self._resize_liquidations(ts)
+                    self._refresh()
+                    active, waiting = self._running, self._waiting
+                # The close, marked inline (this runs for every bar; _mark is the same
+                # move). Margin is checked at the close of every bar whose price moved
+                # (a gap marked at the open counts), whether or not orders were working.
+                close = bar.close
+                previous = last.get(symbol)
+                last[symbol] = close
+                if previous is not None and (previous != close or gapped):
+                    move = close - previous
+                    for slot in slots:
+                        quantity = slot.portfolio.quantities_f.get(symbol)
+                        if quantity:
+                            slot.equity_f += quantity * move
+                            slot.gross_f += abs(quantity) * move
+                            if (
+                                margin is not None
+                                and slot.equity_f < margin * slot.gross_f
+                                and not slot.margin_call
+                            ):
+                                self._margin_call(slot, ts)
+                                self._refresh()
+                                active, waiting = self._running, self._waiting
+                if active:
+                    for _, post, _ in active:  # hand the bar to every strategy first ...
+                        post(bar)
+                    answered = False
+                    for slot, _, gather in active:  # ... then gather, always in the same order
+                        reply = gather()
+                        if reply is not None:
+                            self._answer(slot, reply, ts, 0)
+                            answered = True
+                    if answered:
+                        self._refresh()
+                        active, waiting = self._running, self._waiting
+                count += 1
+                if progress is not None and not count & 0x3FFF:
+                    progress(count)
+        finally:
+            self._count = count
 
     def _close_timestamp(self, ts: datetime) -> None:
         """Every bar of ``ts`` is processed: one equity point (and exposure) per strategy."""

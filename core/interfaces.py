@@ -8,7 +8,7 @@ plain value type from :mod:`bastion.models` or this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
@@ -26,6 +26,7 @@ __all__ = [
     "EquityPoint",
     "OrderUpdate",
     "PluginContext",
+    "PushingBroker",
     "ReconcilingBroker",
     "ReconcilingStore",
     "RunData",
@@ -185,12 +186,26 @@ class Broker(Protocol):
         them; its margin-call liquidations (``liquidation=True``) keep working."""
         ...
 
-    # Optional, for brokers that push news (a live broker):
-    #
-    #   def poll(self) -> Sequence[Fill | OrderUpdate]:
-    #       """Fills and order updates received since the last call; the engine asks at
-    #       every new timestamp.  A fill carries Bastion's client order id (``order_id``)
-    #       and the broker's execution id, so a duplicate report is booked once."""
+
+@runtime_checkable
+class PushingBroker(Broker, Protocol):
+    """A broker that pushes news (a live broker): paper and live runs hand what
+    :meth:`poll` returns to the engine as it arrives, not at the next bar."""
+
+    def poll(self) -> Sequence[Fill | OrderUpdate]:
+        """Fills and order updates received since the last call (the live driver asks
+        when woken and at every tick).  A fill carries Bastion's client order id
+        (``order_id``; for an order Bastion did not place, a broker id) and the
+        broker's execution id, so a duplicate report is booked once."""
+        ...
+
+    def listen(self, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` (from any thread, without blocking) when news arrive."""
+        ...
+
+    def close(self) -> None:
+        """Disconnect (the run has ended, or never started)."""
+        ...
 
 
 @attrs.frozen

@@ -354,10 +354,21 @@ class IBKRBroker:
         self._pending_fills: dict[str, tuple[Any, float]] = {}  # execId -> (fill, when)
         self._contracts: dict[str, Any] = {}
         self._reconciled: set[str] = set()  # execution ids reported through state()
+        self._listener: Callable[[], None] | None = None
         ib = session.ib
         session.run(lambda: self._wire(ib))
         session.error_listeners.append(self._error)
         session.on_reconnect.append(self._after_reconnect)
+
+    def listen(self, wake: Callable[[], None]) -> None:
+        """``wake()`` is called (on the session's thread) whenever news arrive for
+        :meth:`poll`: the live driver books a fill as it comes, not at the next bar."""
+        self._listener = wake
+
+    def _tell(self, news: Fill | OrderUpdate) -> None:
+        self._news.append(news)
+        if self._listener is not None:
+            self._listener()
 
     def _wire(self, ib: Any) -> None:
         ib.execDetailsEvent += self._execution
@@ -384,7 +395,7 @@ class IBKRBroker:
             ref = self._by_ib_id[execution.orderId]
         if execution.execId in self._reconciled and ref not in self._orders:
             return  # an earlier run's execution, settled by the start-up reconciliation
-        self._news.append(self._as_fill(fill, ref, commission))
+        self._tell(self._as_fill(fill, ref, commission))
         order = self._orders.get(ref)
         if order is not None and fill.execution.cumQty >= float(order.quantity):
             self._working.pop(ref, None)
@@ -422,9 +433,7 @@ class IBKRBroker:
             self._ended.add(ref)
             reason = self._reasons.pop(ref, None)
             if reason is not None or status == "Inactive":
-                self._news.append(
-                    OrderUpdate(ref, "rejected", reason or f"IBKR made the order {status}")
-                )
+                self._tell(OrderUpdate(ref, "rejected", reason or f"IBKR made the order {status}"))
             else:
                 # The error that says why (a 201) may come just after the status: wait
                 # for it a little before calling this a plain cancel.
@@ -436,7 +445,7 @@ class IBKRBroker:
             reason = f"IBKR {code}: {text}"
             self.log.info("ibkr_order_rejected", order_id=ref, code=code, message=text)
             if self._quiet_cancels.pop(ref, None) is not None:
-                self._news.append(OrderUpdate(ref, "rejected", reason))
+                self._tell(OrderUpdate(ref, "rejected", reason))
             else:
                 self._reasons[ref] = reason
 
@@ -568,7 +577,7 @@ class IBKRBroker:
                 self._emit_fill(self._pending_fills.pop(key)[0], 0.0)
             for ref in [r for r, at in self._quiet_cancels.items() if now - at > 0.5]:
                 del self._quiet_cancels[ref]
-                self._news.append(OrderUpdate(ref, "cancelled", "cancelled by IBKR"))
+                self._tell(OrderUpdate(ref, "cancelled", "cancelled by IBKR"))
 
         self.session.run(stale)
         news: list[Fill | OrderUpdate] = []

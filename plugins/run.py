@@ -182,7 +182,7 @@ def _tell_reconciled(found: Reconciliation) -> None:
 @pass_app
 def halt_command(app: App, reason: str) -> None:
     """Halt trading in this environment: a running run cancels its working orders and
-    refuses new ones (within one bar); new runs refuse to start; until 'bastion resume'."""
+    refuses new ones (within half a second); new runs refuse to start; until 'bastion resume'."""
     path = halt_path(app)
     record = {"reason": reason, "at": datetime.now(UTC).isoformat()}
     atomic_write(path, (json.dumps(record) + "\n").encode(), 0o600)
