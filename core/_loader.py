@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import stat
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from ._errors import FormatError
+from ._errors import FormatError, printable
 from ._host import Launcher, Layer, StrategyHost, log_fields
 from ._minisign import Signature, SignatureCheckFailed, verify
 from ._module import ALLOWED_IMPORTS, LoadFailure
@@ -41,7 +42,17 @@ from ._trust import (
 )
 from ._workspace import Workspace
 
-__all__ = ["ALLOWED_IMPORTS", "Gate", "Refusal", "Status", "Strategy", "StrategyInfo"]
+__all__ = [
+    "ALLOWED_IMPORTS",
+    "MAX_STRATEGY_BYTES",
+    "Gate",
+    "Refusal",
+    "Status",
+    "Strategy",
+    "StrategyInfo",
+    "bidi_controls",
+    "read_strategy",
+]
 
 MAX_STRATEGY_BYTES = 1024 * 1024
 
@@ -68,6 +79,7 @@ class Status(enum.StrEnum):
     SYMLINK = "symlink"
     OUTSIDE = "outside-strategies"
     UNREADABLE = "unreadable"
+    BIDI_CONTROL = "bidi-control"  # text can display differently from what runs
     SYNTAX_ERROR = "syntax-error"
     FORBIDDEN_IMPORT = "forbidden-import"
     LOAD_ERROR = "load-error"
@@ -89,7 +101,8 @@ class Refusal:
     reason: str
 
     def line(self) -> str:
-        return f"{self.path}: {self.status}: {self.reason}"
+        """One line, whatever the file's name holds (a newline is written ``\\x0a``)."""
+        return printable(f"{self.path}: {self.status}: {self.reason}")
 
 
 @attrs.frozen
@@ -186,6 +199,28 @@ class Gate:
             p for p in folder.iterdir() if p.name.endswith(".py") and not p.name.startswith(".")
         )
 
+    def ignored(self) -> list[tuple[Path, str]]:
+        """Entries of ``strategies/`` that are never loaded (not ``*.py``, or hidden),
+        each with why: listed so that nothing there goes unnoticed."""
+        folder = self.workspace.strategies
+        if not folder.is_dir():
+            return []
+        out = []
+        for entry in sorted(folder.iterdir()):
+            name = entry.name
+            if name.endswith(".py") and not name.startswith("."):
+                continue
+            if name == "__pycache__":
+                why = "Python's bytecode cache; never loaded (delete it)"
+            elif name.startswith("."):
+                why = "a hidden entry; never loaded"
+            elif name.endswith((".pyc", ".pyo")):
+                why = "compiled bytecode is never loaded; only signed .py source is"
+            else:
+                why = "not a .py file; never loaded"
+            out.append((entry, why))
+        return out
+
     def resolve(self, spec: str) -> Path:
         """A command-line name (``sma_cross``, ``sma_cross.py`` or a path) as a path."""
         candidate = Path(spec)
@@ -216,6 +251,9 @@ class Gate:
         source = self._read_once(path)
         if isinstance(source, Refusal):
             return source
+        hidden = bidi_controls(source)
+        if hidden is not None:
+            return refuse(Status.BIDI_CONTROL, hidden)
         digest = sha256_hex(source)
         sig_path = self.workspace.signatures / f"{name}.minisig"
         try:
@@ -304,28 +342,9 @@ class Gate:
         )
 
     def _read_once(self, path: Path) -> bytes | Refusal:
-        def refuse(status: Status, reason: str) -> Refusal:
-            return Refusal(name=path.name, path=path, status=status, reason=reason)
-
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            return refuse(Status.UNREADABLE, "no such file")
-        if stat.S_ISLNK(st.st_mode):
-            return refuse(
-                Status.SYMLINK, "strategy files must be regular files, not symbolic links; copy it"
-            )
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-        except OSError as exc:
-            return refuse(Status.UNREADABLE, f"cannot open ({exc.strerror})")
-        with os.fdopen(fd, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                return refuse(Status.UNREADABLE, "not a regular file")
-            data = handle.read(MAX_STRATEGY_BYTES + 1)
-        if len(data) > MAX_STRATEGY_BYTES:
-            return refuse(Status.UNREADABLE, f"larger than {MAX_STRATEGY_BYTES} bytes")
+        data = read_strategy(path)
+        if isinstance(data, tuple):
+            return Refusal(name=path.name, path=path, status=data[0], reason=data[1])
         return data
 
     # -- THE door --------------------------------------------------------------------
@@ -378,3 +397,82 @@ def _loaded(info: StrategyInfo, host: StrategyHost) -> Strategy | Refusal:
     return Strategy(
         info=info, hooks=loaded.hooks, params=loaded.params, host=host, layers=loaded.layers
     )
+
+
+def _kind_of(mode: int) -> str:
+    """What a non-regular directory entry is, in words."""
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+# Unicode's bidirectional formatting characters: in source code they make the text an
+# editor or a review tool shows differ from what Python runs ("Trojan Source",
+# CVE-2021-42574).  A strategy file may not contain them anywhere.
+BIDI_CONTROLS = {
+    "\u061c": "ARABIC LETTER MARK",
+    "\u200e": "LEFT-TO-RIGHT MARK",
+    "\u200f": "RIGHT-TO-LEFT MARK",
+    "\u202a": "LEFT-TO-RIGHT EMBEDDING",
+    "\u202b": "RIGHT-TO-LEFT EMBEDDING",
+    "\u202c": "POP DIRECTIONAL FORMATTING",
+    "\u202d": "LEFT-TO-RIGHT OVERRIDE",
+    "\u202e": "RIGHT-TO-LEFT OVERRIDE",
+    "\u2066": "LEFT-TO-RIGHT ISOLATE",
+    "\u2067": "RIGHT-TO-LEFT ISOLATE",
+    "\u2068": "FIRST STRONG ISOLATE",
+    "\u2069": "POP DIRECTIONAL ISOLATE",
+}
+_BIDI_RE = re.compile("[" + "".join(BIDI_CONTROLS) + "]")
+
+
+def bidi_controls(source: bytes) -> str | None:
+    """Why ``source`` is refused for holding a bidirectional control character (the
+    first one, by line), or ``None``."""
+    text = source.decode("utf-8", errors="replace")
+    found = _BIDI_RE.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    line = text.count("\n", 0, found.start()) + 1
+    return (
+        f"line {line} holds U+{ord(char):04X} ({BIDI_CONTROLS[char]}): the code can display "
+        "differently from what runs; remove it"
+    )
+
+
+def read_strategy(path: Path) -> bytes | tuple[Status, str]:
+    """A strategy file's bytes, read once, or why it cannot be (``(status, reason)``):
+    missing, a symbolic link, not a regular file (a directory, a FIFO: never waited
+    on), unreadable, or larger than :data:`MAX_STRATEGY_BYTES`."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return Status.UNREADABLE, "no such file"
+    except OSError as exc:
+        return Status.UNREADABLE, f"cannot examine it ({exc.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return Status.SYMLINK, "strategy files must be regular files, not symbolic links; copy it"
+    if not stat.S_ISREG(st.st_mode):
+        return Status.UNREADABLE, f"{_kind_of(st.st_mode)}, not a regular file"
+    try:
+        # O_NONBLOCK: opening a FIFO swapped in since the lstat never waits for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return Status.UNREADABLE, f"cannot open ({exc.strerror})"
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return Status.UNREADABLE, f"{_kind_of(st.st_mode)}, not a regular file"
+        os.set_blocking(fd, True)
+        data = handle.read(MAX_STRATEGY_BYTES + 1)
+    if len(data) > MAX_STRATEGY_BYTES:
+        return Status.UNREADABLE, f"larger than {MAX_STRATEGY_BYTES} bytes"
+    return data

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import attrs
 
-from ._errors import TrustError
+from ._errors import TrustError, printable
 from ._keys import SigningKey
+from ._loader import bidi_controls, read_strategy
 from ._minisign import sign
 from ._module import SourceProblem, compile_source
 from ._trust import (
@@ -47,12 +48,25 @@ def _strategy_path(workspace: Workspace, spec: str) -> Path:
     if path.parent.resolve() != workspace.strategies.resolve():
         raise TrustError(f"{spec}: only files directly in {workspace.strategies} can be signed")
     if not STRATEGY_NAME_RE.match(path.name):
-        raise TrustError(f"{spec}: a strategy file name must be a plain identifier ending in .py")
-    if path.is_symlink():
-        raise TrustError(f"{spec}: is a symbolic link; strategy files must be regular files")
-    if not path.is_file():
+        raise TrustError(
+            f"{printable(spec)}: a strategy file name must be a plain identifier ending in .py"
+        )
+    if not path.exists() and not path.is_symlink():
         raise TrustError(f"{spec}: no such strategy file in {workspace.strategies}")
     return path
+
+
+def _strategy_bytes(path: Path) -> bytes:
+    """The file's bytes, refused as 'verify' would refuse them: what cannot be loaded
+    is never signed."""
+    data = read_strategy(path)
+    if isinstance(data, tuple):
+        status, reason = data
+        raise TrustError(f"{path}: {reason} ({status}); 'bastion verify' would never load it")
+    hidden = bidi_controls(data)
+    if hidden is not None:
+        raise TrustError(f"{path}: {hidden}")
+    return data
 
 
 def sign_strategies(
@@ -88,7 +102,7 @@ def sign_strategies(
     signed: list[tuple[str, str]] = []
     for spec in files:
         path = _strategy_path(workspace, spec)
-        data = path.read_bytes()
+        data = _strategy_bytes(path)
         try:
             compile_source(data, str(path))  # syntax only; nothing runs
         except SourceProblem as exc:

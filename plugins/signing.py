@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from bastion import hookimpl
+from bastion._errors import printable
 from bastion._keys import generate_key, load_signing_key, resolve_key_path
 from bastion._loader import Refusal, Status, Strategy
 from bastion._signing import sign_strategies
@@ -252,6 +254,10 @@ def strategies_command(app: App, as_json: bool) -> None:
     """List every file in strategies/ with its status (loaded-ok, unsigned, hash-mismatch, ...)."""
     outcomes = admit_all(app)
     rows = [_row(o) for o in outcomes]
+    rows += [
+        {"file": path.name, "path": str(path), "status": "ignored", "reason": why}
+        for path, why in app.gate().ignored()
+    ]
     if as_json:
         _emit_json(rows)
         return
@@ -261,8 +267,15 @@ def strategies_command(app: App, as_json: bool) -> None:
     for row in rows:
         ok = row["status"] in (Status.LOADED_OK, Status.LOADED_UNSIGNED)
         style = "green" if row["status"] == Status.LOADED_OK else ("yellow" if ok else "red")
+        if row["status"] == "ignored":
+            style = "dim"
         detail = row["sha256"][:16] + "..." if ok else row["reason"]
-        table.add_row(row["file"], f"[{style}]{row['status']}[/]", row.get("signer") or "", detail)
+        table.add_row(
+            escape(printable(row["file"])),
+            f"[{style}]{row['status']}[/]",
+            row.get("signer") or "",
+            escape(printable(detail)),
+        )
     console.print(table)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 from pathlib import Path
@@ -294,3 +295,34 @@ def test_every_command_is_in_the_cli_reference(cli: CLI) -> None:
     assert len(group.commands) > 10
     missing = [name for name in group.commands if f"## `bastion {name}" not in reference]
     assert missing == []
+
+
+def test_sign_refuses_what_verify_would_never_load(cli: CLI, ws: WS) -> None:
+    """'bastion sign' refuses a FIFO (without waiting on it), a file over the size limit
+    and a file with a bidirectional control character, each in one line naming the file;
+    nothing is written."""
+    key = ws.key()
+    os.mkfifo(ws.strategies / "pipe.py")
+    ws.write("huge.py", "x = 1\n" + "#" * (1024 * 1024) + "\n")
+    ws.write("bidi.py", 'x = "\u202e"\n')
+    for name, needle in [
+        ("pipe", "a FIFO (named pipe), not a regular file"),
+        ("huge", "larger than 1048576 bytes"),
+        ("bidi", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+    ]:
+        r = cli("sign", name, "--key", key.path, "--home", ws.home)
+        assert r.exit_code != 0
+        one_error_line(r.stderr, f"{name}.py", needle)
+    assert sorted(p.name for p in ws.signatures.iterdir()) == ["keys"]
+
+
+def test_strategies_lists_ignored_entries_and_escapes_names(cli: CLI, ws: WS) -> None:
+    """'bastion strategies' shows stray entries as ignored, and a file name with a
+    control character written out."""
+    ws.write("good.py")
+    (ws.strategies / "__pycache__").mkdir()
+    ws.write("bad\x1bname.py")
+    rows = json.loads(cli("strategies", "--json", "--home", ws.home).stdout)
+    assert {r["file"]: r["status"] for r in rows}["__pycache__"] == "ignored"
+    table = cli("strategies", "--home", ws.home).stdout
+    assert "bad\\x1bname.py" in table and "\x1b" not in table.replace("\x1b[", "")

@@ -585,3 +585,48 @@ def test_module_body_cannot_stop_the_kernel(ws: WS, exc: str, any_host: str) -> 
     ws.write("quitter.py", f"raise {exc}\n")
     ws.sign("quitter.py")
     assert refusal(ws.admit("quitter.py")).status is Status.LOAD_ERROR
+
+
+def test_a_fifo_or_a_directory_named_like_a_strategy_is_refused_not_waited_on(ws: WS) -> None:
+    """A FIFO in strategies/ would block a plain open() for ever, and a directory named
+    x.py cannot be read: each is refused at once, naming what it is."""
+    os.mkfifo(ws.strategies / "fifo.py")
+    (ws.strategies / "folder.py").mkdir()
+    assert refusal(ws.admit("fifo.py")).reason == "a FIFO (named pipe), not a regular file"
+    assert refusal(ws.admit("folder.py")).reason == "a directory, not a regular file"
+    assert ws.status("fifo.py") is Status.UNREADABLE
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\u2066", "\u200f", "\u061c"])
+def test_bidirectional_control_characters_are_refused_even_when_signed(ws: WS, char: str) -> None:
+    """Trojan Source: a bidi control character makes code display differently from what
+    runs.  A file holding one is refused with its line and code point, even when its
+    signature is otherwise valid (signed before the rule, or by hand)."""
+    ws.write("tricky.py", GOOD_STRATEGY)
+    ws.sign("tricky.py")
+    ws.write("tricky.py", GOOD_STRATEGY + f"# ok {char} done\n")
+    lines = GOOD_STRATEGY.count("\n") + 1
+    r = refusal(ws.admit("tricky.py"))
+    assert r.status is Status.BIDI_CONTROL
+    assert r.reason.startswith(f"line {lines} holds U+{ord(char):04X} (")
+
+
+def test_a_name_with_a_newline_stays_on_one_line(ws: WS) -> None:
+    """A control character in a file name is written out, so a refusal is one line."""
+    ws.write("evil\nname.py")
+    r = refusal(ws.admit("evil\nname.py"))
+    assert r.status is Status.BAD_NAME
+    assert "\n" not in r.line() and "evil\\x0aname.py" in r.line()
+
+
+def test_unexpected_entries_are_listed_as_ignored(ws: WS) -> None:
+    """What strategies/ holds besides candidates (bytecode, caches, notes, hidden files)
+    is listed, with why it is never loaded."""
+    ws.write("good.py")
+    (ws.strategies / "__pycache__").mkdir()
+    (ws.strategies / "old.pyc").write_bytes(b"\x00")
+    (ws.strategies / "notes.txt").write_text("x")
+    (ws.strategies / ".hidden.py").write_text("x")
+    ignored = {path.name: why for path, why in ws.gate().ignored()}
+    assert set(ignored) == {"__pycache__", "old.pyc", "notes.txt", ".hidden.py"}
+    assert "bytecode" in ignored["old.pyc"] and "cache" in ignored["__pycache__"]
