@@ -1,0 +1,185 @@
+"""The ledger (core/_portfolio.py) against an independent reference.
+
+The reference below is average-cost accounting written from scratch over plain
+``Fraction``s and dicts; it shares no code with ``bastion._portfolio`` and knows
+nothing of its cost basis or rounding.  Hypothesis drives both with random fill
+sequences (opens, adds, partial closes, full closes, flips, commissions, fractional
+shares) and compares them after every fill.
+
+The one place the ledger rounds is the cost basis a partial close removes (to 1e-8,
+``COST_STEP``); every comparison that can see it allows 1e-8 per partial close so
+far, and everything else must be equal to the last digit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bastion._portfolio import Portfolio
+from bastion.models import Fill, Side
+
+T0 = datetime(2024, 1, 2, tzinfo=UTC)
+CASH = Decimal("100000")
+STEP = Fraction(1, 10**8)
+
+
+@dataclass
+class Reference:
+    """Average-cost accounting, from scratch: a position is (quantity, average price);
+    adding moves the average, reducing realises (price - average) per unit closed,
+    crossing zero closes the round trip and opens the rest at the fill's price."""
+
+    cash: Fraction
+    quantity: dict[str, Fraction] = field(default_factory=dict)
+    average: dict[str, Fraction] = field(default_factory=dict)
+    realized: Fraction = Fraction(0)
+    commissions: Fraction = Fraction(0)
+    open_trade: dict[str, Fraction] = field(default_factory=dict)  # P&L net of fees
+    closed_trades: list[Fraction] = field(default_factory=list)
+    partial_closes: int = 0
+
+    def fill(self, symbol: str, buy: bool, qty: Fraction, price: Fraction, fee: Fraction) -> None:
+        delta = qty if buy else -qty
+        self.cash -= delta * price + fee
+        self.commissions += fee
+        held = self.quantity.get(symbol, Fraction(0))
+        avg = self.average.get(symbol, Fraction(0))
+        if held == 0:
+            self.open_trade[symbol] = Fraction(0)
+        self.open_trade[symbol] -= fee
+        after = held + delta
+        if held == 0 or (held > 0) == (delta > 0):
+            avg = (held * avg + delta * price) / after
+        else:
+            closed = min(abs(held), abs(delta))
+            gain = closed * (price - avg) * (1 if held > 0 else -1)
+            self.realized += gain
+            self.open_trade[symbol] += gain
+            if after == 0 or (after > 0) != (held > 0):
+                self.closed_trades.append(self.open_trade[symbol])
+                self.open_trade[symbol] = Fraction(0)
+                avg = price if after else Fraction(0)
+            else:
+                self.partial_closes += 1
+        self.quantity[symbol] = after
+        self.average[symbol] = avg
+
+    def equity(self, marks: dict[str, Fraction]) -> Fraction:
+        return self.cash + sum(q * marks[s] for s, q in self.quantity.items())
+
+
+prices = st.decimals(min_value="0.01", max_value="5000", places=4)
+quantities = st.one_of(
+    st.integers(min_value=1, max_value=1000).map(Decimal),
+    st.decimals(min_value="0.001", max_value="50", places=3),  # fractional shares
+)
+commissions = st.decimals(min_value="0", max_value="9.99", places=2)
+steps = st.lists(
+    st.tuples(st.sampled_from(("AAA", "BBB")), st.booleans(), quantities, prices, commissions),
+    min_size=1,
+    max_size=60,
+)
+
+
+def _fill(n: int, symbol: str, buy: bool, qty: Decimal, price: Decimal, fee: Decimal) -> Fill:
+    side = Side.BUY if buy else Side.SELL
+    return Fill(f"o{n}", symbol, side, qty, price, fee, T0 + timedelta(minutes=n))
+
+
+def _close_all(ledger: Portfolio, n: int, price: Decimal) -> list[Fill]:
+    out = []
+    for symbol in sorted(ledger.holdings):
+        held = ledger.quantity(symbol)
+        if held:
+            out.append(_fill(n + len(out), symbol, held < 0, abs(held), price, Decimal("1")))
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(steps=steps, marks=st.tuples(prices, prices), exit_price=prices)
+def test_the_ledger_equals_the_reference_after_every_fill(
+    steps: list[tuple[str, bool, Decimal, Decimal, Decimal]],
+    marks: tuple[Decimal, Decimal],
+    exit_price: Decimal,
+) -> None:
+    """Cash and quantities are equal exactly; realised P&L and average prices within
+    1e-8 per partial close; equity at any marks is equal; a reducing fill that does
+    not cross zero leaves the average price where it was; once everything is closed,
+    the round trips' P&L adds up to realised P&L minus every commission."""
+    ledger = Portfolio("s", CASH)
+    ref = Reference(Fraction(CASH))
+    mark = dict(zip(("AAA", "BBB"), marks, strict=True))
+    fills = [_fill(n, *step) for n, step in enumerate(steps)]
+    for n, fill in enumerate(fills + _close_all_after(fills, exit_price)):
+        before = ledger.holdings[fill.symbol].avg_price if fill.symbol in ledger.holdings else None
+        held = ledger.quantity(fill.symbol)
+        ledger.apply(fill)
+        ref.fill(
+            fill.symbol,
+            fill.side is Side.BUY,
+            Fraction(fill.quantity),
+            Fraction(fill.price),
+            Fraction(fill.commission),
+        )
+        slack = ref.partial_closes * STEP
+        assert Fraction(ledger.cash) == ref.cash, n
+        assert Fraction(ledger.commissions) == ref.commissions
+        assert abs(Fraction(ledger.realized) - ref.realized) <= slack, n
+        for symbol, quantity in ref.quantity.items():
+            assert Fraction(ledger.quantity(symbol)) == quantity
+            if quantity:
+                avg = Fraction(ledger.holdings[symbol].avg_price)
+                assert abs(avg - ref.average[symbol]) <= slack / abs(quantity) + STEP, n
+        marks_f = {s: Fraction(p) for s, p in mark.items()}
+        assert Fraction(ledger.equity(mark)) == ref.equity(marks_f)
+        after = ledger.quantity(fill.symbol)
+        reducing = held and after and (held > 0) == (after > 0) and abs(after) < abs(held)
+        if reducing:
+            assert before is not None
+            assert abs(Fraction(ledger.holdings[fill.symbol].avg_price) - Fraction(before)) <= (
+                STEP / abs(Fraction(after)) + STEP
+            )
+    assert all(q == 0 for q in ref.quantity.values())
+    assert sum(ref.closed_trades, Fraction(0)) == ref.realized - ref.commissions
+    ledger_trades = sum((Fraction(t.pnl) for t in ledger.trades), Fraction(0))
+    assert ledger_trades == Fraction(ledger.realized - ledger.commissions)
+    assert len(ledger.trades) == len(ref.closed_trades)
+    assert abs(ledger_trades - sum(ref.closed_trades, Fraction(0))) <= ref.partial_closes * STEP
+
+
+def _close_all_after(fills: list[Fill], price: Decimal) -> list[Fill]:
+    """Fills that flatten what ``fills`` leave open, at ``price``."""
+    probe = Portfolio("probe", CASH)
+    for fill in fills:
+        probe.apply(fill)
+    return _close_all(probe, len(fills), price)
+
+
+def test_a_partial_close_realises_only_the_part_closed() -> None:
+    """Buy 10 at 100, sell 5 at 110: 50 realised (not 550), 5 left at an average of
+    100, cash 100000 - 1000 + 550."""
+    ledger = Portfolio("s", CASH)
+    ledger.apply(_fill(0, "AAA", True, Decimal(10), Decimal(100), Decimal(0)))
+    ledger.apply(_fill(1, "AAA", False, Decimal(5), Decimal(110), Decimal(0)))
+    assert ledger.realized == 50
+    assert ledger.quantity("AAA") == 5 and ledger.holdings["AAA"].avg_price == 100
+    assert ledger.cash == CASH - 1000 + 550
+    assert ledger.trades == []  # still open: no round trip yet
+
+
+def test_a_flip_closes_the_trade_and_opens_the_rest_at_the_fill_price() -> None:
+    """Long 10 at 100, sell 15 at 90: the round trip loses 100 (and the commissions of
+    both fills), and a short of 5 is open at 90."""
+    ledger = Portfolio("s", CASH)
+    ledger.apply(_fill(0, "AAA", True, Decimal(10), Decimal(100), Decimal(1)))
+    ledger.apply(_fill(1, "AAA", False, Decimal(15), Decimal(90), Decimal(2)))
+    assert ledger.realized == -100
+    assert [t.pnl for t in ledger.trades] == [Decimal(-103)]
+    assert ledger.quantity("AAA") == -5 and ledger.holdings["AAA"].avg_price == 90
+    assert ledger.cash == CASH - 1000 - 1 + 1350 - 2
