@@ -74,7 +74,12 @@ class Reference:
         return self.cash + sum(q * marks[s] for s, q in self.quantity.items())
 
 
-prices = st.decimals(min_value="0.01", max_value="5000", places=4)
+prices = st.one_of(
+    st.decimals(min_value="0.01", max_value="5000", places=4),
+    # Slippage makes fill prices with many decimals: a cost basis beyond the 1e-8
+    # step must still be removed whole by a full close.
+    st.decimals(min_value="0.01", max_value="5000", places=9),
+)
 quantities = st.one_of(
     st.integers(min_value=1, max_value=1000).map(Decimal),
     st.decimals(min_value="0.001", max_value="50", places=3),  # fractional shares
@@ -171,6 +176,15 @@ def test_a_partial_close_realises_only_the_part_closed() -> None:
     assert ledger.quantity("AAA") == 5 and ledger.holdings["AAA"].avg_price == 100
     assert ledger.cash == CASH - 1000 + 550
     assert ledger.trades == []  # still open: no round trip yet
+
+
+def test_a_full_close_removes_the_whole_cost_basis_however_many_decimals() -> None:
+    """A full close realises against the exact cost, not one rounded to 1e-8."""
+    ledger = Portfolio("s", CASH)
+    ledger.apply(_fill(0, "AAA", True, Decimal(3), Decimal("1.123456789"), Decimal(0)))
+    ledger.apply(_fill(1, "AAA", False, Decimal(3), Decimal(2), Decimal(0)))
+    assert ledger.realized == Decimal("2.629629633")
+    assert ledger.holdings["AAA"].cost == 0
 
 
 def test_a_flip_closes_the_trade_and_opens_the_rest_at_the_fill_price() -> None:
