@@ -1104,7 +1104,17 @@ class Engine:
         run_id, name = self.config.run_id, slot.info.name
         points = downsample_columns(self._ts, slot.values, self.config.stored_equity_points)
         self.store.record_equity(run_id, name, points)
-        self.store.record_positions(run_id, name, slot.portfolio.positions())
+        marks = self._last
+        self.store.record_positions(
+            run_id,
+            name,
+            [
+                attrs.evolve(p, mark=Decimal(repr(marks[p.symbol])))
+                if p.quantity and p.symbol in marks
+                else p
+                for p in slot.portfolio.positions()
+            ],
+        )
         self.store.record_result(run_id, name, metrics, slot.quarantined)
         equity = slot.portfolio.equity(self._last) if self._last else slot.portfolio.cash
         return StrategyResult(

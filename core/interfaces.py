@@ -291,6 +291,17 @@ class RunRow:
 
 
 @attrs.frozen
+class RejectedOrder:
+    """An order refused by a limit, a risk check or the broker, as stored."""
+
+    created: datetime
+    symbol: str
+    side: str
+    quantity: Decimal
+    reason: str | None
+
+
+@attrs.frozen
 class StrategyRunData:
     """Everything a report shows for one strategy of a run, read back from the store."""
 
@@ -303,6 +314,8 @@ class StrategyRunData:
     quarantined: str | None  # why the strategy was stopped, if it was
     rejected: int = 0  # orders refused by a limit, a risk check or the broker
     last_rejection: str | None = None  # the reason given for the latest of them
+    executions: Sequence[Fill] = ()  # every fill of the run, in booking order
+    rejections: Sequence[RejectedOrder] = ()  # every rejected order, oldest first
 
 
 @attrs.frozen

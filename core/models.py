@@ -211,12 +211,19 @@ class Fill:
 
 @attrs.frozen(slots=True)
 class Position:
-    """A holding in one symbol: signed quantity, average entry price, realised P&L so far."""
+    """A holding in one symbol: signed quantity, average entry price, realised P&L so far,
+    and (at the end of a run) ``mark``, the last price it was valued at."""
 
     symbol: str
     quantity: Decimal
     avg_price: Decimal
     realized: Decimal
+    mark: Decimal | None = None
+
+    @property
+    def unrealized(self) -> Decimal | None:
+        """``quantity * (mark - avg_price)``, when there is a mark."""
+        return None if self.mark is None else self.quantity * (self.mark - self.avg_price)
 
 
 @attrs.frozen(slots=True)

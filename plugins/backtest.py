@@ -239,8 +239,9 @@ def backtest_command(
                 ],
             }
         )
+        _fail_if_all_quarantined(run, quiet=True)
         return
-    console.print(summary_table(run))
+    console.print(summary_table(run, width=console.width))
     total = _aggregate(run)
     if total["total_return"] is not None and total["strategies"] > 1:
         console.print(
@@ -256,6 +257,19 @@ def backtest_command(
     )
     if report_path:
         console.print(f"report: {report_path}", markup=False)
+    _fail_if_all_quarantined(run)
+
+
+def _fail_if_all_quarantined(run: RunData, *, quiet: bool = False) -> None:
+    """Exit 1 when no strategy ran to the end: the figures then describe no strategy."""
+    if run.strategies and all(s.quarantined for s in run.strategies):
+        if not quiet:
+            err_console.print(
+                f"every strategy of run {run.row.run_id} was quarantined (see above); "
+                "its figures are not a strategy's result",
+                markup=False,
+            )
+        raise SystemExit(1)
 
 
 def _print_notes(run: RunData) -> None:
@@ -335,10 +349,17 @@ def runs_command(app: App, storage: str, as_json: bool) -> None:
     default=None,
     help="Report folder [default: .bastion/ENV/reports/RUN_ID].",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print everything the report shows as JSON (closed trades, open positions, costs, "
+    "rejected orders, metrics) instead of writing it.",
+)
 @pass_app
-def report_command(app: App, run_id: str, storage: str, out: Path | None) -> None:
+def report_command(app: App, run_id: str, storage: str, out: Path | None, as_json: bool) -> None:
     """Re-render the report of RUN_ID (or a unique prefix) from the store alone."""
-    from bastion.plugins.reports import render_report, summary_table
+    from bastion.plugins.reports import render_report, report_data, summary_table
 
     _check_out(out)
     store = _store(app, storage)
@@ -346,8 +367,11 @@ def report_command(app: App, run_id: str, storage: str, out: Path | None) -> Non
         run = store.load_run(run_id)
     finally:
         store.close()
+    if as_json:
+        _emit_json(report_data(run))
+        return
     path = render_report(run, _report_dir(app, run.row.run_id, out))
-    console.print(summary_table(run))
+    console.print(summary_table(run, width=console.width))
     _print_notes(run)
     console.print(f"report: {path}", markup=False)
 

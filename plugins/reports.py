@@ -26,7 +26,8 @@ import json
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import StrMethodFormatter
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -44,10 +47,11 @@ from bastion._fsutil import atomic_write_many
 from bastion._keys import is_example_key
 from bastion._logging import get_logger
 from bastion._metrics import downsample, drawdown_series
+from bastion._trades import RoundTrip, round_trips
 from bastion._version import __version__
 from bastion.interfaces import RunData, StrategyRunData
 
-__all__ = ["HTML_NAME", "PNG_NAME", "render_report", "summary_table"]
+__all__ = ["HTML_NAME", "PNG_NAME", "render_report", "report_data", "summary_table"]
 
 PNG_NAME = "equity.png"
 HTML_NAME = "report.html"
@@ -88,13 +92,54 @@ def _money(value: object) -> str:
 
 
 def _days(value: object) -> str:
+    """Whole days from one day on (842, not 842.0); a fraction below it (0.25)."""
     number = _number(value)
-    return DASH if number is None else f"{number:,.1f}"
+    if number is None:
+        return DASH
+    return f"{number:,.0f}" if abs(number) >= 1 else f"{number:.2f}"
 
 
 def _generic(value: object) -> str:
     number = _number(value)
     return DASH if number is None else f"{number:.6g}"
+
+
+def _amount(value: Decimal | None) -> str:
+    """Money: thousands separated, two decimals, a minus sign when negative."""
+    return DASH if value is None else f"{value:,.2f}"
+
+
+def _price_text(value: Decimal | None) -> str:
+    """A price: two decimals, up to four when it has them (1.1235, not 1.123456789)."""
+    if value is None:
+        return DASH
+    rounded = value.quantize(Decimal("0.0001"))
+    text = f"{rounded:,.4f}".rstrip("0")
+    whole, _, cents = text.partition(".")
+    return f"{whole}.{cents.ljust(2, '0')}"
+
+
+def _quantity(value: Decimal) -> str:
+    """A share count as it is: 10, 0.5, 1,250 (never 10.000 or 1E+1)."""
+    normal = value.normalize()
+    if normal == normal.to_integral_value():
+        return f"{int(normal):,}"
+    return f"{normal:,f}"
+
+
+def _span(value: timedelta) -> str:
+    """A holding time: 12d 3h, 4h 20m, 35m, 20s."""
+    seconds = int(value.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days:,}d {hours}h" if hours else f"{days:,}d"
+    if hours:
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m"
+    return f"{secs}s"
 
 
 @attrs.frozen
@@ -147,27 +192,59 @@ def _signer_short(strategy: StrategyRunData) -> str:
 # --------------------------------------------------------------------------- terminal table
 
 
-def summary_table(run: RunData) -> Table:
+# Dropped one by one, in this order, until the table fits the terminal.
+_NARROWING = ("signer", "exposure", "cagr", "win_rate", "sharpe", "trades", "max_drawdown")
+
+
+def summary_table(run: RunData, width: int | None = None) -> Table:
     """One row per strategy: return, CAGR, Sharpe, drawdown, trades, win rate, exposure, equity.
 
     Percentages are in percent; undefined values show as "—".  Strategy names
-    and other stored text are shown literally (never read as rich markup).
+    and other stored text are shown literally (never read as rich markup).  With
+    ``width`` (the terminal's), columns are dropped (signer, exposure, CAGR, win rate,
+    Sharpe, trades, drawdown, in that order) until the table fits, and long names wrap:
+    a value is never cut short or blanked.
     """
+    keys = list(_SUMMARY_KEYS)
+    signer = True
+    narrowing = list(_NARROWING)
+    while True:
+        table = _summary(run, keys, signer)
+        if width is None or not narrowing or _width(table) <= width:
+            return table
+        drop = narrowing.pop(0)
+        if drop == "signer":
+            signer = False
+        else:
+            keys.remove(drop)
+
+
+def _width(table: Table) -> int:
+    console = Console(width=10_000, file=io.StringIO())
+    return Measurement.get(console, console.options, table).maximum
+
+
+def _summary(run: RunData, keys: Sequence[str], with_signer: bool) -> Table:
     caption = Text(f"run {run.row.run_id} · {run.info.environment} · {run.row.status}", style="dim")
     table = Table(title=Text(f"Bastion {run.row.kind} results"), caption=caption)
-    table.add_column("Strategy", no_wrap=True)
-    table.add_column("Signer", no_wrap=True)
-    for key in _SUMMARY_KEYS:
+    table.add_column("Strategy", overflow="fold", min_width=8)
+    if with_signer:
+        table.add_column("Signer", no_wrap=True)
+    for key in keys:
         table.add_column(_BY_KEY[key].label, justify="right", no_wrap=True)
     for strategy in run.strategies:
         name = Text(strategy.record.name)
         if strategy.quarantined:
             name.append(" quarantined", style="bold red")
-        signer = Text(
-            _signer_short(strategy), style="yellow" if strategy.record.signer is None else ""
-        )
-        cells: list[Text] = [name, signer]
-        for key in _SUMMARY_KEYS:
+        cells: list[Text] = [name]
+        if with_signer:
+            cells.append(
+                Text(
+                    _signer_short(strategy),
+                    style="yellow" if strategy.record.signer is None else "",
+                )
+            )
+        for key in keys:
             cell = Text(_metric(strategy.metrics, key))
             value = _number(strategy.metrics.get(key))
             if key == "total_return" and value is not None and value != 0:
@@ -175,7 +252,7 @@ def summary_table(run: RunData) -> Table:
             cells.append(cell)
         table.add_row(*cells)
     if not run.strategies:
-        table.add_row(Text("no strategies", style="dim"), *[""] * (1 + len(_SUMMARY_KEYS)))
+        table.add_row(Text("no strategies", style="dim"), *[""] * (len(keys) + with_signer))
     return table
 
 
@@ -325,6 +402,7 @@ code, .hash { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, mono
 img.chart { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
 .note { background: #fff8c5; border: 1px solid #d4a72c; padding: .4rem .7rem; }
 .bad { color: #b42318; font-weight: 600; }
+.good { color: #1a7f37; }
 .muted { color: #57606a; }
 footer { margin-top: 2.5rem; font-size: .85rem; color: #57606a; }
 """
@@ -459,20 +537,191 @@ def _strategy_section(strategy: StrategyRunData) -> str:
     ]
     parts.append(f"<h3>Metrics</h3>{_kv_table(metric_rows)}")
 
-    if strategy.positions:
-        rows = "".join(
-            f"<tr><td><code>{_e(p.symbol)}</code></td><td class='num'>{_e(p.quantity)}</td>"
-            f"<td class='num'>{_e(p.avg_price)}</td><td class='num'>{_e(p.realized)}</td></tr>"
-            for p in strategy.positions
-        )
-        parts.append(
-            "<h3>Positions at the end</h3><table><tr><th>Symbol</th><th>Quantity</th>"
-            f"<th>Average price</th><th>Realised P&amp;L</th></tr>{rows}</table>"
-        )
-    else:
-        parts.append('<h3>Positions at the end</h3><p class="muted">None (flat).</p>')
+    parts.append(_positions_part(strategy))
+    parts.append(_trades_part(strategy))
+    parts.append(_costs_part(strategy))
+    parts.append(_rejections_part(strategy))
     parts.append("</section>")
     return "".join(parts)
+
+
+MAX_ROWS = 1000  # closed trades or rejections shown in the page (all are in --json)
+
+
+def _positions_part(strategy: StrategyRunData) -> str:
+    held = [p for p in strategy.positions if p.quantity]
+    realised = [p for p in strategy.positions if not p.quantity]
+    if not held:
+        body = '<p class="muted">None (flat).</p>'
+    else:
+        rows = "".join(
+            f"<tr><td><code>{_e(p.symbol)}</code></td>"
+            f"<td class='num'>{_e(_quantity(p.quantity))}</td>"
+            f"<td class='num'>{_e(_price_text(p.avg_price))}</td>"
+            f"<td class='num'>{_e(_price_text(p.mark))}</td>"
+            f"<td class='num'>{_e(_amount(p.unrealized))}</td>"
+            f"<td class='num'>{_e(_amount(p.realized))}</td></tr>"
+            for p in held
+        )
+        body = (
+            "<table><tr><th>Symbol</th><th>Quantity</th><th>Average price</th>"
+            "<th>Last price</th><th>Unrealised P&amp;L</th><th>Realised P&amp;L</th></tr>"
+            f"{rows}</table>"
+        )
+    if realised:
+        closed = ", ".join(f"{p.symbol} {_amount(p.realized)}" for p in realised)
+        body += f'<p class="muted">Closed out, realised P&amp;L: {_e(closed)}.</p>'
+    return f"<h3>Open positions at the end</h3>{body}"
+
+
+def _trades_part(strategy: StrategyRunData) -> str:
+    trips = round_trips(strategy.executions)
+    if not trips:
+        return '<h3>Closed trades</h3><p class="muted">No round trip was closed.</p>'
+    rows = "".join(
+        "<tr>"
+        f"<td><code>{_e(t.symbol)}</code></td><td>{_e(t.side)}</td>"
+        f"<td>{_e(_when(t.opened))}</td><td>{_e(_when(t.closed))}</td>"
+        f"<td class='num'>{_e(_span(t.holding))}</td>"
+        f"<td class='num'>{_e(_quantity(t.quantity))}</td>"
+        f"<td class='num'>{_e(_price_text(t.entry_price))}</td>"
+        f"<td class='num'>{_e(_price_text(t.exit_price))}</td>"
+        f"<td class='num {'good' if t.pnl > 0 else 'bad' if t.pnl < 0 else ''}'>"
+        f"{_e(_amount(t.pnl))}</td>"
+        f"<td class='num'>{_e(_percent(float(t.return_fraction)))}</td>"
+        f"<td class='num'>{_e(_amount(t.commission))}</td>"
+        "</tr>"
+        for t in trips[:MAX_ROWS]
+    )
+    more = (
+        f'<p class="muted">The first {MAX_ROWS:,} of {len(trips):,} trades; '
+        "'bastion report RUN_ID --json' lists them all.</p>"
+        if len(trips) > MAX_ROWS
+        else ""
+    )
+    return (
+        f"<h3>Closed trades ({len(trips):,})</h3>"
+        "<table><tr><th>Symbol</th><th>Side</th><th>Opened</th><th>Closed</th>"
+        "<th>Held</th><th>Quantity</th><th>Entry</th><th>Exit</th><th>P&amp;L</th>"
+        f"<th>Return %</th><th>Commission</th></tr>{rows}</table>{more}"
+        '<p class="muted">P&amp;L is net of the trade\'s commissions; entry and exit are '
+        "average prices; quantity is the largest position held; return is P&amp;L over "
+        "that position at the entry price.</p>"
+    )
+
+
+def _costs(strategy: StrategyRunData) -> dict[str, Decimal | float | None]:
+    commission = sum((f.commission for f in strategy.executions), Decimal(0))
+    traded = sum((f.quantity * f.price for f in strategy.executions), Decimal(0))
+    start = _number(strategy.metrics.get("start_equity"))
+    return {
+        "commission": commission,
+        "traded_value": traded,
+        "turnover": float(traded) / start if start else None,
+    }
+
+
+def _costs_part(strategy: StrategyRunData) -> str:
+    costs = _costs(strategy)
+    commission, traded = costs["commission"], costs["traded_value"]
+    assert isinstance(commission, Decimal) and isinstance(traded, Decimal)
+    rows = [
+        ("Commission paid", _e(_amount(commission))),
+        ("Value traded", _e(_amount(traded))),
+        ("Turnover (value traded / start equity)", _e(_ratio(costs["turnover"])) + " times"),
+    ]
+    return (
+        f"<h3>Costs and turnover</h3>{_kv_table(rows)}"
+        '<p class="muted">Slippage is in the fill prices, not a separate charge.</p>'
+    )
+
+
+def _rejections_part(strategy: StrategyRunData) -> str:
+    if not strategy.rejections:
+        return '<h3>Rejected orders</h3><p class="muted">None.</p>'
+    rows = "".join(
+        f"<tr><td>{_e(_when(r.created))}</td><td><code>{_e(r.symbol)}</code></td>"
+        f"<td>{_e(r.side)}</td><td class='num'>{_e(_quantity(r.quantity))}</td>"
+        f"<td>{_e(r.reason or DASH)}</td></tr>"
+        for r in strategy.rejections[:MAX_ROWS]
+    )
+    more = (
+        f'<p class="muted">The first {MAX_ROWS:,} of {len(strategy.rejections):,}.</p>'
+        if len(strategy.rejections) > MAX_ROWS
+        else ""
+    )
+    return (
+        f"<h3>Rejected orders ({len(strategy.rejections):,})</h3>"
+        "<table><tr><th>Asked at</th><th>Symbol</th><th>Side</th><th>Quantity</th>"
+        f"<th>Reason</th></tr>{rows}</table>{more}"
+    )
+
+
+def _trip_json(trip: RoundTrip) -> dict[str, Any]:
+    return {
+        "symbol": trip.symbol,
+        "side": trip.side,
+        "opened": trip.opened.isoformat(),
+        "closed": trip.closed.isoformat(),
+        "holding_seconds": trip.holding.total_seconds(),
+        "quantity": str(trip.quantity),
+        "entry_price": str(trip.entry_price),
+        "exit_price": str(trip.exit_price),
+        "pnl": str(trip.pnl),
+        "return": float(trip.return_fraction),
+        "commission": str(trip.commission),
+    }
+
+
+def report_data(run: RunData) -> dict[str, Any]:
+    """Everything the report shows, as JSON-ready data (``bastion report --json``):
+    exact decimals as strings, times in ISO 8601."""
+    return {
+        "run_id": run.row.run_id,
+        "kind": run.row.kind,
+        "environment": run.info.environment,
+        "status": run.row.status,
+        "started": run.info.started.isoformat(),
+        "finished": run.row.finished.isoformat() if run.row.finished else None,
+        "config": dict(run.info.config),
+        "strategies": [
+            {
+                "name": s.record.name,
+                "sha256": s.record.sha256,
+                "signer": s.record.signer,
+                "params": dict(s.record.params),
+                "metrics": dict(s.metrics),
+                "quarantined": s.quarantined,
+                "orders": s.orders,
+                "fills": s.fills,
+                "open_positions": [
+                    {
+                        "symbol": p.symbol,
+                        "quantity": str(p.quantity),
+                        "avg_price": str(p.avg_price),
+                        "mark": None if p.mark is None else str(p.mark),
+                        "unrealized": None if p.unrealized is None else str(p.unrealized),
+                        "realized": str(p.realized),
+                    }
+                    for p in s.positions
+                    if p.quantity
+                ],
+                "closed_trades": [_trip_json(t) for t in round_trips(s.executions)],
+                "costs": {k: str(v) if isinstance(v, Decimal) else v for k, v in _costs(s).items()},
+                "rejected_orders": [
+                    {
+                        "created": r.created.isoformat(),
+                        "symbol": r.symbol,
+                        "side": r.side,
+                        "quantity": str(r.quantity),
+                        "reason": r.reason,
+                    }
+                    for r in s.rejections
+                ],
+            }
+            for s in run.strategies
+        ],
+    }
 
 
 def _chart_section(run: RunData, png: bytes | None, chart_note: str | None) -> str:

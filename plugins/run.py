@@ -164,7 +164,7 @@ def run_command(
         return
     from bastion.plugins.reports import summary_table
 
-    console.print(summary_table(run))
+    console.print(summary_table(run, width=console.width))
     console.print(
         f"run {result.run_id}: {result.bars:,} bars, stopped; stored in {store.location}",
         markup=False,

@@ -54,6 +54,7 @@ from bastion._version import __version__
 from bastion.interfaces import (
     AuditCheck,
     EquityPoint,
+    RejectedOrder,
     RunData,
     RunInfo,
     RunRow,
@@ -66,7 +67,7 @@ from bastion.models import Fill, Order, OrderIntent, OrderStatus, OrderType, Pos
 __all__ = ["DB_NAME", "GENESIS_HASH", "SCHEMA_VERSION", "SQLiteStore", "audit_hash"]
 
 DB_NAME: Final = "bastion.db"
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 GENESIS_HASH: Final = "0" * 64
 
 FINAL_ORDER_STATUSES: Final = frozenset(
@@ -168,8 +169,8 @@ _FILL_INSERT_SQL = f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES (NULL, {', '.joi
 _ORDER_STATUS_AT = 14  # index of status (then reason, filled) in a buffered order row
 
 
-TRADES_DIGEST_FORM: Final = 4
-_DIGEST_FORMS: Final = frozenset({1, 2, 3, 4})
+TRADES_DIGEST_FORM: Final = 5
+_DIGEST_FORMS: Final = frozenset({1, 2, 3, 4, 5})
 
 # Form 3 also covers what the engine stores at the end of a run, before
 # finish_run writes run_finished: the equity curve, the positions left, and
@@ -179,12 +180,19 @@ _RESULT_TABLES: Final = (
     ("positions", "strategy, symbol, quantity, avg_price, realized", "strategy, symbol"),
     ("run_strategies", "name, params, metrics, quarantined", "name"),
 )
+# Form 5 (schema 3) also covers each position's mark, the price it was last valued at.
+_RESULT_TABLES_5: Final = (
+    _RESULT_TABLES[0],
+    ("positions", "strategy, symbol, quantity, avg_price, realized, mark", "strategy, symbol"),
+    _RESULT_TABLES[2],
+)
 
 
 def _trades_digest(conn: sqlite3.Connection, run_id: str, form: int | None = None) -> str:
     """SHA-256 over a run's order and fill rows (all columns but wall-clock ``updated``),
     and from form 3 on also over its equity, positions and strategy results; form 4
-    adds the fills' execution and broker order ids (schema 2).
+    adds the fills' execution and broker order ids (schema 2), form 5 the positions'
+    marks (schema 3).
 
     For each table its name, then (forms 2 and 3) its rows as one JSON array;
     form 1 (runs stored before form 2) hashed each order and fill row as a JSON
@@ -198,7 +206,7 @@ def _trades_digest(conn: sqlite3.Connection, run_id: str, form: int | None = Non
     tables = [
         ("orders", _ORDER_COLUMNS, "client_order_id"),
         ("fills", _FILL_COLUMNS if form >= 4 else _FILL_COLUMNS_V1, "id"),
-        *(_RESULT_TABLES if form >= 3 else ()),
+        *(_RESULT_TABLES_5 if form >= 5 else _RESULT_TABLES if form >= 3 else ()),
     ]
     for table, columns, order in tables:
         digest.update(table.encode())
@@ -512,6 +520,7 @@ def _create_schema(db: sqlite_utils.Database) -> None:
             "quantity": str,
             "avg_price": str,
             "realized": str,
+            "mark": str,
         },
         pk=("run_id", "strategy", "symbol"),
         foreign_keys=runs_fk,
@@ -541,6 +550,8 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
         conn.execute("ALTER TABLE fills ADD COLUMN exec_id TEXT")
         conn.execute("ALTER TABLE fills ADD COLUMN broker_order_id TEXT")
         conn.execute(_EXEC_ID_INDEX_SQL)
+    if version < 3:
+        conn.execute("ALTER TABLE positions ADD COLUMN mark TEXT")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -1300,6 +1311,7 @@ class SQLiteStore:
                     "quantity": _num(p.quantity),
                     "avg_price": _num(p.avg_price),
                     "realized": _num(p.realized),
+                    "mark": _dec(p.mark),
                 }
                 for p in positions
             )
@@ -1440,9 +1452,10 @@ class SQLiteStore:
                 quantity=Decimal(quantity),
                 avg_price=Decimal(avg_price),
                 realized=Decimal(realized),
+                mark=None if mark is None else Decimal(mark),
             )
-            for symbol, quantity, avg_price, realized in conn.execute(
-                "SELECT symbol, quantity, avg_price, realized FROM positions "
+            for symbol, quantity, avg_price, realized, mark in conn.execute(
+                "SELECT symbol, quantity, avg_price, realized, mark FROM positions "
                 "WHERE run_id = ? AND strategy = ? ORDER BY symbol",
                 key,
             )
@@ -1462,6 +1475,36 @@ class SQLiteStore:
             "ORDER BY created DESC, client_order_id DESC LIMIT 1",
             (*key, OrderStatus.REJECTED.value),
         ).fetchone()
+        executions = [
+            Fill(
+                order_id=cid,
+                symbol=symbol,
+                side=Side(side),
+                quantity=Decimal(quantity),
+                price=Decimal(price),
+                commission=Decimal(commission),
+                ts=_parse_ts(ts),
+                exec_id=exec_id,
+                broker_order_id=broker_order_id,
+            )
+            for cid, symbol, side, quantity, price, commission, ts, exec_id, broker_order_id in (
+                conn.execute(
+                    "SELECT client_order_id, symbol, side, quantity, price, commission, ts, "
+                    "exec_id, broker_order_id FROM fills WHERE run_id = ? AND strategy = ? "
+                    "ORDER BY id",
+                    key,
+                )
+            )
+        ]
+        rejections = [
+            RejectedOrder(_parse_ts(created), symbol, side, Decimal(quantity), reason)
+            for created, symbol, side, quantity, reason in conn.execute(
+                "SELECT created, symbol, side, quantity, reason FROM orders "
+                "WHERE run_id = ? AND strategy = ? AND status = ? "
+                "ORDER BY created, client_order_id",
+                (*key, OrderStatus.REJECTED.value),
+            )
+        ]
         record = StrategyRecord(
             name=name,
             sha256=sha256,
@@ -1481,6 +1524,8 @@ class SQLiteStore:
             quarantined=quarantined,
             rejected=int(rejected),
             last_rejection=None if last_rejection is None else last_rejection[0],
+            executions=executions,
+            rejections=rejections,
         )
 
     # ----------------------------------------------------------------- closing

@@ -573,6 +573,21 @@ def test_quarantine_is_reported_in_human_output(cli: CLI, signed_ws: WS) -> None
     ), r.stderr
 
 
+def test_a_run_whose_every_strategy_was_quarantined_exits_non_zero(cli: CLI, signed_ws: WS) -> None:
+    """When no strategy ran to the end the run is stored as completed, but the command
+    exits 1 and says why: its figures describe no strategy (with --json too, after the
+    JSON)."""
+    ws = signed_ws
+    ws.write("exploder.py", EXPLODER)
+    ws.sign("exploder.py")
+    r = backtest(cli, ws.home, "exploder", "--no-report", "--source", "synthetic:100")
+    assert r.exit_code == 1
+    assert "every strategy of run" in r.stderr and "was quarantined" in r.stderr
+    r = backtest(cli, ws.home, "exploder", "--json", "--no-report", "--source", "synthetic:100")
+    assert r.exit_code == 1
+    assert json.loads(r.stdout)["strategies"][0]["quarantined"]
+
+
 GREEDY = """\
 from bastion import strategy
 

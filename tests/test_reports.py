@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import attrs
 import pytest
 import structlog.testing
 from rich.console import Console
@@ -445,3 +446,93 @@ def test_missing_metrics_show_as_dashes(tmp_path: Path) -> None:
     page = render_report(run, tmp_path).read_text(encoding="utf-8")
     assert "<tr><th>Return %</th><td>—</td></tr>" in page
     assert "None (flat)." in page
+
+
+# --------------------------------------------------------------------------- what a trader reads
+
+
+def traded(name: str = "trader.py") -> StrategyRunData:
+    """A strategy with one closed long trade, one open position and one rejection."""
+    from bastion.interfaces import RejectedOrder
+    from bastion.models import Fill
+
+    fills = [
+        Fill("o1", "AAPL", "buy", 10, "100", "1", T0),
+        Fill("o2", "AAPL", "sell", 10, "112.5", "1", T0 + timedelta(days=3, hours=4)),
+        Fill("o3", "MSFT", "buy", "2.5", "300.125", "1.5", T0 + timedelta(days=4)),
+    ]
+    base = strategy(name, SHA_A, SIGNER_A, curve(30, 0.001, 0.01))
+    return attrs.evolve(
+        base,
+        positions=[
+            Position("AAPL", Decimal(0), Decimal(0), Decimal(125)),
+            Position("MSFT", Decimal("2.5"), Decimal("300.125"), Decimal(0), Decimal("310.5")),
+        ],
+        executions=fills,
+        rejections=[
+            RejectedOrder(T0 + timedelta(days=1), "AAPL", "buy", Decimal(1000), "too big <b>")
+        ],
+        fills=3,
+    )
+
+
+def test_the_report_lists_trades_open_positions_costs_and_rejections(tmp_path: Path) -> None:
+    """The HTML shows each closed trade (prices, quantity, P&L net of commissions,
+    return, holding time), open positions with their last price and unrealised P&L,
+    commission and turnover, and every rejected order with its reason (escaped)."""
+    page = render_report(run_data([traded()]), tmp_path).read_text()
+    text = re.sub(r"<[^>]+>", " ", page)
+    assert "Closed trades (1)" in text
+    for shown in ("3d 4h", "100.00", "112.50", "123.00", "12.30"):  # P&L 125 - 2, 123/1000
+        assert shown in text, shown
+    assert "310.50" in text and "25.94" in text  # unrealised 2.5 * (310.5 - 300.125)
+    assert "Commission paid" in text and "3.50" in text
+    assert "too big &lt;b&gt;" in page and "Rejected orders (1)" in text
+    days = re.search(r"<th>Max DD days</th><td>([^<]*)</td>", page)
+    assert days is not None and re.fullmatch(r"[\d,]+|\d\.\d\d|—", days.group(1)), days
+
+
+def test_report_data_is_exact_and_complete() -> None:
+    """report_data (bastion report --json) carries every closed trade and open position
+    with exact decimals, the costs, and the rejections."""
+    data = reports.report_data(run_data([traded()]))
+    [entry] = data["strategies"]
+    [trade] = entry["closed_trades"]
+    prices = (trade["pnl"], trade["entry_price"], trade["exit_price"])
+    assert tuple(map(Decimal, prices)) == (123, 100, Decimal("112.5"))
+    assert trade["holding_seconds"] == timedelta(days=3, hours=4).total_seconds()
+    [held] = entry["open_positions"]
+    assert (held["symbol"], held["mark"]) == ("MSFT", "310.5")
+    assert Decimal(held["unrealized"]) == Decimal("25.9375")
+    assert Decimal(entry["costs"]["commission"]) == Decimal("3.5")
+    assert entry["rejected_orders"][0]["reason"] == "too big <b>"
+
+
+def test_days_and_money_read_the_way_traders_write_them() -> None:
+    """842 days, not 842.0; a fraction of a day stays a fraction; prices keep up to four
+    decimals and at least two; quantities are never written in exponent form."""
+    assert reports._days(842.0) == "842" and reports._days(0.25) == "0.25"
+    assert reports._price_text(Decimal("1.123456789")) == "1.1235"
+    assert reports._price_text(Decimal(100)) == "100.00"
+    assert (
+        reports._quantity(Decimal("1E+1")) == "10" and reports._quantity(Decimal("0.50")) == "0.5"
+    )
+    assert reports._amount(Decimal("16751.0800")) == "16,751.08"
+
+
+@pytest.mark.parametrize("width", [80, 60, 45])
+def test_the_summary_fits_the_terminal_by_dropping_columns_not_blanking_them(
+    two_strategies: RunData, width: int
+) -> None:
+    """In a narrow terminal whole columns go (signer first); what stays is complete:
+    every value printed in full, the table no wider than the terminal."""
+    table = summary_table(two_strategies, width=width)
+    console = Console(width=width, record=True, color_system=None)
+    console.print(table)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width
+    assert "…" not in text
+    first = two_strategies.strategies[0].metrics
+    assert f"{first['total_return'] * 100:,.2f}" in text  # Return % always stays
+    assert f"{first['end_equity']:,.2f}" in text
+    assert "Sharpe" not in text or width >= 80

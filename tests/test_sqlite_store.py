@@ -749,7 +749,7 @@ def finished_backtest(
     store.finish_run(RUN_ID, status, error)
     rows = audit_rows(store)
     assert rows[-1][2] == "run_finished"
-    assert json.loads(rows[-1][3])["trades_digest_form"] == 4
+    assert json.loads(rows[-1][3])["trades_digest_form"] == 5
     assert store.verify_audit().ok
     return int(rows[-1][0])
 
@@ -900,7 +900,7 @@ def test_runs_finished_with_the_second_digest_form_still_verify(
         store.finish_run(RUN_ID, "completed", None)
     finished_id, _, _, payload, _, _ = audit_rows(store)[-1]
     assert json.loads(payload)["trades_digest_form"] == 2
-    assert sqlite_store.TRADES_DIGEST_FORM == 4
+    assert sqlite_store.TRADES_DIGEST_FORM == 5
     assert store.verify_audit().ok
     tamper(store, "INSERT INTO equity SELECT * FROM equity")
     assert store.verify_audit().ok
@@ -1434,6 +1434,20 @@ def test_the_form_4_digest_covers_execution_ids(store: SQLiteStore) -> None:
     assert not store.verify_audit().ok
 
 
+def test_the_form_5_digest_covers_position_marks(store: SQLiteStore) -> None:
+    """The price an open position was last valued at (the report's unrealised P&L) is
+    stored exactly, read back, and covered by the run's digest."""
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    held = Position("X", Decimal(10), Decimal("100.5"), Decimal(0), mark=Decimal("103.25"))
+    store.record_positions(RUN_ID, SIGNED.name, [held])
+    store.finish_run(RUN_ID, "completed", None)
+    [position] = store.load_run(RUN_ID).strategies[0].positions
+    assert position == held and position.unrealized == Decimal("27.50")
+    assert store.verify_audit().ok
+    tamper(store, "UPDATE positions SET mark = '104'")
+    assert not store.verify_audit().ok
+
+
 def test_an_execution_is_stored_once_across_runs(store: SQLiteStore) -> None:
     """Two fills with the same broker execution id: the second is refused with a
     ValueError naming it, whichever run records it."""
@@ -1458,6 +1472,7 @@ def test_a_schema_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     conn.execute("DROP INDEX fills_exec_id")
     conn.execute("ALTER TABLE fills DROP COLUMN exec_id")
     conn.execute("ALTER TABLE fills DROP COLUMN broker_order_id")
+    conn.execute("ALTER TABLE positions DROP COLUMN mark")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
@@ -1465,7 +1480,9 @@ def test_a_schema_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     try:
         columns = [r[1] for r in raw(store).execute("PRAGMA table_info(fills)")]
         assert columns[-2:] == ["exec_id", "broker_order_id"]
-        assert raw(store).execute("PRAGMA user_version").fetchone() == (2,)
+        positions = [r[1] for r in raw(store).execute("PRAGMA table_info(positions)")]
+        assert positions[-1] == "mark"
+        assert raw(store).execute("PRAGMA user_version").fetchone() == (3,)
         test_an_execution_is_stored_once_across_runs(store)
         assert store.verify_audit().ok
     finally:
