@@ -120,6 +120,7 @@ def test_the_ledger_equals_the_reference_after_every_fill(
     ledger = Portfolio("s", CASH)
     ref = Reference(Fraction(CASH))
     mark = dict(zip(("AAA", "BBB"), marks, strict=True))
+    mark["CCC"] = Decimal("7.5")  # a symbol not held: only an order being checked needs it
     fills = [_fill(n, *step) for n, step in enumerate(steps)]
     for n, fill in enumerate(fills + _close_all_after(fills, exit_price)):
         before = ledger.holdings[fill.symbol].avg_price if fill.symbol in ledger.holdings else None
@@ -143,6 +144,17 @@ def test_the_ledger_equals_the_reference_after_every_fill(
                 assert abs(avg - ref.average[symbol]) <= slack / abs(quantity) + STEP, n
         marks_f = {s: Fraction(p) for s, p in mark.items()}
         assert Fraction(ledger.equity(mark)) == ref.equity(marks_f)
+        snap = ledger.snapshot(mark, also=("CCC",) if n % 2 else ())
+        assert Fraction(snap.equity) == ref.equity(marks_f)
+        assert Fraction(snap.long_value) == sum(
+            (q * marks_f[s] for s, q in ref.quantity.items() if q > 0), Fraction(0)
+        )
+        assert Fraction(snap.short_value) == sum(
+            (-q * marks_f[s] for s, q in ref.quantity.items() if q < 0), Fraction(0)
+        )
+        assert {s: Fraction(q) for s, q in snap.positions.items()} == {
+            s: q for s, q in ref.quantity.items() if q
+        }
         after = ledger.quantity(fill.symbol)
         reducing = held and after and (held > 0) == (after > 0) and abs(after) < abs(held)
         if reducing:
@@ -176,6 +188,19 @@ def test_a_partial_close_realises_only_the_part_closed() -> None:
     assert ledger.quantity("AAA") == 5 and ledger.holdings["AAA"].avg_price == 100
     assert ledger.cash == CASH - 1000 + 550
     assert ledger.trades == []  # still open: no round trip yet
+
+
+def test_reducing_a_long_to_a_fraction_of_a_share_is_not_a_flip() -> None:
+    """Long 10, sell 9.5: still long 0.5 at the same average price, no trade closed; the
+    snapshot counts the half share as long, and marks a symbol asked about."""
+    ledger = Portfolio("s", CASH)
+    ledger.apply(_fill(0, "AAA", True, Decimal(10), Decimal(100), Decimal(0)))
+    ledger.apply(_fill(1, "AAA", False, Decimal("9.5"), Decimal(110), Decimal(0)))
+    assert ledger.quantity("AAA") == Decimal("0.5")
+    assert ledger.holdings["AAA"].avg_price == 100 and ledger.trades == []
+    snap = ledger.snapshot({"AAA": Decimal(120), "BBB": Decimal(5)}, also=("BBB",))
+    assert (snap.long_value, snap.short_value) == (Decimal(60), Decimal(0))
+    assert snap.prices == {"AAA": Decimal(120), "BBB": Decimal(5)}
 
 
 def test_a_full_close_removes_the_whole_cost_basis_however_many_decimals() -> None:
