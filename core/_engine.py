@@ -37,7 +37,12 @@ from ._host import EXCEPTION, Failure, Reply, StrategyHost, log_fields
 from ._kernel import Kernel
 from ._loader import Strategy, StrategyInfo
 from ._logging import get_logger
-from ._metrics import downsample_columns, metrics_from_columns
+from ._metrics import (
+    benchmark_comparison,
+    downsample_columns,
+    metrics_from_columns,
+    period_returns,
+)
 from ._portfolio import Portfolio
 from ._settings import Limits
 from .interfaces import Broker, OrderUpdate, Store
@@ -238,6 +243,13 @@ class Engine:
         for slot in self._slots:
             self._carry(slot, config.opening.get(slot.info.name, ()))
         self._margin = broker.maintenance_margin
+        # The buy-and-hold benchmark: the run's cash split equally over its symbols,
+        # each slice bought at that symbol's first close and held; one value per
+        # timestamp, like the equity curves.
+        self._bench_slice = float(config.cash) / max(len(config.symbols), 1)
+        self._bench_cash = float(config.cash)
+        self._bench_units: dict[str, float] = {}
+        self._bench: list[float] = []
         self._current: datetime | None = None  # the timestamp whose bars are being handled
         self._count = 0  # bars handled
         self._started = time.perf_counter()
@@ -303,6 +315,10 @@ class Engine:
 
     def result(self) -> RunResult:
         """Store each strategy's metrics, equity and positions; the run's result."""
+        self.store.record_benchmark(
+            self.config.run_id,
+            downsample_columns(self._ts, self._bench, self.config.stored_equity_points),
+        )
         return RunResult(
             run_id=self.config.run_id,
             bars=self._count,
@@ -426,8 +442,16 @@ class Engine:
             self._count = count
 
     def _close_timestamp(self, ts: datetime) -> None:
-        """Every bar of ``ts`` is processed: one equity point (and exposure) per strategy."""
+        """Every bar of ``ts`` is processed: one equity point (and exposure) per strategy,
+        and the benchmark's value."""
         self._ts.append(ts)
+        last, units = self._last, self._bench_units
+        if len(units) < len(last):
+            for symbol, price in last.items():
+                if symbol not in units and symbol in self.config.symbols and price > 0:
+                    units[symbol] = self._bench_slice / price
+                    self._bench_cash -= self._bench_slice
+        self._bench.append(self._bench_cash + sum(u * last[s] for s, u in units.items()))
         for slot in self._slots:
             slot.values.append(slot.equity_f)
             if slot.portfolio.quantities_f:
@@ -1101,7 +1125,11 @@ class Engine:
             total_bars=len(slot.values),
             starting_equity=slot.start_equity,
         )
+        metrics.update(benchmark_comparison(slot.values, self._bench, slot.start_equity))
         run_id, name = self.config.run_id, slot.info.name
+        self.store.record_period_returns(
+            run_id, name, period_returns(self._ts, slot.values, slot.start_equity)
+        )
         points = downsample_columns(self._ts, slot.values, self.config.stored_equity_points)
         self.store.record_equity(run_id, name, points)
         marks = self._last

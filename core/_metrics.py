@@ -49,11 +49,13 @@ import numpy.typing as npt
 __all__ = [
     "DAYS_PER_YEAR",
     "TradeRecord",
+    "benchmark_comparison",
     "compute_metrics",
     "downsample",
     "downsample_columns",
     "drawdown_series",
     "metrics_from_columns",
+    "period_returns",
     "periods_per_year",
 ]
 
@@ -426,3 +428,77 @@ def _metrics(
         "win_rate": wins / len(trades) if trades else None,
         "exposure": exposure_bars / total_bars if total_bars else None,
     }
+
+
+# --------------------------------------------------------------------------- periods and benchmark
+
+
+def period_returns(
+    timestamps: Sequence[datetime], values: Sequence[float], starting_equity: float
+) -> dict[str, float | None]:
+    """Calendar-month (``"2024-03"``) and calendar-year (``"2024"``) returns, UTC.
+
+    Each period's return is its last equity point over the one before the period
+    (the starting equity for the first): ``end / previous_end - 1``.  A period that
+    starts at equity ``<= 0`` has ``None``.  Periods without a point are absent.
+    """
+    out: dict[str, float | None] = {}
+    for width in (7, 4):  # "YYYY-MM", then "YYYY"
+        previous = float(starting_equity)
+        key: str | None = None
+        last = previous
+        for ts, value in zip(timestamps, values, strict=True):
+            period = ts.strftime("%Y-%m-%d")[:width]
+            if key is not None and period != key:
+                out[key] = last / previous - 1.0 if previous > 0 else None
+                previous = last
+            key, last = period, value
+        if key is not None:
+            out[key] = last / previous - 1.0 if previous > 0 else None
+    return out
+
+
+def benchmark_comparison(
+    values: Sequence[float], benchmark: Sequence[float], starting_equity: float
+) -> dict[str, float | None]:
+    """A strategy's equity against a benchmark's over the same timestamps.
+
+    - ``benchmark_return``: the benchmark's total return (its first point is its start);
+    - ``excess_return``: the strategy's total return (from ``starting_equity``) minus it;
+    - ``beta``: covariance of the per-period returns over the benchmark's variance;
+    - ``correlation``: their Pearson correlation.
+
+    ``None`` where undefined (fewer than two returns, a constant series, equity <= 0).
+    """
+    if len(values) != len(benchmark):
+        raise ValueError(f"{len(values)} equity points but {len(benchmark)} benchmark points")
+    out: dict[str, float | None] = {
+        "benchmark_return": None,
+        "excess_return": None,
+        "beta": None,
+        "correlation": None,
+    }
+    if not benchmark or benchmark[0] <= 0:
+        return out
+    held = benchmark[-1] / benchmark[0] - 1.0
+    out["benchmark_return"] = held
+    if values and starting_equity > 0:
+        out["excess_return"] = values[-1] / starting_equity - 1.0 - held
+    pairs = [
+        (values[i] / values[i - 1] - 1.0, benchmark[i] / benchmark[i - 1] - 1.0)
+        for i in range(1, len(values))
+        if values[i - 1] > 0 and benchmark[i - 1] > 0
+    ]
+    if len(pairs) < 2:
+        return out
+    n = len(pairs)
+    mean_s = math.fsum(p[0] for p in pairs) / n
+    mean_b = math.fsum(p[1] for p in pairs) / n
+    cov = math.fsum((s - mean_s) * (b - mean_b) for s, b in pairs) / (n - 1)
+    var_s = math.fsum((s - mean_s) ** 2 for s, _ in pairs) / (n - 1)
+    var_b = math.fsum((b - mean_b) ** 2 for _, b in pairs) / (n - 1)
+    if var_b > _ZERO_STDEV**2:
+        out["beta"] = cov / var_b
+        if var_s > _ZERO_STDEV**2:
+            out["correlation"] = cov / math.sqrt(var_s * var_b)
+    return out

@@ -315,6 +315,8 @@ class StrategyRunData:
     rejected: int = 0  # orders refused by a limit, a risk check or the broker
     last_rejection: str | None = None  # the reason given for the latest of them
     executions: Sequence[Fill] = ()  # every fill of the run, in booking order
+    # Calendar-month ("2024-03") and calendar-year ("2024") returns, from the full curve.
+    period_returns: Mapping[str, float | None] = attrs.Factory(dict)
     rejections: Sequence[RejectedOrder] = ()  # every rejected order, oldest first
 
 
@@ -323,6 +325,9 @@ class RunData:
     row: RunRow
     info: RunInfo
     strategies: Sequence[StrategyRunData]
+    # Buy-and-hold of the run's symbols (equal weights, bought at each one's first
+    # close), valued like the equity curves and down-sampled the same way.
+    benchmark: Sequence[EquityPoint] = ()
 
 
 @attrs.frozen
@@ -359,6 +364,12 @@ class Store(Protocol):
     def record_fill(self, run_id: str, fill: Fill, order: Order) -> None: ...
 
     def record_equity(self, run_id: str, strategy: str, points: Sequence[EquityPoint]) -> None: ...
+
+    def record_benchmark(self, run_id: str, points: Sequence[EquityPoint]) -> None: ...
+
+    def record_period_returns(
+        self, run_id: str, strategy: str, returns: Mapping[str, float | None]
+    ) -> None: ...
 
     def record_positions(
         self, run_id: str, strategy: str, positions: Sequence[Position]

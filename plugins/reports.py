@@ -162,6 +162,10 @@ _METRICS: tuple[_Column, ...] = (
     _Column("exposure", "Exposure %", _percent),
     _Column("start_equity", "Start equity", _money),
     _Column("end_equity", "End equity", _money),
+    _Column("benchmark_return", "Buy & hold %", _percent),
+    _Column("excess_return", "Excess %", _percent),
+    _Column("beta", "Beta", _ratio),
+    _Column("correlation", "Correlation", _ratio),
 )
 _BY_KEY = {column.key: column for column in _METRICS}
 _SUMMARY_KEYS = (
@@ -304,6 +308,18 @@ def render_chart(run: RunData) -> bytes:
         labels.append(label + (" (quarantined)" if strategy.quarantined else ""))
         plotted = True
 
+    benchmark = [(ts, v) for ts, v in run.benchmark if math.isfinite(v)]
+    if plotted and len(benchmark) == len(run.benchmark) and benchmark:
+        points = downsample(benchmark, _PLOT_POINTS)
+        (line,) = equity_axes.plot(
+            [ts for ts, _ in points],
+            [value for _, value in points],
+            color="0.45",
+            linestyle="--",
+            linewidth=1.1,
+        )
+        handles.append(line)
+        labels.append("buy & hold, equal weights")
     equity_axes.set_title("Equity", loc="left", fontsize=11)
     equity_axes.set_ylabel("Equity")
     equity_axes.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
@@ -537,6 +553,7 @@ def _strategy_section(strategy: StrategyRunData) -> str:
     ]
     parts.append(f"<h3>Metrics</h3>{_kv_table(metric_rows)}")
 
+    parts.append(_periods_part(strategy))
     parts.append(_positions_part(strategy))
     parts.append(_trades_part(strategy))
     parts.append(_costs_part(strategy))
@@ -546,6 +563,41 @@ def _strategy_section(strategy: StrategyRunData) -> str:
 
 
 MAX_ROWS = 1000  # closed trades or rejections shown in the page (all are in --json)
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _heat(value: float | None) -> str:
+    """A cell's background: green for gains, red for losses, stronger up to 10 %."""
+    if value is None or not math.isfinite(value) or value == 0:
+        return ""
+    alpha = 0.12 + 0.5 * min(abs(value) / 0.10, 1.0)
+    rgb = "26,127,55" if value > 0 else "180,35,24"
+    return f' style="background: rgba({rgb},{alpha:.2f})"'
+
+
+def _periods_part(strategy: StrategyRunData) -> str:
+    periods = strategy.period_returns
+    years = sorted(p for p in periods if len(p) == 4)
+    if not years:
+        return ""
+    rows = []
+    for year in years:
+        cells = []
+        for number in range(1, 13):
+            key = f"{year}-{number:02d}"
+            value = periods.get(key)
+            shown = _percent(value) if key in periods else ""
+            cells.append(f"<td class='num'{_heat(value)}>{_e(shown)}</td>")
+        total = periods[year]
+        cells.append(f"<td class='num'{_heat(total)}><b>{_e(_percent(total))}</b></td>")
+        rows.append(f"<tr><th>{_e(year)}</th>{''.join(cells)}</tr>")
+    header = "".join(f"<th>{m}</th>" for m in _MONTHS)
+    return (
+        "<h3>Monthly and yearly returns (%)</h3>"
+        f"<table><tr><th></th>{header}<th>Year</th></tr>{''.join(rows)}</table>"
+        '<p class="muted">Calendar periods in UTC, from the full equity curve; a month '
+        "without bars is empty.</p>"
+    )
 
 
 def _positions_part(strategy: StrategyRunData) -> str:
@@ -684,6 +736,7 @@ def report_data(run: RunData) -> dict[str, Any]:
         "started": run.info.started.isoformat(),
         "finished": run.row.finished.isoformat() if run.row.finished else None,
         "config": dict(run.info.config),
+        "benchmark": [[ts.isoformat(), value] for ts, value in run.benchmark],
         "strategies": [
             {
                 "name": s.record.name,
@@ -706,6 +759,7 @@ def report_data(run: RunData) -> dict[str, Any]:
                     for p in s.positions
                     if p.quantity
                 ],
+                "period_returns": dict(s.period_returns),
                 "closed_trades": [_trip_json(t) for t in round_trips(s.executions)],
                 "costs": {k: str(v) if isinstance(v, Decimal) else v for k, v in _costs(s).items()},
                 "rejected_orders": [

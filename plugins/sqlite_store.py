@@ -180,11 +180,14 @@ _RESULT_TABLES: Final = (
     ("positions", "strategy, symbol, quantity, avg_price, realized", "strategy, symbol"),
     ("run_strategies", "name, params, metrics, quarantined", "name"),
 )
-# Form 5 (schema 3) also covers each position's mark, the price it was last valued at.
+# Form 5 (schema 3) also covers each position's mark (the price it was last valued
+# at), the buy-and-hold benchmark and the calendar-period returns.
 _RESULT_TABLES_5: Final = (
     _RESULT_TABLES[0],
     ("positions", "strategy, symbol, quantity, avg_price, realized, mark", "strategy, symbol"),
     _RESULT_TABLES[2],
+    ("benchmark", "ts, equity", "ts, rowid"),
+    ("period_returns", "strategy, period, value", "strategy, period"),
 )
 
 
@@ -532,11 +535,22 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         not_null=["run_id", "strategy", "ts"],
     )
     db.table("equity").create_index(["run_id", "strategy", "ts"])
+    for statement in _SCHEMA_3_TABLES:
+        db.conn.execute(statement)
     # AUTOINCREMENT (sqlite_sequence) and triggers are beyond sqlite-utils' create().
     for statement in _AUDIT_SQL:
         db.conn.execute(statement)
     db.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
+
+_SCHEMA_3_TABLES: Final = (
+    "CREATE TABLE benchmark (run_id TEXT NOT NULL REFERENCES runs(run_id), "
+    "ts TEXT NOT NULL, equity FLOAT)",
+    "CREATE INDEX benchmark_run ON benchmark (run_id, ts)",
+    "CREATE TABLE period_returns (run_id TEXT NOT NULL REFERENCES runs(run_id), "
+    "strategy TEXT NOT NULL, period TEXT NOT NULL, value FLOAT, "
+    "PRIMARY KEY (run_id, strategy, period))",
+)
 
 _EXEC_ID_INDEX_SQL: Final = (
     "CREATE UNIQUE INDEX fills_exec_id ON fills (exec_id) WHERE exec_id IS NOT NULL"
@@ -552,6 +566,8 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
         conn.execute(_EXEC_ID_INDEX_SQL)
     if version < 3:
         conn.execute("ALTER TABLE positions ADD COLUMN mark TEXT")
+        for statement in _SCHEMA_3_TABLES:
+            conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -1297,6 +1313,24 @@ class SQLiteStore:
                 "INSERT INTO equity (run_id, strategy, ts, equity) VALUES (?, ?, ?, ?)", rows
             )
 
+    def record_benchmark(self, run_id: str, points: Sequence[EquityPoint]) -> None:
+        """Store the run's buy-and-hold benchmark curve (already down-sampled)."""
+        rows = [(run_id, _ts(ts), float(value)) for ts, value in points]
+        with self._write(run_id) as conn:
+            conn.executemany("INSERT INTO benchmark (run_id, ts, equity) VALUES (?, ?, ?)", rows)
+
+    def record_period_returns(
+        self, run_id: str, strategy: str, returns: Mapping[str, float | None]
+    ) -> None:
+        """Store a strategy's calendar-month and calendar-year returns."""
+        rows = [(run_id, strategy, period, value) for period, value in sorted(returns.items())]
+        with self._write(run_id) as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO period_returns (run_id, strategy, period, value) "
+                "VALUES (?, ?, ?, ?)",
+                rows,
+            )
+
     def record_positions(self, run_id: str, strategy: str, positions: Sequence[Position]) -> None:
         """Replace the strategy's stored end-of-run positions with ``positions``."""
         with self._write(run_id) as conn:
@@ -1420,6 +1454,13 @@ class SQLiteStore:
                 (run_id,),
             ).fetchall()
             strategies = [self._strategy(conn, run_id, tuple(r)) for r in strategy_rows]
+            benchmark: list[EquityPoint] = [
+                (_parse_ts(ts), float("nan") if value is None else float(value))
+                for ts, value in conn.execute(
+                    "SELECT ts, equity FROM benchmark WHERE run_id = ? ORDER BY ts, rowid",
+                    (run_id,),
+                )
+            ]
         row = self._row(
             (run_id, kind, environment, status, started, finished, error, pid),
             tuple(s.record.name for s in strategies),
@@ -1432,7 +1473,7 @@ class SQLiteStore:
             bastion_version=version,
             config=json.loads(config),
         )
-        return RunData(row=row, info=info, strategies=strategies)
+        return RunData(row=row, info=info, strategies=strategies, benchmark=benchmark)
 
     @staticmethod
     def _strategy(conn: sqlite3.Connection, run_id: str, r: tuple[Any, ...]) -> StrategyRunData:
@@ -1505,6 +1546,14 @@ class SQLiteStore:
                 (*key, OrderStatus.REJECTED.value),
             )
         ]
+        period_returns = {
+            str(period): None if value is None else float(value)
+            for period, value in conn.execute(
+                "SELECT period, value FROM period_returns WHERE run_id = ? AND strategy = ? "
+                "ORDER BY period",
+                key,
+            )
+        }
         record = StrategyRecord(
             name=name,
             sha256=sha256,
@@ -1526,6 +1575,7 @@ class SQLiteStore:
             last_rejection=None if last_rejection is None else last_rejection[0],
             executions=executions,
             rejections=rejections,
+            period_returns=period_returns,
         )
 
     # ----------------------------------------------------------------- closing

@@ -1527,3 +1527,23 @@ def on_bar(ctx, bar):
     )
     audit = [e for (e,) in h.rows("SELECT event FROM audit")]
     assert audit.count("trading_halted") == 1 and audit.count("trading_resumed") == 1
+
+
+def test_the_benchmark_is_buy_and_hold_of_the_runs_symbols(ws: WS, h: Harness) -> None:
+    """Cash split equally over the symbols, each slice bought at its first close (a
+    symbol that starts later waits in cash) and held: AAA 100 -> 150, BBB from day 1 at
+    50 -> 25, so 100000 -> 50000*1.5 + 50000*0.5 = 100000; the strategy's metrics are
+    compared with it and its monthly returns stored."""
+    s = admit(
+        ws,
+        "idle.py",
+        "from bastion import strategy\n\n@strategy.hook\ndef on_bar(ctx, bar):\n    pass\n",
+    )
+    bars = [bar("AAA", 0, 100.0), bar("AAA", 1, 120.0), bar("BBB", 1, 50.0),
+            bar("AAA", 2, 150.0), bar("BBB", 2, 25.0)]  # fmt: skip
+    result = h.run([s], bars)
+    run = h.store.load_run(RUN)
+    assert [value for _, value in run.benchmark] == [100000.0, 110000.0, 100000.0]
+    metrics = result.strategies[0].metrics
+    assert metrics["benchmark_return"] == 0.0 and metrics["excess_return"] == 0.0
+    assert run.strategies[0].period_returns == {"2024": 0.0, "2024-01": 0.0}

@@ -536,3 +536,29 @@ def test_the_summary_fits_the_terminal_by_dropping_columns_not_blanking_them(
     assert f"{first['total_return'] * 100:,.2f}" in text  # Return % always stays
     assert f"{first['end_equity']:,.2f}" in text
     assert "Sharpe" not in text or width >= 80
+
+
+def test_monthly_returns_and_the_benchmark_are_shown(tmp_path: Path) -> None:
+    """The page has a year-by-month table of returns (gains green, losses red, empty
+    months blank) and the metrics against buy-and-hold; the chart draws the benchmark;
+    --json carries both."""
+    base = traded()
+    item = attrs.evolve(
+        base,
+        period_returns={"2023": 0.05, "2023-01": 0.02, "2023-02": -0.01},
+        metrics={**base.metrics, "benchmark_return": 0.031, "beta": 0.8},
+    )
+    run = attrs.evolve(
+        run_data([item]),
+        benchmark=[(ts, 10_000.0 + i) for i, (ts, _) in enumerate(curve(30, 0, 0))],
+    )
+    page = render_report(run, tmp_path).read_text()
+    text = re.sub(r"<[^>]+>", " ", page)
+    assert "Monthly and yearly returns" in text
+    assert re.search(r"2023\s+2\.00\s+-1\.00\s+5\.00", text)
+    assert "rgba(26,127,55" in page and "rgba(180,35,24" in page
+    assert "Buy &amp; hold %" in page and "3.10" in text and "0.80" in text
+    assert (tmp_path / "equity.png").stat().st_size > 0
+    data = reports.report_data(run)
+    assert data["benchmark"][0][1] == 10_000.0
+    assert data["strategies"][0]["period_returns"]["2023-02"] == -0.01

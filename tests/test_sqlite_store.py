@@ -1448,6 +1448,23 @@ def test_the_form_5_digest_covers_position_marks(store: SQLiteStore) -> None:
     assert not store.verify_audit().ok
 
 
+def test_the_benchmark_and_period_returns_round_trip_and_are_covered(
+    store: SQLiteStore,
+) -> None:
+    """The buy-and-hold curve and the calendar-period returns read back as stored and
+    are part of the finished run's digest."""
+    store.begin_run(run_info(kind="backtest"), [SIGNED])
+    store.record_benchmark(RUN_ID, [(T0, 100000.0), (T0 + timedelta(days=1), 101500.25)])
+    store.record_period_returns(RUN_ID, SIGNED.name, {"2024-03": 0.0125, "2024": None})
+    store.finish_run(RUN_ID, "completed", None)
+    run = store.load_run(RUN_ID)
+    assert run.benchmark == [(T0, 100000.0), (T0 + timedelta(days=1), 101500.25)]
+    assert run.strategies[0].period_returns == {"2024": None, "2024-03": 0.0125}
+    assert store.verify_audit().ok
+    tamper(store, "UPDATE period_returns SET value = 0.5 WHERE period = '2024-03'")
+    assert not store.verify_audit().ok
+
+
 def test_an_execution_is_stored_once_across_runs(store: SQLiteStore) -> None:
     """Two fills with the same broker execution id: the second is refused with a
     ValueError naming it, whichever run records it."""
@@ -1473,6 +1490,8 @@ def test_a_schema_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     conn.execute("ALTER TABLE fills DROP COLUMN exec_id")
     conn.execute("ALTER TABLE fills DROP COLUMN broker_order_id")
     conn.execute("ALTER TABLE positions DROP COLUMN mark")
+    conn.execute("DROP TABLE benchmark")
+    conn.execute("DROP TABLE period_returns")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
@@ -1482,6 +1501,8 @@ def test_a_schema_1_store_is_migrated_in_place(tmp_path: Path) -> None:
         assert columns[-2:] == ["exec_id", "broker_order_id"]
         positions = [r[1] for r in raw(store).execute("PRAGMA table_info(positions)")]
         assert positions[-1] == "mark"
+        tables = {r[0] for r in raw(store).execute("SELECT name FROM sqlite_master")}
+        assert {"benchmark", "period_returns"} <= tables
         assert raw(store).execute("PRAGMA user_version").fetchone() == (3,)
         test_an_execution_is_stored_once_across_runs(store)
         assert store.verify_audit().ok
