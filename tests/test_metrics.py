@@ -864,3 +864,89 @@ def test_a_squared_deviation_beyond_float_range_is_quiet() -> None:
     variance quietly, as plain Python floats do (no numpy RuntimeWarning escapes)."""
     m = metrics([1.0, 1e-150, 1e5, 1e5])
     assert m["volatility"] is not None and math.isinf(m["volatility"])
+
+
+# --------------------------------------------------------------------------- periods, benchmark
+
+
+def test_period_returns_by_hand() -> None:
+    """Month and year returns chain from the starting equity: Jan 100 -> 110 (+10%),
+    Feb 110 -> 99 (-10%), the year 100 -> 99 (-1%); a month without points is absent."""
+    from bastion._metrics import period_returns
+
+    ts = [datetime(2024, 1, 5, tzinfo=UTC), datetime(2024, 1, 31, 23, tzinfo=UTC),
+          datetime(2024, 2, 10, tzinfo=UTC), datetime(2024, 4, 1, tzinfo=UTC)]  # fmt: skip
+    got = period_returns(ts, [105.0, 110.0, 99.0, 99.0], 100.0)
+    assert got == pytest.approx({"2024-01": 0.10, "2024-02": -0.10, "2024-04": 0.0, "2024": -0.01})
+    assert period_returns([], [], 100.0) == {}
+    wiped = period_returns(ts[:3], [0.0, 0.0, 5.0], 100.0)
+    assert wiped["2024-01"] == -1.0 and wiped["2024-02"] is None
+
+
+def test_benchmark_comparison_by_hand() -> None:
+    """Strategy returns +2%, -1%, +3% against a benchmark's +1%, -1%, +2%: excess is the
+    difference of total returns; beta and correlation as computed by hand."""
+    from bastion._metrics import benchmark_comparison
+
+    strategy = [100.0, 102.0, 100.98, 104.0094]
+    bench = [50.0, 50.5, 49.995, 50.9949]
+    got = benchmark_comparison(strategy, bench, 100.0)
+    s, b = [0.02, -0.01, 0.03], [0.01, -0.01, 0.02]
+    ms, mb = sum(s) / 3, sum(b) / 3
+    cov = sum((x - ms) * (y - mb) for x, y in zip(s, b, strict=True)) / 2
+    vs = sum((x - ms) ** 2 for x in s) / 2
+    vb = sum((y - mb) ** 2 for y in b) / 2
+    assert got["benchmark_return"] == pytest.approx(0.019898)
+    assert got["excess_return"] == pytest.approx(0.040094 - 0.019898)
+    assert got["beta"] == pytest.approx(cov / vb)
+    assert got["correlation"] == pytest.approx(cov / math.sqrt(vs * vb))
+    flat = benchmark_comparison(strategy, [50.0] * 4, 100.0)
+    assert flat["beta"] is None and flat["correlation"] is None
+    assert flat["benchmark_return"] == 0.0
+    with pytest.raises(ValueError, match="4 equity points but 3 benchmark points"):
+        benchmark_comparison(strategy, bench[:3], 100.0)
+
+
+def test_a_new_high_by_a_hair_ends_the_drawdown_and_starts_the_next() -> None:
+    """100, 110, 105, 110 (the peak regained exactly: recovered after 2 days),
+    110.0000001 (a new high by a hair), 99, 99: the deepest fall is from the new high,
+    and its drawdown runs to the end (2 days, never regained)."""
+    m = metrics([100, 110, 105, 110, 110.0000001, 99, 99])
+    assert m["max_drawdown"] == pytest.approx((110.0000001 - 99) / 110.0000001, rel=1e-12)
+    assert m["max_drawdown_duration_days"] == pytest.approx(2.0)
+    m = metrics([100, 110, 105, 109.9999999, 110])
+    assert m["max_drawdown_duration_days"] == pytest.approx(3.0)  # a hair short is not back
+
+
+@pytest.mark.parametrize(
+    ("step", "per_year"),
+    [
+        (timedelta(minutes=1), 252 * 390),
+        (timedelta(hours=1), 252 * 6.5),
+        (timedelta(days=1), 252),
+        (timedelta(days=7), 365.25 / 7),
+    ],
+)
+def test_sharpe_and_volatility_are_annualised_by_the_bar_interval(
+    step: timedelta, per_year: float
+) -> None:
+    """The same returns give a Sharpe of mean / sd * sqrt(periods per year) with the
+    periods of their bar interval: minute bars 98,280, hourly 1,638, daily 252,
+    weekly 52.18."""
+    values = [100.0, 101.0, 100.5, 102.0, 101.0]
+    points = [(T0 + step * i, v) for i, v in enumerate(values)]
+    m = compute_metrics(points, (), 0, len(values), 100.0)
+    returns = [values[i] / values[i - 1] - 1 for i in range(1, len(values))]
+    mean = sum(returns) / len(returns)
+    sd = math.sqrt(sum((r - mean) ** 2 for r in returns) / (len(returns) - 1))
+    assert m["sharpe"] == pytest.approx(mean / sd * math.sqrt(per_year), rel=1e-9)
+    assert m["volatility"] == pytest.approx(sd * math.sqrt(per_year), rel=1e-9)
+
+
+def test_exposure_win_rate_and_cagr_by_hand() -> None:
+    """Held on 3 of 8 points: exposure 0.375; trades +5, -2, 0, +1: win rate 0.5 (a
+    zero P&L is not a win); 100 -> 150 over 7 days: CAGR 1.5 ** (365.25 / 7) - 1."""
+    trades = [trade("5"), trade("-2"), trade("0"), trade("1")]
+    m = metrics([100, 101, 102, 103, 104, 105, 120, 150], trades, exposure_bars=3)
+    assert m["exposure"] == 0.375 and m["win_rate"] == 0.5 and m["trades"] == 4
+    assert m["cagr"] == pytest.approx(1.5 ** (365.25 / 7) - 1, rel=1e-9)
