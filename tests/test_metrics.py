@@ -950,3 +950,16 @@ def test_exposure_win_rate_and_cagr_by_hand() -> None:
     m = metrics([100, 101, 102, 103, 104, 105, 120, 150], trades, exposure_bars=3)
     assert m["exposure"] == 0.375 and m["win_rate"] == 0.5 and m["trades"] == 4
     assert m["cagr"] == pytest.approx(1.5 ** (365.25 / 7) - 1, rel=1e-9)
+
+
+def test_drawdowns_before_equity_is_ever_positive_are_zero() -> None:
+    """While the running peak is not above zero there is nothing to fall from: the
+    drawdown is 0, and it is measured from the first positive peak on."""
+    points = daily([-5, -10, 0, 10, 5])
+    assert [value for _, value in drawdown_series(points)] == [0.0, 0.0, 0.0, 0.0, -0.5]
+
+
+def test_a_boolean_starting_equity_is_refused() -> None:
+    """True is an int to Python, not an amount of money."""
+    with pytest.raises(ValueError, match="starting_equity must be a number"):
+        compute_metrics(daily([100, 101]), (), 0, 2, True)
