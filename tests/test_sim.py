@@ -1382,3 +1382,129 @@ def test_a_bar_with_zero_volume_triggers_no_stop() -> None:
     assert broker.on_bar(bar(1, 100.0, high=130.0, volume=0)) == ()
     assert broker.on_bar(bar(2, 100.0, high=101.0)) == []
     assert broker.working_symbols() == {"X"}
+
+
+# --------------------------------------------------------------------------- buying power, by a reference
+
+
+def _reference_verdict(
+    new: Order,
+    mine: list[Order],
+    snap: AccountSnapshot,
+    long_leverage: Decimal,
+    short_leverage: Decimal,
+) -> bool:
+    """Whether the documented rule accepts ``new`` given the strategy's other working
+    orders ``mine``: written from the docstring, not from the code.  Worst case: every
+    order that adds exposure fills, at the highest of the last price and every limit or
+    stop price of the strategy's orders in that symbol; an order that, with its side's
+    working orders, at most closes the position is accepted; otherwise a buy is held to
+    the long limit and a sell to the short limit (equity times the leverage)."""
+    intent = new.intent
+    sym = intent.symbol
+    own = intent.limit_price if intent.limit_price is not None else intent.stop_price
+    mark = snap.prices.get(sym)
+    if own is None and mark is None:
+        return False
+    if mark is None and (intent.type is OrderType.LIMIT) == (intent.side is Side.SELL):
+        return False
+    orders = [*mine, new]
+    bought: dict[str, Decimal] = {}
+    sold: dict[str, Decimal] = {}
+    top: dict[str, Decimal] = {}
+    for o in orders:
+        book = bought if o.side is Side.BUY else sold
+        book[o.symbol] = book.get(o.symbol, Decimal(0)) + o.quantity
+        p = o.intent.limit_price if o.intent.limit_price is not None else o.intent.stop_price
+        if p is not None:
+            top[o.symbol] = max(top.get(o.symbol, p), p)
+    held = snap.positions.get(sym, Decimal(0))
+    if intent.side is Side.BUY and held < 0 and bought[sym] <= -held:
+        return True
+    if intent.side is Side.SELL and held > 0 and sold[sym] <= held:
+        return True
+    if snap.equity <= 0:
+        return False
+    longs = shorts = Decimal(0)
+    for name in {*snap.positions, *bought, *sold}:
+        q = snap.positions.get(name, Decimal(0))
+        options = [p for p in (snap.prices.get(name), top.get(name)) if p is not None]
+        if name in bought or name in sold:
+            if not options:
+                return False
+            price = max(options)
+        else:
+            price = snap.prices.get(name, Decimal(0))
+        longs += max(q + bought.get(name, Decimal(0)), Decimal(0)) * price
+        shorts += max(sold.get(name, Decimal(0)) - q, Decimal(0)) * price
+    if intent.side is Side.BUY:
+        return longs <= snap.equity * long_leverage
+    return shorts <= snap.equity * short_leverage
+
+
+_sides = st.sampled_from(["buy", "sell"])
+_symbols = st.sampled_from(["X", "Y"])
+# Sizes that meet at the boundaries: whole and fractional shares, and small counts that
+# equal positions (closing exactly, one share past it).
+_qty = st.one_of(
+    st.integers(min_value=1, max_value=3000),
+    st.sampled_from([1, 2, 100]),
+    st.decimals(min_value="0.5", max_value="3", places=1),
+)
+_px = st.integers(min_value=50, max_value=150).map(Decimal)
+
+
+@st.composite
+def _orders(draw: st.DrawFn, strategy: str) -> Order:
+    kind = draw(st.sampled_from(["market", "limit", "stop"]))
+    price = draw(_px) if kind != "market" else None
+    return order(
+        draw(_sides),
+        draw(_qty),
+        symbol=draw(_symbols),
+        type=kind,
+        limit=str(price) if kind == "limit" else None,
+        stop=str(price) if kind == "stop" else None,
+        strategy=strategy,
+    )
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    equity=st.one_of(st.integers(min_value=-1000, max_value=0), st.integers(1, 200_000)),
+    positions=st.dictionaries(
+        _symbols,
+        st.one_of(st.integers(min_value=-2000, max_value=2000), st.sampled_from([-1, 1, 100])),
+    ),
+    prices=st.dictionaries(_symbols, _px),
+    # Another strategy's orders never count ("zz.py" sorts after "s.py" on purpose).
+    earlier=st.lists(st.one_of(_orders("s.py"), _orders("zz.py")), max_size=5),
+    new=_orders("s.py"),
+)
+def test_buying_power_follows_the_documented_rule(
+    equity: int,
+    positions: dict[str, int],
+    prices: dict[str, Decimal],
+    earlier: list[Order],
+    new: Order,
+) -> None:
+    """Against random accounts, prices, working orders (its own and another
+    strategy's) and a new order, the simulator accepts exactly what the reference of
+    its documented buying-power rule accepts."""
+    broker = SimBroker.open("commission=none,slippage=0,long_leverage=1.5,short_leverage=2")
+    snap = account(equity, positions=positions, prices=prices)
+    accepted: list[Order] = []
+    for o in earlier:
+        if broker.submit(o, snap) is None and o.strategy == "s.py":
+            accepted.append(o)
+    expected = _reference_verdict(new, accepted, snap, Decimal("1.5"), Decimal(2))
+    reason = broker.submit(new, snap)
+    assert (reason is None) == expected, reason
+
+
+def test_a_single_share_short_counts_against_the_short_limit() -> None:
+    """Selling 1 share short at 100 needs 100 of short capacity: with equity 49 and 2x
+    short leverage (98) it is refused, with 50 (100) accepted."""
+    broker = SimBroker.open(FREE)
+    assert broker.submit(order("sell", 1), account(49)) is not None
+    assert SimBroker.open(FREE).submit(order("sell", 1), account(50)) is None

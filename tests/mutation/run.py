@@ -7,8 +7,9 @@ For each target below it mutates the module (in place, one mutant at a time, whi
 why it must run in a clone nobody else is using), runs the target's tests against each
 mutant, and prints the score and every surviving mutant.  The operators are cut to the
 ones that can change a number: arithmetic swaps among + - * /, comparisons among
-< <= > >= == !=, number, boolean, unary, loop and condition mutations; bit operations,
-powers and ``is`` comparisons are left out.  Functions that only validate input or
+< <= > >= == !=, number, boolean, unary, loop and condition mutations; bit operations
+(``|`` in annotations), powers and ``is`` comparisons (of enums: equivalent) are left
+out.  Functions that only validate input or
 parse options are left out too (``SKIP``).  Results are in
 docs/explanation/verification.md.
 """
@@ -50,7 +51,9 @@ def _config(name: str, module: str, tests: str, work: Path) -> Path:
         f'module-path = "{module}"\n'
         "timeout = 300.0\n"
         "excluded-modules = []\n"
-        f'test-command = "{PYTEST} {tests}"\n\n'
+        # Each target's pytest keeps its own temporary directory: concurrent runs
+        # would otherwise clean up each other's (and fail for the wrong reason).
+        f'test-command = "{PYTEST} --basetemp={work / ("tmp-" + name)} {tests}"\n\n'
         '[cosmic-ray.distributor]\nname = "local"\n'
     )
     return path
@@ -62,11 +65,11 @@ def _filter(name: str, session: Path) -> int:
     for job, operator, definition in conn.execute(
         "SELECT job_id, operator_name, definition_name FROM mutation_specs"
     ):
-        binary = re.match(r"core/ReplaceBinaryOperator_\w+?_(\w+)$", operator)
-        compare = re.match(r"core/ReplaceComparisonOperator_\w+?_(\w+)$", operator)
+        binary = re.match(r"core/ReplaceBinaryOperator_(\w+?)_(\w+)$", operator)
+        compare = re.match(r"core/ReplaceComparisonOperator_(\w+?)_(\w+)$", operator)
         if (
-            (binary and binary.group(1) not in KEEP_BINARY)
-            or (compare and compare.group(1) not in KEEP_COMPARE)
+            (binary and not {binary.group(1), binary.group(2)} <= KEEP_BINARY)
+            or (compare and not {compare.group(1), compare.group(2)} <= KEEP_COMPARE)
             or definition in SKIP[name]
         ):
             drop.append((job,))
