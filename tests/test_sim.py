@@ -1384,7 +1384,7 @@ def test_a_bar_with_zero_volume_triggers_no_stop() -> None:
     assert broker.working_symbols() == {"X"}
 
 
-# --------------------------------------------------------------------------- buying power, by a reference
+# ------------------------------------------------------------ buying power, by a reference
 
 
 def _reference_verdict(
