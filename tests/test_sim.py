@@ -443,6 +443,7 @@ def test_slippage_is_exactly_the_basis_points_quantized(
         (0.5, 20, "0.50100", "0.49900"),
         (0.0005, 1, "0.00050005", "0.00049995"),
         (0.000001, 1, "0.0000010001", "0.00000099990"),
+        (0.012345, 1, "0.012347", "0.012343"),  # rounded: 0.0123462345, 0.0123437655
     ],
 )
 def test_slippage_below_a_price_of_1_keeps_five_significant_digits(
@@ -1508,3 +1509,42 @@ def test_a_single_share_short_counts_against_the_short_limit() -> None:
     broker = SimBroker.open(FREE)
     assert broker.submit(order("sell", 1), account(49)) is not None
     assert SimBroker.open(FREE).submit(order("sell", 1), account(50)) is None
+
+
+def test_one_working_order_is_cancelled_by_its_id() -> None:
+    """cancel(id) removes exactly that order and returns it; the symbol stops counting
+    as working once its last order is gone; an unknown id is None."""
+    first, second = order("buy", 5), order("buy", 7, symbol="Y")
+    broker = working(FREE, first, second)
+    assert broker.working_symbols() == {"X", "Y"}
+    assert broker.cancel("nope") is None
+    assert broker.cancel(first.client_order_id) is first
+    assert broker.working_symbols() == {"Y"}
+    assert broker.cancel(first.client_order_id) is None
+    assert [f.quantity for f in broker.on_bar(bar(1, 100.0, symbol="Y"))] == [7]
+
+
+def test_a_margin_call_closes_fractional_longs_and_shorts_and_skips_flat_symbols() -> None:
+    """Liquidation orders sell what is long and buy back what is short, half shares
+    included, and a symbol held at zero (listed first) does not stop the rest."""
+    snap = account(100, positions={"A": 0, "B": "0.5", "C": "-0.5"}, prices={})
+    orders = SimBroker.open(FREE).margin_call("s.py", snap, T0)
+    assert [(o.symbol, o.side, o.quantity) for o in orders] == [
+        ("B", Side.SELL, Decimal("0.5")),
+        ("C", Side.BUY, Decimal("0.5")),
+    ]
+    assert all(o.liquidation for o in orders)
+
+
+def test_a_bar_with_room_for_one_share_fills_one() -> None:
+    """Volume 10 at 10% participation leaves room for exactly one share on the bar."""
+    broker = working("commission=none,slippage=0,participation=0.1", order("buy", 5))
+    assert fill_one(broker, bar(1, 100.0, volume=10)).quantity == 1
+
+
+def test_a_slippage_that_rounds_a_sell_to_nothing_keeps_the_exact_price() -> None:
+    """A sell slipped below the price step (1 - 99.9999 %) is not rounded to 0: it keeps
+    the exact slipped price, within the bar's range."""
+    broker = working("commission=none,slippage=9999.99", order("sell", 1))
+    [fill] = broker.on_bar(bar(1, 1.0, high=1.0, low=1e-9))
+    assert fill.price == Decimal("1.0") * (1 - Decimal("9999.99") / 10000)
