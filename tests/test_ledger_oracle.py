@@ -222,3 +222,40 @@ def test_a_flip_closes_the_trade_and_opens_the_rest_at_the_fill_price() -> None:
     assert [t.pnl for t in ledger.trades] == [Decimal(-103)]
     assert ledger.quantity("AAA") == -5 and ledger.holdings["AAA"].avg_price == 90
     assert ledger.cash == CASH - 1000 - 1 + 1350 - 2
+
+
+def test_a_flip_to_exactly_one_share_keeps_its_trade_open_time() -> None:
+    """Long 10, sell 11: a short of exactly one share opens at the flip; buying it back
+    closes a second trade that began at the flip (and the same for a long of one)."""
+    ledger = Portfolio("s", CASH)
+    fee = Decimal(0)
+    ledger.apply(_fill(0, "AAA", True, Decimal(10), Decimal(100), fee))
+    ledger.apply(_fill(1, "AAA", False, Decimal(11), Decimal(100), fee))
+    ledger.apply(_fill(2, "AAA", True, Decimal(2), Decimal(100), fee))
+    ledger.apply(_fill(3, "AAA", False, Decimal(1), Decimal(100), fee))
+    assert [(t.opened, t.closed) for t in ledger.trades] == [
+        (T0, T0 + timedelta(minutes=1)),
+        (T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)),
+        (T0 + timedelta(minutes=2), T0 + timedelta(minutes=3)),
+    ]
+
+
+def test_positions_list_what_is_held_and_what_was_realised() -> None:
+    """The stored positions show an open holding with nothing realised yet, and a
+    closed-out symbol with its realised P&L."""
+    ledger = Portfolio("s", CASH)
+    ledger.apply(_fill(0, "AAA", True, Decimal(10), Decimal(100), Decimal(0)))
+    ledger.apply(_fill(1, "BBB", True, Decimal(1), Decimal(50), Decimal(0)))
+    ledger.apply(_fill(2, "BBB", False, Decimal(1), Decimal(60), Decimal(0)))
+    assert [(p.symbol, p.quantity, p.realized) for p in ledger.positions()] == [
+        ("AAA", 10, 0),
+        ("BBB", 0, 10),
+    ]
+
+
+def test_a_snapshot_asked_about_a_symbol_without_a_price_leaves_it_out() -> None:
+    """An order's symbol with no price yet is simply not marked (the broker then says
+    it cannot check buying power); nothing raises."""
+    ledger = Portfolio("s", CASH)
+    snap = ledger.snapshot({}, also=("ZZZ",))
+    assert snap.prices == {} and snap.equity == CASH
