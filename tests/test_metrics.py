@@ -963,3 +963,17 @@ def test_a_boolean_starting_equity_is_refused() -> None:
     """True is an int to Python, not an amount of money."""
     with pytest.raises(ValueError, match="starting_equity must be a number"):
         compute_metrics(daily([100, 101]), (), 0, 2, True)
+
+
+def test_drawdowns_of_a_small_account_and_of_one_that_starts_under_water() -> None:
+    """An account worth less than 1 still has drawdowns (0.5 -> 0.25 is -50 %); a series
+    that starts at or below zero is measured from its first positive peak."""
+    assert [v for _, v in drawdown_series(daily([0.5, 0.25]))] == [0.0, -0.5]
+    m = compute_metrics(daily([-5, -10, 0, 10, 5]), (), 0, 5, 100.0)
+    assert m["max_drawdown"] == 0.5
+
+
+def test_a_negative_starting_equity_is_refused() -> None:
+    """Returns need a positive start."""
+    with pytest.raises(ValueError, match="starting_equity must be finite and positive"):
+        compute_metrics(daily([100, 101]), (), 0, 2, -5.0)
