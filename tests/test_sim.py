@@ -1548,3 +1548,30 @@ def test_a_slippage_that_rounds_a_sell_to_nothing_keeps_the_exact_price() -> Non
     broker = working("commission=none,slippage=9999.99", order("sell", 1))
     [fill] = broker.on_bar(bar(1, 1.0, high=1.0, low=1e-9))
     assert fill.price == Decimal("1.0") * (1 - Decimal("9999.99") / 10000)
+
+
+def test_working_orders_are_valued_at_the_highest_of_their_prices() -> None:
+    """A buy limit at 150 then one at 120: whatever fills may cost up to 150 a share, so
+    with 1,000 of equity (1,500 at 1.5x) 10 shares fit and an 11th does not, even
+    though the later limit is lower."""
+    broker = SimBroker.open(FREE)
+    snap = account(1000)
+    assert broker.submit(order("buy", 5, type="limit", limit="150"), snap) is None
+    assert broker.submit(order("buy", 5, type="limit", limit="120"), snap) is None
+    assert broker.submit(order("buy", 1), snap) is not None
+
+
+def test_a_fractional_short_elsewhere_frees_no_long_capacity() -> None:
+    """Short half a share of Y: it adds nothing to the long side, and takes nothing
+    off it either (a buy of X worth 1,520 is over the 1,500 limit of equity 1,000)."""
+    snap = account(1000, positions={"Y": "-0.5"}, prices={"X": 100, "Y": 100})
+    assert SimBroker.open(FREE).submit(order("buy", "15.2"), snap) is not None
+    assert SimBroker.open(FREE).submit(order("buy", 15), snap) is None
+
+
+def test_cancelling_a_later_order_leaves_the_earlier_one() -> None:
+    """cancel(id) matches the id exactly, not the first order of the symbol."""
+    first, second = order("buy", 5), order("buy", 7)
+    broker = working(FREE, first, second)
+    assert broker.cancel(second.client_order_id) is second
+    assert [f.quantity for f in broker.on_bar(bar(1, 100.0))] == [5]
