@@ -1575,3 +1575,32 @@ def test_cancelling_a_later_order_leaves_the_earlier_one() -> None:
     broker = working(FREE, first, second)
     assert broker.cancel(second.client_order_id) is second
     assert [f.quantity for f in broker.on_bar(bar(1, 100.0))] == [5]
+
+
+def test_an_account_worth_less_than_one_can_still_buy_within_its_limit() -> None:
+    """Equity of 1 allows 1.5 of long exposure: a hundredth of a share at 100 fits."""
+    assert SimBroker.open(FREE).submit(order("buy", "0.01"), account(1)) is None
+
+
+def test_a_fractional_long_elsewhere_frees_no_short_capacity() -> None:
+    """Long half a share of Y takes nothing off the short side: a short sale of X worth
+    2,020 is over the 2,000 limit of equity 1,000."""
+    snap = account(1000, positions={"Y": "0.5"}, prices={"X": 100, "Y": 100})
+    assert SimBroker.open(FREE).submit(order("sell", "20.2"), snap) is not None
+    assert SimBroker.open(FREE).submit(order("sell", 20), snap) is None
+
+
+def test_a_new_limit_below_a_working_one_is_valued_at_the_higher() -> None:
+    """Working: buy 5 at a limit of 150. A new buy limit of 120 for 6 more is valued at
+    150 too (either may fill up to its price): 1,650 is over 1,500."""
+    broker = SimBroker.open(FREE)
+    snap = account(1000)
+    assert broker.submit(order("buy", 5, type="limit", limit="150"), snap) is None
+    assert broker.submit(order("buy", 6, type="limit", limit="120"), snap) is not None
+
+
+def test_a_zero_commission_rate_is_allowed() -> None:
+    """bps:0 and per-share:0:0 mean no commission, not a mistake."""
+    for spec in ("commission=bps:0", "commission=per-share:0:0"):
+        broker = working(spec + ",slippage=0", order("buy", 10))
+        assert fill_one(broker, bar(1, 100.0)).commission == 0
