@@ -246,8 +246,10 @@ class Engine:
         # The buy-and-hold benchmark: the run's cash split equally over its symbols,
         # each slice bought at that symbol's first close and held; one value per
         # timestamp, like the equity curves.
+        # The value is kept up to date as prices move (like the strategies' float
+        # mirrors), so a timestamp only appends it.
         self._bench_slice = float(config.cash) / max(len(config.symbols), 1)
-        self._bench_cash = float(config.cash)
+        self._bench_value = float(config.cash)
         self._bench_units: dict[str, float] = {}
         self._bench: list[float] = []
         self._current: datetime | None = None  # the timestamp whose bars are being handled
@@ -375,6 +377,7 @@ class Engine:
         waiting = self._waiting
         last = self._last
         margin = self._margin
+        bench_units = self._bench_units
         progress = self.progress
         halt_file = self.config.halt_file
         current = self._current
@@ -410,6 +413,9 @@ class Engine:
                 last[symbol] = close
                 if previous is not None and (previous != close or gapped):
                     move = close - previous
+                    bench = bench_units.get(symbol)
+                    if bench:
+                        self._bench_value += bench * move
                     for slot in slots:
                         quantity = slot.portfolio.quantities_f.get(symbol)
                         if quantity:
@@ -445,13 +451,14 @@ class Engine:
         """Every bar of ``ts`` is processed: one equity point (and exposure) per strategy,
         and the benchmark's value."""
         self._ts.append(ts)
-        last, units = self._last, self._bench_units
-        if len(units) < len(last):
-            for symbol, price in last.items():
+        units = self._bench_units
+        if len(units) < len(self._last):
+            # A symbol's first close: its slice of the cash buys it there (the value
+            # does not change), and its moves count from now on.
+            for symbol, price in self._last.items():
                 if symbol not in units and symbol in self.config.symbols and price > 0:
                     units[symbol] = self._bench_slice / price
-                    self._bench_cash -= self._bench_slice
-        self._bench.append(self._bench_cash + sum(u * last[s] for s, u in units.items()))
+        self._bench.append(self._bench_value)
         for slot in self._slots:
             slot.values.append(slot.equity_f)
             if slot.portfolio.quantities_f:
@@ -966,6 +973,9 @@ class Engine:
         if previous is None or previous == price:
             return False
         move = price - previous
+        bench = self._bench_units.get(symbol)
+        if bench:
+            self._bench_value += bench * move
         for slot in self._slots:
             quantity = slot.portfolio.quantities_f.get(symbol)
             if quantity:

@@ -442,19 +442,28 @@ def period_returns(
     (the starting equity for the first): ``end / previous_end - 1``.  A period that
     starts at equity ``<= 0`` has ``None``.  Periods without a point are absent.
     """
+    months: dict[tuple[int, int], float] = {}  # (year, month) -> its last value
+    for ts, value in zip(timestamps, values, strict=True):
+        months[ts.year, ts.month] = value  # later points overwrite: the last one stays
     out: dict[str, float | None] = {}
-    for width in (7, 4):  # "YYYY-MM", then "YYYY"
-        previous = float(starting_equity)
-        key: str | None = None
-        last = previous
-        for ts, value in zip(timestamps, values, strict=True):
-            period = ts.strftime("%Y-%m-%d")[:width]
-            if key is not None and period != key:
-                out[key] = last / previous - 1.0 if previous > 0 else None
-                previous = last
-            key, last = period, value
-        if key is not None:
-            out[key] = last / previous - 1.0 if previous > 0 else None
+    previous_month = previous_year = float(starting_equity)
+    year_end: float | None = None
+    current_year: int | None = None
+    for (year, month), value in months.items():  # in time order (dicts keep insertion)
+        out[f"{year:04d}-{month:02d}"] = (
+            value / previous_month - 1.0 if previous_month > 0 else None
+        )
+        previous_month = value
+        if current_year is not None and year != current_year:
+            assert year_end is not None
+            out[f"{current_year:04d}"] = (
+                year_end / previous_year - 1.0 if previous_year > 0 else None
+            )
+            previous_year = year_end
+        current_year, year_end = year, value
+    if current_year is not None:
+        assert year_end is not None
+        out[f"{current_year:04d}"] = year_end / previous_year - 1.0 if previous_year > 0 else None
     return out
 
 
@@ -484,19 +493,21 @@ def benchmark_comparison(
     out["benchmark_return"] = held
     if values and starting_equity > 0:
         out["excess_return"] = values[-1] / starting_equity - 1.0 - held
-    pairs = [
-        (values[i] / values[i - 1] - 1.0, benchmark[i] / benchmark[i - 1] - 1.0)
-        for i in range(1, len(values))
-        if values[i - 1] > 0 and benchmark[i - 1] > 0
-    ]
-    if len(pairs) < 2:
+    strategy = np.asarray(values, dtype=float)
+    bench = np.asarray(benchmark, dtype=float)
+    usable = (strategy[:-1] > 0) & (bench[:-1] > 0)
+    if int(usable.sum()) < 2:
         return out
-    n = len(pairs)
-    mean_s = math.fsum(p[0] for p in pairs) / n
-    mean_b = math.fsum(p[1] for p in pairs) / n
-    cov = math.fsum((s - mean_s) * (b - mean_b) for s, b in pairs) / (n - 1)
-    var_s = math.fsum((s - mean_s) ** 2 for s, _ in pairs) / (n - 1)
-    var_b = math.fsum((b - mean_b) ** 2 for _, b in pairs) / (n - 1)
+    with np.errstate(all="ignore"):
+        s = strategy[1:][usable] / strategy[:-1][usable] - 1.0
+        b = bench[1:][usable] / bench[:-1][usable] - 1.0
+    if not (np.isfinite(s).all() and np.isfinite(b).all()):
+        return out
+    n = len(s)
+    ds, db = s - s.mean(), b - b.mean()
+    cov = float(np.dot(ds, db)) / (n - 1)
+    var_s = float(np.dot(ds, ds)) / (n - 1)
+    var_b = float(np.dot(db, db)) / (n - 1)
     if var_b > _ZERO_STDEV**2:
         out["beta"] = cov / var_b
         if var_s > _ZERO_STDEV**2:

@@ -11,7 +11,8 @@ After every bar:
 * the ledger's float mirrors (equity, gross exposure) are within 1e-9 (relative) of
   the exact Decimal ledger;
 * nothing has filled on the bar its order was asked on;
-* every margin call ends: a liquidation order is filled by the next bar of its symbol.
+* every margin call ends: a liquidation order is filled by the next bar of its symbol;
+* the buy-and-hold benchmark equals its direct computation.
 
 At the end, the fills the simulator reported, replayed through the independent
 reference ledger, give the positions and cash the engine holds.
@@ -147,6 +148,18 @@ class EngineMachine(RuleBasedStateMachine):
                 continue
             exact = float(slot.portfolio.equity(marks))
             assert abs(slot.equity_f - exact) <= 1e-9 * max(1.0, abs(exact))
+
+    @invariant()
+    def the_benchmark_is_buy_and_hold_of_what_was_seen(self) -> None:
+        """The benchmark, kept up to date as prices move, is the cash not yet invested
+        plus every bought slice at its last price."""
+        if not hasattr(self, "engine"):
+            return
+        engine = self.engine
+        units = engine._bench_units
+        direct = float(CASH) - engine._bench_slice * len(units)
+        direct += sum(held * engine._last[s] for s, held in units.items())
+        assert abs(engine._bench_value - direct) <= 1e-9 * abs(direct)
 
     @invariant()
     def nothing_fills_on_its_own_bar(self) -> None:
