@@ -22,7 +22,7 @@ import attrs
 
 from ._engine import Engine, EngineConfig, ExceptionPolicy, OrderLimits, RunResult
 from ._environment import read_config
-from ._errors import BastionError, ConfigError
+from ._errors import BastionError, ConfigError, printable
 from ._fsutil import ExclusiveLock, LockHeld
 from ._host import Launcher, in_process
 from ._kernel import Kernel
@@ -440,8 +440,10 @@ def prepare_backtest(
                 if isinstance(outcome, Refusal):
                     kernel.strategy_refused(outcome)
                     raise ConfigError(
-                        f"strategy {outcome.name} is not verified "
-                        f"({outcome.status}: {outcome.reason})"
+                        printable(
+                            f"strategy {outcome.name} is not verified "
+                            f"({outcome.status}: {outcome.reason})"
+                        )
                     )
                 kernel.strategy_loaded(outcome)
         else:
