@@ -141,6 +141,22 @@ _TEXT: Final[dict[enum.Enum, str]] = {
 }
 
 
+def _fill_from_row(row: Sequence[Any]) -> Fill:
+    """A stored fill (the columns of :data:`_FILL_READ`) as the exact Fill it was."""
+    cid, symbol, side, quantity, price, commission, ts, exec_id, broker_order_id = row
+    return Fill(
+        order_id=cid,
+        symbol=symbol,
+        side=Side(side),
+        quantity=Decimal(quantity),
+        price=Decimal(price),
+        commission=Decimal(commission),
+        ts=_parse_ts(ts),
+        exec_id=exec_id,
+        broker_order_id=broker_order_id,
+    )
+
+
 def _dec(value: Decimal | None) -> str | None:
     return None if value is None else _num(value)
 
@@ -164,6 +180,10 @@ _FILL_COLUMNS_V1 = (
 # Schema 2: the broker's execution id (unique: one execution is stored once, across runs)
 # and its order id, so a restart can tell which of the broker's executions are stored.
 _FILL_COLUMNS = f"{_FILL_COLUMNS_V1}, exec_id, broker_order_id"
+# What reading a fill back needs, in the order _fill_from_row takes it.
+_FILL_READ = (
+    "client_order_id, symbol, side, quantity, price, commission, ts, exec_id, broker_order_id"
+)
 _ORDER_INSERT_SQL = f"INSERT INTO orders ({_ORDER_COLUMNS}, updated) VALUES ({', '.join('?' * 18)})"  # noqa: S608
 _FILL_INSERT_SQL = f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES (NULL, {', '.join('?' * 13)})"  # noqa: S608
 _ORDER_STATUS_AT = 14  # index of status (then reason, filled) in a buffered order row
@@ -1267,41 +1287,14 @@ class SQLiteStore:
 
     def book(self, kind: str) -> list[tuple[str, Fill]]:
         """Every fill of the runs of ``kind``, oldest first, with its strategy."""
+        columns = ", ".join(f"f.{c}" for c in _FILL_READ.split(", "))
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT f.strategy, f.client_order_id, f.symbol, f.side, f.quantity, f.price, "
-                "f.commission, f.ts, f.exec_id, f.broker_order_id FROM fills f "
+                f"SELECT f.strategy, {columns} FROM fills f "  # noqa: S608
                 "JOIN runs r ON r.run_id = f.run_id WHERE r.kind = ? ORDER BY f.ts, f.id",
                 (kind,),
             ).fetchall()
-        return [
-            (
-                str(strategy),
-                Fill(
-                    order_id=cid,
-                    symbol=symbol,
-                    side=Side(side),
-                    quantity=Decimal(quantity),
-                    price=Decimal(price),
-                    commission=Decimal(commission),
-                    ts=_parse_ts(ts),
-                    exec_id=exec_id,
-                    broker_order_id=broker_order_id,
-                ),
-            )
-            for (
-                strategy,
-                cid,
-                symbol,
-                side,
-                quantity,
-                price,
-                commission,
-                ts,
-                exec_id,
-                broker_order_id,
-            ) in rows
-        ]
+        return [(str(row[0]), _fill_from_row(row[1:])) for row in rows]
 
     # ----------------------------------------------------------------- results
 
@@ -1504,37 +1497,12 @@ class SQLiteStore:
         orders = conn.execute(
             "SELECT count(*) FROM orders WHERE run_id = ? AND strategy = ?", key
         ).fetchone()[0]
-        fills = conn.execute(
-            "SELECT count(*) FROM fills WHERE run_id = ? AND strategy = ?", key
-        ).fetchone()[0]
-        rejected = conn.execute(
-            "SELECT count(*) FROM orders WHERE run_id = ? AND strategy = ? AND status = ?",
-            (*key, OrderStatus.REJECTED.value),
-        ).fetchone()[0]
-        last_rejection = conn.execute(
-            "SELECT reason FROM orders WHERE run_id = ? AND strategy = ? AND status = ? "
-            "ORDER BY created DESC, client_order_id DESC LIMIT 1",
-            (*key, OrderStatus.REJECTED.value),
-        ).fetchone()
         executions = [
-            Fill(
-                order_id=cid,
-                symbol=symbol,
-                side=Side(side),
-                quantity=Decimal(quantity),
-                price=Decimal(price),
-                commission=Decimal(commission),
-                ts=_parse_ts(ts),
-                exec_id=exec_id,
-                broker_order_id=broker_order_id,
-            )
-            for cid, symbol, side, quantity, price, commission, ts, exec_id, broker_order_id in (
-                conn.execute(
-                    "SELECT client_order_id, symbol, side, quantity, price, commission, ts, "
-                    "exec_id, broker_order_id FROM fills WHERE run_id = ? AND strategy = ? "
-                    "ORDER BY id",
-                    key,
-                )
+            _fill_from_row(row)
+            for row in conn.execute(
+                f"SELECT {_FILL_READ} FROM fills WHERE run_id = ? AND strategy = ? "  # noqa: S608
+                "ORDER BY id",
+                key,
             )
         ]
         rejections = [
@@ -1569,10 +1537,10 @@ class SQLiteStore:
             equity=equity,
             positions=positions,
             orders=int(orders),
-            fills=int(fills),
+            fills=len(executions),
             quarantined=quarantined,
-            rejected=int(rejected),
-            last_rejection=None if last_rejection is None else last_rejection[0],
+            rejected=len(rejections),
+            last_rejection=rejections[-1].reason if rejections else None,
             executions=executions,
             rejections=rejections,
             period_returns=period_returns,
