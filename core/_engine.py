@@ -281,10 +281,11 @@ class Engine:
     # -- events ------------------------------------------------------------------------
     #
     # The engine is driven by events: bars, the broker's fills and order updates, and
-    # timer ticks, each handed to :meth:`handle` (or its typed twins) by a driver.  The
-    # backtest driver is :meth:`run` (bars from an iterator, the simulator's fills
-    # from ``on_bar``); paper and live runs use ``bastion._live.drive``, which feeds
-    # the same events as they arrive.  Both go through the same code.
+    # timer ticks, each handed to :meth:`handle` by a driver.  The backtest driver is
+    # :meth:`run`: it hands the whole iterator of bars to :meth:`on_bars` (the
+    # simulator's fills come out of each bar); paper and live runs use
+    # ``bastion._live.drive``, which hands each event to :meth:`handle` as it arrives.
+    # Both go through the same code.
 
     def run(self, bars: Iterable[Bar]) -> RunResult:
         """The backtest driver: every bar of ``bars``, in order."""
@@ -331,7 +332,7 @@ class Engine:
     def handle(self, event: Bar | Fill | OrderUpdate | Tick) -> None:
         """One event: a bar, a fill or order update the broker pushed, or a timer tick."""
         if type(event) is Bar:
-            self.on_bar(event)
+            self.on_bars((event,))
         elif type(event) is Tick:
             self.on_tick(event.ts)
         else:
@@ -364,13 +365,10 @@ class Engine:
         self._broker_update(update, ts)
         self._refresh()
 
-    def on_bar(self, bar: Bar) -> None:
-        """One bar: fills it allows (simulator), marks, margin, then every strategy."""
-        self.on_bars((bar,))
-
     def on_bars(self, bars: Iterable[Bar]) -> None:
-        """Bars in time order, each handled as :meth:`on_bar` does (the backtest driver
-        hands over its whole iterator: the loop keeps its state in locals)."""
+        """Bars in time order, each: the fills it allows (simulator), marks, margin, then
+        every strategy.  The backtest driver hands over its whole iterator (the loop keeps
+        its state in locals); :meth:`handle` hands over one bar."""
         slots = self._slots
         active = self._running
         broker = self.broker

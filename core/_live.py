@@ -11,11 +11,11 @@ sources of events instead, each on its own clock:
 * time: a tick every ``tick`` seconds, so the operator's halt file is seen and a
   broker's delayed news are asked for even when no bar comes.
 
-This driver runs on asyncio in the calling thread and hands every event to the same
-engine methods a backtest uses (:meth:`~bastion._engine.Engine.on_bars`,
-``on_broker``, ``on_tick``), one at a time: broker news first, then bars, then the
-tick.  The engine itself does no waiting.  The run ends when the source ends (the
-operator's stop event ends it) or fails with the source's error.
+This driver runs on asyncio in the calling thread and hands every event, one at a
+time, to :meth:`~bastion._engine.Engine.handle`, which runs the same code a backtest
+does: broker news first, then bars, then the tick.  The engine itself does no
+waiting.  The run ends when the source ends (the operator's stop event ends it) or
+fails with the source's error.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from ._engine import Engine, RunResult
+from ._engine import Engine, RunResult, Tick
 from .models import Bar
 
 __all__ = ["drive"]
@@ -84,16 +84,16 @@ async def _drive(engine: Engine, bars: Iterator[Bar], stop: threading.Event, tic
             wake.clear()
             if poll is not None:
                 for update in poll():
-                    engine.on_broker(update)
+                    engine.handle(update)
             while arrived:
-                engine.on_bars((arrived.popleft(),))
+                engine.handle(arrived.popleft())
             if ended:
                 if ended[0] is not None:
                     raise ended[0]
                 return
             if loop.time() >= next_tick:
                 next_tick = loop.time() + tick
-                engine.on_tick(datetime.now(UTC))
+                engine.handle(Tick(datetime.now(UTC)))
     finally:
         if callable(listen):
             listen(lambda: None)

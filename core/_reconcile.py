@@ -213,7 +213,7 @@ def reconcile(
         )
     log = get_logger("trades", run_id=run_id)
     live = isinstance(broker, ReconcilingBroker)
-    state = broker.state() if isinstance(broker, ReconcilingBroker) else None
+    state = broker.state() if live else None  # type: ignore[attr-defined]
     known = store.execution_ids()
     blocks = Blocks(data_dir / BLOCKS_FILE)
     settled: list[str] = []
