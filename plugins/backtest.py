@@ -147,7 +147,7 @@ def backtest_command(
     Each strategy runs in its own locked-down worker process ('bastion sandbox'
     shows the layers) unless --in-process is given.
     """
-    from bastion.plugins.reports import render_report, summary_table
+    from bastion.plugins.reports import render_report, strategy_summary, summary_table
 
     _check_out(out)
     if out is not None and not report:
@@ -222,21 +222,7 @@ def backtest_command(
                 "store": store.location,
                 "report": str(report_path) if report_path else None,
                 "aggregate": _aggregate(run),
-                "strategies": [
-                    {
-                        "name": s.record.name,
-                        "sha256": s.record.sha256,
-                        "signer": s.record.signer,
-                        "params": dict(s.record.params),
-                        "metrics": dict(s.metrics),
-                        "orders": s.orders,
-                        "fills": s.fills,
-                        "rejected": s.rejected,
-                        "last_rejection": s.last_rejection,
-                        "quarantined": s.quarantined,
-                    }
-                    for s in run.strategies
-                ],
+                "strategies": [strategy_summary(s) for s in run.strategies],
             }
         )
         _fail_if_all_quarantined(run, quiet=True)

@@ -51,7 +51,14 @@ from bastion._trades import RoundTrip, round_trips
 from bastion._version import __version__
 from bastion.interfaces import RunData, StrategyRunData
 
-__all__ = ["HTML_NAME", "PNG_NAME", "render_report", "report_data", "summary_table"]
+__all__ = [
+    "HTML_NAME",
+    "PNG_NAME",
+    "render_report",
+    "report_data",
+    "strategy_summary",
+    "summary_table",
+]
 
 PNG_NAME = "equity.png"
 HTML_NAME = "report.html"
@@ -662,25 +669,29 @@ def _trades_part(strategy: StrategyRunData) -> str:
     )
 
 
-def _costs(strategy: StrategyRunData) -> dict[str, Decimal | float | None]:
-    commission = sum((f.commission for f in strategy.executions), Decimal(0))
-    traded = sum((f.quantity * f.price for f in strategy.executions), Decimal(0))
-    start = _number(strategy.metrics.get("start_equity"))
-    return {
-        "commission": commission,
-        "traded_value": traded,
-        "turnover": float(traded) / start if start else None,
-    }
+@attrs.frozen
+class _Costs:
+    commission: Decimal  # paid over the run
+    traded_value: Decimal  # quantity times price, summed over every fill
+    turnover: float | None  # traded value over the start equity
+
+    @classmethod
+    def of(cls, strategy: StrategyRunData) -> _Costs:
+        traded = sum((f.quantity * f.price for f in strategy.executions), Decimal(0))
+        start = _number(strategy.metrics.get("start_equity"))
+        return cls(
+            commission=sum((f.commission for f in strategy.executions), Decimal(0)),
+            traded_value=traded,
+            turnover=float(traded) / start if start else None,
+        )
 
 
 def _costs_part(strategy: StrategyRunData) -> str:
-    costs = _costs(strategy)
-    commission, traded = costs["commission"], costs["traded_value"]
-    assert isinstance(commission, Decimal) and isinstance(traded, Decimal)
+    costs = _Costs.of(strategy)
     rows = [
-        ("Commission paid", _e(_amount(commission))),
-        ("Value traded", _e(_amount(traded))),
-        ("Turnover (value traded / start equity)", _e(_ratio(costs["turnover"])) + " times"),
+        ("Commission paid", _e(_amount(costs.commission))),
+        ("Value traded", _e(_amount(costs.traded_value))),
+        ("Turnover (value traded / start equity)", _e(_ratio(costs.turnover)) + " times"),
     ]
     return (
         f"<h3>Costs and turnover</h3>{_kv_table(rows)}"
@@ -737,43 +748,59 @@ def report_data(run: RunData) -> dict[str, Any]:
         "finished": run.row.finished.isoformat() if run.row.finished else None,
         "config": dict(run.info.config),
         "benchmark": [[ts.isoformat(), value] for ts, value in run.benchmark],
-        "strategies": [
+        "strategies": [_strategy_json(s) for s in run.strategies],
+    }
+
+
+def strategy_summary(strategy: StrategyRunData) -> dict[str, Any]:
+    """One strategy's identity and totals as JSON-ready data (``bastion backtest --json``
+    and, with everything else the report shows, ``bastion report --json``)."""
+    return {
+        "name": strategy.record.name,
+        "sha256": strategy.record.sha256,
+        "signer": strategy.record.signer,
+        "params": dict(strategy.record.params),
+        "metrics": dict(strategy.metrics),
+        "orders": strategy.orders,
+        "fills": strategy.fills,
+        "rejected": strategy.rejected,
+        "last_rejection": strategy.last_rejection,
+        "quarantined": strategy.quarantined,
+    }
+
+
+def _strategy_json(strategy: StrategyRunData) -> dict[str, Any]:
+    costs = _Costs.of(strategy)
+    return {
+        **strategy_summary(strategy),
+        "open_positions": [
             {
-                "name": s.record.name,
-                "sha256": s.record.sha256,
-                "signer": s.record.signer,
-                "params": dict(s.record.params),
-                "metrics": dict(s.metrics),
-                "quarantined": s.quarantined,
-                "orders": s.orders,
-                "fills": s.fills,
-                "open_positions": [
-                    {
-                        "symbol": p.symbol,
-                        "quantity": str(p.quantity),
-                        "avg_price": str(p.avg_price),
-                        "mark": None if p.mark is None else str(p.mark),
-                        "unrealized": None if p.unrealized is None else str(p.unrealized),
-                        "realized": str(p.realized),
-                    }
-                    for p in s.positions
-                    if p.quantity
-                ],
-                "period_returns": dict(s.period_returns),
-                "closed_trades": [_trip_json(t) for t in round_trips(s.executions)],
-                "costs": {k: str(v) if isinstance(v, Decimal) else v for k, v in _costs(s).items()},
-                "rejected_orders": [
-                    {
-                        "created": r.created.isoformat(),
-                        "symbol": r.symbol,
-                        "side": r.side,
-                        "quantity": str(r.quantity),
-                        "reason": r.reason,
-                    }
-                    for r in s.rejections
-                ],
+                "symbol": p.symbol,
+                "quantity": str(p.quantity),
+                "avg_price": str(p.avg_price),
+                "mark": None if p.mark is None else str(p.mark),
+                "unrealized": None if p.unrealized is None else str(p.unrealized),
+                "realized": str(p.realized),
             }
-            for s in run.strategies
+            for p in strategy.positions
+            if p.quantity
+        ],
+        "period_returns": dict(strategy.period_returns),
+        "closed_trades": [_trip_json(t) for t in round_trips(strategy.executions)],
+        "costs": {
+            "commission": str(costs.commission),
+            "traded_value": str(costs.traded_value),
+            "turnover": costs.turnover,
+        },
+        "rejected_orders": [
+            {
+                "created": r.created.isoformat(),
+                "symbol": r.symbol,
+                "side": r.side,
+                "quantity": str(r.quantity),
+                "reason": r.reason,
+            }
+            for r in strategy.rejections
         ],
     }
 
