@@ -401,12 +401,7 @@ def test_a_paper_run_end_to_end(ws: WS, fake: FakeTWS) -> None:
     trades = (logs / "trades.jsonl").read_text()
     assert "order_submitted" in trades and "order_filled" in trades
     assert "warm-up" in trades  # the warm-up bars' orders were ignored
-    verify = subprocess.run(
-        [str(Path(sys.executable).with_name("bastion")), "audit", "verify", "--env", "paper",
-         "--home", str(ws.home)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert verify.returncode == 0, verify.stderr
+    _audit_verifies(ws)
 
 
 def test_signal_only_sends_nothing(ws: WS, fake: FakeTWS) -> None:
@@ -464,6 +459,34 @@ def test_live_needs_an_approval_and_refuses_the_example_key(ws: WS, cli: Any) ->
     assert r.exit_code != 0 and "the live environment refuses it: drop --in-process" in r.stderr
 
 
+def _audit_verifies(ws: WS) -> None:
+    verify = subprocess.run(
+        [str(Path(sys.executable).with_name("bastion")), "audit", "verify", "--env", "paper",
+         "--home", str(ws.home)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stderr
+
+
+def _kill_9_with_an_order_working(ws: WS, fake: FakeTWS) -> None:
+    """Start 'bastion run' with orders that never fill, feed bars until the strategy's
+    order reaches the gateway, then SIGKILL the kernel."""
+    fake.set_fill_policy(never_fill)
+    proc = _run(ws, fake.port)
+    try:
+        assert fake.wait_for(lambda: "reqRealTimeBars" in fake.requests, timeout=30), proc
+        for _ in range(8):
+            _feed(fake, 1)
+            if fake.orders:
+                break
+        assert fake.wait_for(lambda: bool(fake.orders), timeout=5)
+        time.sleep(0.3)  # let the kernel store what the gateway answered
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
 def _statuses(ws: WS) -> list[str]:
     conn = _db(ws)
     try:
@@ -478,20 +501,7 @@ def test_kill_9_then_restart_settles_every_order_once(ws: WS, fake: FakeTWS) -> 
     (with IBKR's execution id), the killed run ends 'interrupted', the strategy starts
     holding its 10 shares (so it does not buy again), nothing is sent twice, and the
     audit chain verifies."""
-    fake.set_fill_policy(never_fill)
-    proc = _run(ws, fake.port)
-    try:
-        assert fake.wait_for(lambda: "reqRealTimeBars" in fake.requests, timeout=30), proc
-        for _ in range(8):
-            _feed(fake, 1)
-            if fake.orders:
-                break
-        assert fake.wait_for(lambda: bool(fake.orders), timeout=5)
-        time.sleep(0.3)
-    finally:
-        proc.kill()
-        proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    _kill_9_with_an_order_working(ws, fake)
     assert _statuses(ws) == ["running"]
     [placed] = fake.orders
     fake.fill(placed.order_id, 10, 100.25)
@@ -517,30 +527,14 @@ def test_kill_9_then_restart_settles_every_order_once(ws: WS, fake: FakeTWS) -> 
         assert conn.execute("SELECT quantity, price FROM fills").fetchall() == [("10", "100.25")]
     finally:
         conn.close()
-    verify = subprocess.run(
-        [str(Path(sys.executable).with_name("bastion")), "audit", "verify", "--env", "paper",
-         "--home", str(ws.home)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert verify.returncode == 0, verify.stderr
+    _audit_verifies(ws)
 
 
 def test_kill_9_with_an_order_working_cancels_it_at_restart(ws: WS, fake: FakeTWS) -> None:
     """Killed with its order still working and unfilled: the restart cancels that order
     at IBKR (no run follows it any more) before trading; the strategy, holding nothing,
     orders afresh under a new client order id."""
-    fake.set_fill_policy(never_fill)
-    proc = _run(ws, fake.port)
-    try:
-        assert fake.wait_for(lambda: "reqRealTimeBars" in fake.requests, timeout=30), proc
-        for _ in range(8):
-            _feed(fake, 1)
-            if fake.orders:
-                break
-        assert fake.wait_for(lambda: bool(fake.orders), timeout=5)
-    finally:
-        proc.kill()
-        proc.communicate(timeout=30)
+    _kill_9_with_an_order_working(ws, fake)
     [first] = fake.orders
     fake.set_fill_policy(ibkr_fills_market_orders)
 

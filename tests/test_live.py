@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bastion import Kernel
+from bastion import Kernel, Strategy
 from bastion._engine import Engine, EngineConfig
 from bastion._live import drive
 from bastion._sandbox import SandboxConfig, sandboxed
@@ -59,6 +60,30 @@ def _count(db: Path, sql: str) -> int:
         conn.close()
 
 
+def _paper_engine(
+    strategy: Strategy, broker: Any, store: SQLiteStore, stop: threading.Event, **config: Any
+) -> Engine:
+    """A paper run of ``strategy`` in ``store``, begun and ready for the live driver."""
+    store.begin_run(
+        RunInfo(RUN, "paper", "paper", datetime.now(UTC), "test", {}),
+        [StrategyRecord(strategy.name, strategy.info.sha256, None, None, None, False, {})],
+    )
+    return Engine(
+        Kernel(entry_points=False),
+        broker,
+        store,
+        [(strategy, {})],
+        EngineConfig(
+            run_id=RUN,
+            environment="paper",
+            cash=Decimal(100000),
+            symbols=frozenset({"AAPL"}),
+            stop=stop,
+            **config,
+        ),
+    )
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeTWS]:
     with FakeTWS() as gateway:
@@ -77,6 +102,7 @@ def test_fills_and_the_halt_file_are_handled_between_bars(ws: WS, fake: FakeTWS)
     ws.write("buy_once.py", BUY_ONCE)
     ws.sign("buy_once.py")
     strategy = ws.admit("buy_once.py")
+    assert isinstance(strategy, Strategy), strategy
     data = ws.workspace.ensure_data_dir()
     db = data / "bastion.db"
     halt = data / "HALT"
@@ -97,25 +123,7 @@ def test_fills_and_the_halt_file_are_handled_between_bars(ws: WS, fake: FakeTWS)
         stop.set()
 
     try:
-        store.begin_run(
-            RunInfo(RUN, "paper", "paper", start, "test", {}),
-            [StrategyRecord("buy_once.py", strategy.info.sha256, None, None, None, False, {})],
-        )
-        engine = Engine(
-            Kernel(entry_points=False),
-            broker,
-            store,
-            [(strategy, {})],
-            EngineConfig(
-                run_id=RUN,
-                environment="paper",
-                cash=Decimal(100000),
-                symbols=frozenset({"AAPL"}),
-                log_trades=True,
-                stop=stop,
-                halt_file=halt,
-            ),
-        )
+        engine = _paper_engine(strategy, broker, store, stop, log_trades=True, halt_file=halt)
         result = drive(engine, bars(), stop, tick=0.2)
         store.finish_run(RUN, "completed", None)
     finally:
@@ -135,6 +143,7 @@ def test_a_failing_source_fails_the_run_with_its_error(ws: WS, fake: FakeTWS) ->
     ws.write("buy_once.py", BUY_ONCE)
     ws.sign("buy_once.py")
     strategy = ws.admit("buy_once.py")
+    assert isinstance(strategy, Strategy), strategy
     data = ws.workspace.ensure_data_dir()
     store = SQLiteStore.open(data)
     broker = ibkr.broker_factory("", context=context(fake.port))
@@ -145,23 +154,7 @@ def test_a_failing_source_fails_the_run_with_its_error(ws: WS, fake: FakeTWS) ->
         raise RuntimeError("the feed broke")
 
     try:
-        store.begin_run(
-            RunInfo(RUN, "paper", "paper", datetime.now(UTC), "test", {}),
-            [StrategyRecord("buy_once.py", strategy.info.sha256, None, None, None, False, {})],
-        )
-        engine = Engine(
-            Kernel(entry_points=False),
-            broker,
-            store,
-            [(strategy, {})],
-            EngineConfig(
-                run_id=RUN,
-                environment="paper",
-                cash=Decimal(100000),
-                symbols=frozenset({"AAPL"}),
-                stop=stop,
-            ),
-        )
+        engine = _paper_engine(strategy, broker, store, stop)
         with pytest.raises(RuntimeError, match="the feed broke"):
             drive(engine, bars(), stop, tick=0.2)
     finally:
