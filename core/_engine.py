@@ -251,6 +251,7 @@ class Engine:
         self._bench_slice = float(config.cash) / max(len(config.symbols), 1)
         self._bench_value = float(config.cash)
         self._bench_units: dict[str, float] = {}
+        self._bench_seen = 0  # how many priced symbols the benchmark has looked at
         self._bench: list[float] = []
         self._current: datetime | None = None  # the timestamp whose bars are being handled
         self._count = 0  # bars handled
@@ -449,13 +450,14 @@ class Engine:
         """Every bar of ``ts`` is processed: one equity point (and exposure) per strategy,
         and the benchmark's value."""
         self._ts.append(ts)
-        units = self._bench_units
-        if len(units) < len(self._last):
+        if len(self._last) != self._bench_seen:
             # A symbol's first close: its slice of the cash buys it there (the value
             # does not change), and its moves count from now on.
+            units = self._bench_units
             for symbol, price in self._last.items():
                 if symbol not in units and symbol in self.config.symbols and price > 0:
                     units[symbol] = self._bench_slice / price
+            self._bench_seen = len(self._last)
         self._bench.append(self._bench_value)
         for slot in self._slots:
             slot.values.append(slot.equity_f)
