@@ -128,6 +128,8 @@ def trust_list(app: App, as_json: bool) -> None:
         }
         for kid, info in store.revoked.items()
     ]
+    # People look keys up by name; ids are random, so ordering by them reads as shuffled.
+    rows.sort(key=lambda r: (r["status"] != "trusted", str(r["name"]).casefold(), r["key_id"]))
     if as_json:
         _emit_json(rows)
         return
@@ -256,7 +258,7 @@ def strategies_command(app: App, as_json: bool) -> None:
     rows = [_row(o) for o in outcomes]
     rows += [
         {"file": path.name, "path": str(path), "status": "ignored", "reason": why}
-        for path, why in app.gate().ignored()
+        for path, why in app.gate(strict=True).ignored()  # strict: warn about unsigned once
     ]
     if as_json:
         _emit_json(rows)

@@ -66,6 +66,26 @@ def test_trust_list_and_revoke(cli: CLI, signed_ws: WS) -> None:
     assert r.exit_code == 1 and "revoked" in r.stderr
 
 
+def test_trust_list_orders_keys_by_status_then_name(cli: CLI, signed_ws: WS) -> None:
+    """Keys are listed trusted first, then by name: random ids must not shuffle the list."""
+    ws = signed_ws
+    for name in ("zed", "Bob", "amy"):
+        ws.key(name)
+    bob = next(
+        r["key_id"]
+        for r in json.loads(cli("trust", "list", "--json", "--home", ws.home).stdout)
+        if r["name"] == "Bob"
+    )
+    assert cli("trust", "revoke", bob, "--home", ws.home).exit_code == 0
+    rows = json.loads(cli("trust", "list", "--json", "--home", ws.home).stdout)
+    assert [(r["status"], r["name"]) for r in rows] == [
+        ("trusted", "alice"),
+        ("trusted", "amy"),
+        ("trusted", "zed"),
+        ("revoked", "Bob"),
+    ]
+
+
 # ------------------------------------------------------------------ verify / strategies
 
 
@@ -123,7 +143,7 @@ def test_allow_unsigned_in_development_is_loud(cli: CLI, ws: WS) -> None:
     r = cli("strategies", "--json", "--allow-unsigned", "--home", ws.home)
     assert r.exit_code == 0
     assert json.loads(r.stdout)[0]["status"] == "loaded-unsigned"
-    assert "WARNING" in r.stderr
+    assert r.stderr.count("WARNING") == 1  # loud, once
     log = (ws.home / ".bastion" / "development" / "logs" / "system.jsonl").read_text()
     assert "unsigned_strategy_loaded" in log
 
