@@ -135,7 +135,8 @@ class CsvSource:
         last = max(bars[-1].ts for bars in series.values())
         count = len(series)
         description = (
-            f"csv:{path} ({count} symbol{'s' if count != 1 else ''}, "
+            f"csv:{'sample' if path == SAMPLE_DATA else path} "
+            f"({count} symbol{'s' if count != 1 else ''}, "
             f"{first.date().isoformat()}..{last.date().isoformat()})"
         )
         return cls(series, description)
