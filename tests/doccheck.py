@@ -22,7 +22,13 @@ Directives are HTML comments at the start of a line, invisible on the rendered p
   (it must exit 0; ``$REPO`` is the repository);
 * ``<!-- doccheck: after DOC -->`` at the top: the document continues DOC's session;
 * ``<!-- doccheck: vary REGEX -->``: from here on, text matching REGEX may differ (a
-  digest over something that holds a time, say).
+  digest over something that holds a time, say);
+* ``<!-- doccheck: probe COMMAND -->``: run a command the reader does not see, whose
+  output only backs figures quoted in the prose (next paragraph).
+
+Figures quoted in a checked page's prose (amounts with two decimals, 10.00 and up, such
+as an end equity) must each appear in some real output of that page's session: a
+figure no command printed is an error.
 
 Paths under ``/tmp/`` that a document uses are removed before its session and after
 it, under a lock, so the quoted paths are the real ones (table widths depend on them).
@@ -105,6 +111,22 @@ class Doc:
     after: str | None
     steps: tuple[Step, ...]
     skipped: tuple[tuple[int, str], ...]
+    #: Amounts quoted in the prose (outside code blocks and comments), with their line.
+    figures: tuple[tuple[int, str], ...] = ()
+
+
+_FIGURE = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})*\.\d{2}(?![\d,]|\.\d)")
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
+
+
+def _prose_figures(text: str) -> tuple[tuple[int, str], ...]:
+    blank = lambda m: re.sub(r"[^\n]", " ", m[0])  # noqa: E731 - keep line numbers
+    prose = _COMMENT.sub(blank, _FENCE.sub(blank, text))
+    return tuple(
+        (_line_of(prose, m.start()), m[0])
+        for m in _FIGURE.finditer(prose)
+        if float(m[0].replace(",", "")) >= 10
+    )
 
 
 def _line_of(text: str, offset: int) -> int:
@@ -157,8 +179,8 @@ def parse(path: Path) -> Doc:
             verb, arg = m["verb"], m["arg"]
             if verb == "after":
                 after = arg
-            elif verb == "vary":
-                steps.append(Step("vary", line, text=arg))
+            elif verb in ("vary", "probe"):
+                steps.append(Step(verb, line, text=arg))
             elif verb == "run":  # a long set-up may be wrapped over several lines
                 steps.append(Step("run", line, text=" ".join(s.strip() for s in arg.splitlines())))
             elif verb in ("skip", "file"):
@@ -186,7 +208,7 @@ def parse(path: Path) -> Doc:
         steps.append(Step("commands", line, commands, span=span, indent=indent))
     if pending is not None:
         raise ValueError(f"{path}: 'doccheck: {pending[0]}' is not followed by a block")
-    return Doc(path, after, tuple(steps), tuple(skipped))
+    return Doc(path, after, tuple(steps), tuple(skipped), _prose_figures(text))
 
 
 class Mismatch(AssertionError):
@@ -375,6 +397,7 @@ def check(doc_path: Path, update: bool = False) -> list[str]:
     with _scratch(docs) as (home, _):
         shell = Shell(home, _environment(home))  # never the repository: documents write files
         bindings = Bindings()
+        printed: list[str] = []
         try:
             for d in docs:
                 rel = d.path.relative_to(REPO)
@@ -382,6 +405,12 @@ def check(doc_path: Path, update: bool = False) -> list[str]:
                     where = f"{rel}:{step.line}"
                     if step.kind == "vary":
                         bindings.vary.append(re.compile(step.text))
+                    elif step.kind == "probe":
+                        status, out = shell.run(step.text)
+                        if status:
+                            raise Mismatch(f"{where}: probe '{step.text}' exited {status}:\n{out}")
+                        if d is target:
+                            printed.append(out)
                     elif step.kind == "run":
                         status, out = shell.run(step.text)
                         if status:
@@ -397,6 +426,8 @@ def check(doc_path: Path, update: bool = False) -> list[str]:
                         block: list[str] = []
                         for cmd in step.commands:
                             status, out = shell.run(bindings.command(cmd.text))
+                            if d is target:
+                                printed.append(out)
                             real = [line.rstrip() for line in out.splitlines()]
                             while real and not real[-1]:
                                 real.pop()
@@ -414,6 +445,14 @@ def check(doc_path: Path, update: bool = False) -> list[str]:
                             edits.append((step.span, "\n".join(lines) + "\n"))
         finally:
             shell.close()
+    if any(s.kind == "commands" for s in target.steps):
+        everything = "\n".join(printed)
+        rel = target.path.relative_to(REPO)
+        problems += [
+            f"{rel}:{line}: the figure {figure} is quoted in the text but no command printed it"
+            for line, figure in target.figures
+            if figure not in everything
+        ]
     if update and edits:
         text = target.path.read_text(encoding="utf-8")
         for (start, end), new in sorted(edits, reverse=True):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from . import doccheck
-from .doccheck import REPO, Bindings, parse, parse_transcript
+from .doccheck import REPO, Bindings, _prose_figures, parse, parse_transcript
 
 
 @pytest.mark.parametrize("doc", doccheck.documents(), ids=lambda p: str(p.relative_to(REPO)))
@@ -80,3 +80,15 @@ def test_an_ellipsis_line_stands_for_any_lines() -> None:
     assert b.match(["first", "...", "last"], ["first", "last"])
     assert not b.match(["first", "...", "last"], ["first", "x", "lost"])
     assert not b.match(["a...b"], ["a", "b"])
+
+
+def test_prose_figures_are_the_amounts_outside_code_and_comments() -> None:
+    """Amounts of 10.00 and up in the prose are checked; code blocks, comments and small
+    numbers (a leverage of 0.50, Python 3.11) are not."""
+    text = (
+        "Ends at 95,846.43 (Python 3.11, leverage 0.50), costs 362.57.\n"
+        "```console\n$ x\n111,145.26\n```\n"
+        "<!-- doccheck: probe echo 12.34 -->\n"
+        "version 1.2.34 and 10.00.\n"
+    )
+    assert _prose_figures(text) == ((1, "95,846.43"), (1, "362.57"), (7, "10.00"))
