@@ -212,8 +212,8 @@ def reconcile(
             f"{kind} runs need one that can (--storage sqlite)"
         )
     log = get_logger("trades", run_id=run_id)
-    live = isinstance(broker, ReconcilingBroker)
-    state = broker.state() if live else None  # type: ignore[attr-defined]
+    state = broker.state() if isinstance(broker, ReconcilingBroker) else None
+    live = state is not None
     known = store.execution_ids()
     blocks = Blocks(data_dir / BLOCKS_FILE)
     settled: list[str] = []

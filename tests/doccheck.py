@@ -40,6 +40,7 @@ output of) documents by hand; tests/test_docs.py runs the check in the suite.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import os
 import re
@@ -95,7 +96,7 @@ class Command:
 class Step:
     """What a document asks the session to do, in order."""
 
-    kind: str  # "commands" | "file" | "run"
+    kind: str  # "commands" | "file" | "run" | "probe" | "vary"
     line: int
     commands: tuple[Command, ...] = ()
     path: str = ""
@@ -319,7 +320,7 @@ class Shell:
         pattern = re.compile(rb"\n" + re.escape(self.marker.encode()) + rb" (\d+)\n")
         while not (m := pattern.search(self.buffer)):
             left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
+            if left <= 0:
                 raise Mismatch(f"command did not finish within {timeout:.0f}s: {command}")
             ready, _, _ = select.select([self.proc.stdout], [], [], left)
             if ready:
@@ -348,7 +349,8 @@ def chain(doc: Path) -> list[Doc]:
 
 
 @contextmanager
-def _scratch(docs: list[Doc]) -> Iterator[tuple[Path, list[Path]]]:
+def _scratch(docs: list[Doc]) -> Iterator[Path]:
+    """A throw-away HOME, with the /tmp paths the documents use cleared before and after."""
     roots = set()
     for d in docs:
         for step in d.steps:
@@ -364,7 +366,7 @@ def _scratch(docs: list[Doc]) -> Iterator[tuple[Path, list[Path]]]:
         try:
             for p in paths:
                 shutil.rmtree(p, ignore_errors=True)
-            yield home, paths
+            yield home
         finally:
             for p in [*paths, home]:
                 shutil.rmtree(p, ignore_errors=True)
@@ -394,7 +396,7 @@ def check(doc_path: Path, update: bool = False) -> list[str]:
     target = docs[-1]
     problems: list[str] = []
     edits: list[tuple[tuple[int, int], str]] = []
-    with _scratch(docs) as (home, _):
+    with _scratch(docs) as home:
         shell = Shell(home, _environment(home))  # never the repository: documents write files
         bindings = Bindings()
         printed: list[str] = []
@@ -405,16 +407,13 @@ def check(doc_path: Path, update: bool = False) -> list[str]:
                     where = f"{rel}:{step.line}"
                     if step.kind == "vary":
                         bindings.vary.append(re.compile(step.text))
-                    elif step.kind == "probe":
+                    elif step.kind in ("run", "probe"):
                         status, out = shell.run(step.text)
                         if status:
-                            raise Mismatch(f"{where}: probe '{step.text}' exited {status}:\n{out}")
-                        if d is target:
+                            what = f"{where}: {step.kind} '{step.text}'"
+                            raise Mismatch(f"{what} exited {status}:\n{out}")
+                        if step.kind == "probe" and d is target:
                             printed.append(out)
-                    elif step.kind == "run":
-                        status, out = shell.run(step.text)
-                        if status:
-                            raise Mismatch(f"{where}: set-up '{step.text}' exited {status}:\n{out}")
                     elif step.kind == "file":
                         status, out = shell.run(
                             f"mkdir -p \"$(dirname '{step.path}')\" && "
@@ -462,8 +461,6 @@ def check(doc_path: Path, update: bool = False) -> list[str]:
 
 
 def _describe(rel: Path, cmd: Command, real: list[str], status: int) -> str:
-    import difflib
-
     if not cmd.expected:
         return f"{rel}:{cmd.line}: '$ {cmd.text}' exited {status}:\n" + "\n".join(real)
     diff = difflib.unified_diff(list(cmd.expected), real, "quoted", "real", lineterm="", n=2)
