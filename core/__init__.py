@@ -16,11 +16,25 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
+#: The plugin API's version: ``MAJOR.MINOR``.  A minor release only adds; a major
+#: one may remove or change what the public modules offer (docs/extend/versioning.md).
+#: A plugin may declare the major version it was written for as a module (or object)
+#: attribute ``BASTION_API = 1``; the kernel refuses one written for another.
+API_VERSION = "1.0"
+
 if TYPE_CHECKING:
     import pluggy
 
     from ._environment import Environment
-    from ._errors import BastionError, ConfigError, FormatError, PluginError, TrustError
+    from ._errors import (
+        BastionError,
+        ConfigError,
+        FormatError,
+        PluginError,
+        TrustError,
+        one_line,
+        printable,
+    )
     from ._kernel import BUILTIN_PLUGINS, Kernel, PluginInfo
     from ._loader import Gate, Refusal, Status, Strategy, StrategyInfo
     from ._workspace import Workspace
@@ -28,6 +42,7 @@ if TYPE_CHECKING:
     hookimpl: pluggy.HookimplMarker
 
 __all__ = [
+    "API_VERSION",
     "BUILTIN_PLUGINS",
     "BastionError",
     "ConfigError",
@@ -45,6 +60,8 @@ __all__ = [
     "Workspace",
     "__version__",
     "hookimpl",
+    "one_line",
+    "printable",
 ]
 
 _LAZY = {
@@ -63,6 +80,8 @@ _LAZY = {
     "StrategyInfo": "._loader",
     "TrustError": "._errors",
     "Workspace": "._workspace",
+    "one_line": "._errors",
+    "printable": "._errors",
 }
 
 

@@ -51,6 +51,8 @@ MAX_CASH = Decimal(10) ** 15  # equity is also kept as a float; far from where t
 
 
 def parse_cash(text: str) -> Decimal:
+    """Starting cash from ``--cash`` text (``100000``, ``100_000``, ``100,000``); a
+    one-line :class:`ConfigError` when it is not a positive amount in range."""
     try:
         cash = Decimal(text.replace(",", "").replace("_", ""))
     except InvalidOperation:
@@ -87,6 +89,9 @@ def parse_date(text: str, option: str, *, end: bool = False) -> datetime:
 
 @attrs.frozen
 class BacktestRequest:
+    """What to run: strategy names, ``--source``/``--broker``/``--storage`` specs, cash,
+    dates, parameters and mode, exactly as the command line took them."""
+
     strategies: tuple[str, ...] = ()
     source: str = "csv:sample"
     broker: str = "sim"

@@ -33,6 +33,9 @@ ALLOW_UNSIGNED_VAR = "BASTION_ALLOW_UNSIGNED"
 
 
 class Environment(enum.StrEnum):
+    """Where a run happens: ``development``, ``paper`` or ``live``; each has its own data
+    directory, broker ports, client ids and order limits."""
+
     DEVELOPMENT = "development"
     PAPER = "paper"
     LIVE = "live"

@@ -53,6 +53,7 @@ def atomic_write_many(items: Iterable[tuple[Path, bytes]], mode: int = 0o644) ->
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` all at once (a temporary file, fsynced, renamed)."""
     atomic_write_many([(path, data)], mode)
 
 
@@ -85,6 +86,8 @@ class ExclusiveLock:
 
 
 class LockHeld(Exception):
+    """An :class:`ExclusiveLock` is held by another process (``path``, ``holder``)."""
+
     def __init__(self, path: Path, holder: str) -> None:
         super().__init__(f"{path} is held by process {holder}")
         self.path = path

@@ -38,6 +38,7 @@ PASSPHRASE_ENV = "BASTION_KEY_PASSPHRASE"  # noqa: S105 - a variable name, not a
 
 
 def is_example_key(key_id: str) -> bool:
+    """Whether ``key_id`` is the bundled example key (public: never for live trading)."""
     return key_id in EXAMPLE_KEY_IDS
 
 

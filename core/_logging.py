@@ -65,6 +65,7 @@ def _compress(source: str, dest: str) -> None:
 
 
 def stream_file(logs_dir: Path, stream: str) -> Path:
+    """The JSON-lines file of log ``stream`` (one of :data:`STREAMS`) in ``logs_dir``."""
     return logs_dir / f"{stream}.jsonl"
 
 

@@ -34,6 +34,9 @@ DEFAULT_VALIDITY = timedelta(days=90)
 
 @attrs.frozen
 class SignResult:
+    """What :func:`sign_strategies` did: each file signed with its SHA-256, and the
+    whitelist version and expiry it wrote."""
+
     signed: tuple[tuple[str, str], ...]  # (file name, sha256)
     whitelist_version: int
     expires: datetime

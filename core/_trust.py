@@ -59,10 +59,12 @@ CLOCK_SKEW = timedelta(minutes=5)
 
 
 def sha256_hex(data: bytes) -> str:
+    """The SHA-256 of ``data`` as 64 lowercase hex digits (how strategies are named)."""
     return hashlib.sha256(data).hexdigest()
 
 
 def format_time(moment: datetime) -> str:
+    """``moment`` as UTC ``YYYY-MM-DDTHH:MM:SSZ``, as signatures and listings show it."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -138,6 +140,8 @@ def check_trusted_comment(
 
 @attrs.frozen
 class TrustedKey:
+    """A public key this workspace trusts: the key, its name and its file."""
+
     public: PublicKey
     name: str
     path: Path
@@ -162,6 +166,8 @@ class KeyProblem:
 
 @attrs.frozen
 class TrustStore:
+    """The workspace's trusted keys (``signatures/trusted/``) and revoked key ids."""
+
     directory: Path
     keys: Mapping[str, TrustedKey]
     revoked: Mapping[str, Mapping[str, str]]

@@ -4,6 +4,11 @@ Every command takes ``--home DIR`` (the workspace; default the current
 directory), ``--env`` and ``--allow-unsigned`` through :func:`workspace_options`,
 which third-party commands can use too.  A :class:`~bastion.BastionError` is
 printed as one line on stderr with a non-zero exit code, never a traceback.
+
+Public API for command plugins (``register_commands``): what ``__all__`` lists —
+:class:`App` (the workspace, environment and kernel a command runs in, passed by
+:func:`pass_app`), :func:`workspace_options`, :func:`admit_all` and the two rich
+consoles.  Everything else here is private.
 """
 
 from __future__ import annotations
@@ -21,17 +26,26 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import hookspecs
+from . import API_VERSION
 from ._environment import Detected, Environment, allow_unsigned_requested, detect
 from ._errors import BastionError, ConfigError
 from ._kernel import Kernel
 from ._loader import Gate, Refusal, Strategy
 from ._logging import configure_logging
+from ._reference import api_markdown, api_reference, hook_markdown, hook_reference
 from ._settings import EnvironmentSettings, environment_settings, masked
 from ._version import __version__
 from ._workspace import Workspace
 
-__all__ = ["App", "console", "err_console", "main", "pass_app", "workspace_options"]
+__all__ = [
+    "App",
+    "admit_all",
+    "console",
+    "err_console",
+    "main",
+    "pass_app",
+    "workspace_options",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -121,6 +135,7 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
+pass_app.__doc__ = """Decorate a command to receive the :class:`App` as its first argument."""
 
 
 def workspace_options(func: F) -> F:
@@ -342,6 +357,24 @@ def build_cli(kernel: Kernel) -> click.Group:
         if missing:
             raise SystemExit(1)
 
+    @cli.command("api")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @click.option("--markdown", is_flag=True, help="The reference page docs/reference/api.md.")
+    def api_command(as_json: bool, markdown: bool) -> None:
+        """List the public modules a plugin may import from, and what each offers."""
+        rows = api_reference()
+        if as_json:
+            _print_json({"api_version": API_VERSION, "modules": rows})
+        elif markdown:
+            click.echo(api_markdown(rows), nl=False)
+        else:
+            table = Table(title=f"Bastion plugin API {API_VERSION}")
+            for column in ("module", "names"):
+                table.add_column(column, overflow="fold")
+            for row in rows:
+                table.add_row(row["module"], ", ".join(n["name"] for n in row["names"]))
+            console.print(table)
+
     @cli.command("hooks")
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     @click.option("--markdown", is_flag=True, help="The reference page docs/reference/hooks.md.")
@@ -363,68 +396,6 @@ def build_cli(kernel: Kernel) -> click.Group:
 
     kernel.add_commands(cli)
     return cli
-
-
-def hook_reference() -> list[dict[str, Any]]:
-    """Each hook in :mod:`bastion.hookspecs` with its project, arguments and docstring."""
-    import inspect
-
-    rows = []
-    for name, func in inspect.getmembers(hookspecs, inspect.isfunction):
-        for project in ("bastion", "bastion.strategy"):
-            opts = getattr(func, f"{project}_spec", None)
-            if opts is None:
-                continue
-            doc = inspect.getdoc(func) or ""
-            rows.append(
-                {
-                    "project": project,
-                    "name": name,
-                    "arguments": list(inspect.signature(func).parameters),
-                    "firstresult": bool(opts.get("firstresult")),
-                    "summary": doc.splitlines()[0] if doc else "",
-                    "doc": doc,
-                    "line": inspect.getsourcelines(func)[1],
-                }
-            )
-    return sorted(rows, key=lambda r: (r["project"] != "bastion", r["line"]))
-
-
-_PROJECT_INTRO = {
-    "bastion": (
-        "Kernel hooks (project `bastion`)",
-        "Implemented by built-in plugins and by packages in the `bastion` entry-point group, "
-        "with `@bastion.hookimpl`.",
-    ),
-    "bastion.strategy": (
-        "Strategy hooks (project `bastion.strategy`)",
-        "Implemented by strategy files with `@strategy.hook` (`from bastion import strategy`). "
-        "Names and arguments are validated when the file is admitted; a misspelt hook is "
-        "refused as `bad-interface`.",
-    ),
-}
-
-
-def hook_markdown(rows: list[dict[str, Any]]) -> str:
-    """Render the hook reference page from the hookspec docstrings."""
-    out = [
-        "# Hook reference",
-        "",
-        "Generated from `bastion/hookspecs.py` (core/hookspecs.py) by "
-        "`bastion hooks --markdown > docs/reference/hooks.md`. Do not edit by hand: "
-        "a test fails when this page and the docstrings disagree.",
-        "",
-        "A hook implementation may accept any subset of the arguments, by name.",
-        "",
-    ]
-    for project, (title, intro) in _PROJECT_INTRO.items():
-        out += [f"## {title}", "", intro, ""]
-        for row in (r for r in rows if r["project"] == project):
-            out += [f"### `{row['name']}({', '.join(row['arguments'])})`", ""]
-            if row["firstresult"]:
-                out += ["*firstresult*: the first non-`None` result ends the call.", ""]
-            out += [row["doc"], ""]
-    return "\n".join(out)
 
 
 def admit_all(

@@ -20,6 +20,28 @@ from typing import Any
 
 import pluggy
 
+__all__ = [
+    "check_order",
+    "fill_event",
+    "get_secret",
+    "hookspec",
+    "on_bar",
+    "on_fill",
+    "on_reject",
+    "on_start",
+    "on_stop",
+    "order_event",
+    "register_brokers",
+    "register_commands",
+    "register_sources",
+    "register_storages",
+    "shutdown",
+    "startup",
+    "strategy_loaded",
+    "strategy_refused",
+    "strategy_spec",
+]
+
 hookspec = pluggy.HookspecMarker("bastion")
 strategy_spec = pluggy.HookspecMarker("bastion.strategy")
 

@@ -29,6 +29,7 @@ __all__ = [
     "PushingBroker",
     "ReconcilingBroker",
     "ReconcilingStore",
+    "RejectedOrder",
     "RunData",
     "RunInfo",
     "RunRow",
@@ -322,6 +323,9 @@ class StrategyRunData:
 
 @attrs.frozen
 class RunData:
+    """One stored run read back whole: its row, what it started with, each strategy's
+    results and the buy-and-hold benchmark."""
+
     row: RunRow
     info: RunInfo
     strategies: Sequence[StrategyRunData]
@@ -332,6 +336,9 @@ class RunData:
 
 @attrs.frozen
 class AuditCheck:
+    """The outcome of checking the audit log: ``ok``, how many records, the first broken
+    record's id and why."""
+
     ok: bool
     records: int
     first_broken: int | None  # id of the first record that fails the chain

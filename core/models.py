@@ -74,11 +74,15 @@ def _optional_decimal(value: object) -> Decimal | None:
 
 
 class Side(enum.StrEnum):
+    """``buy`` or ``sell``."""
+
     BUY = "buy"
     SELL = "sell"
 
 
 class OrderType(enum.StrEnum):
+    """``market``, ``limit`` or ``stop``."""
+
     MARKET = "market"
     LIMIT = "limit"
     STOP = "stop"

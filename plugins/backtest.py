@@ -20,10 +20,10 @@ from rich.progress import (
 from rich.table import Table
 
 from bastion import ConfigError, hookimpl
-from bastion._backtest import BacktestRequest, parse_cash, parse_date, prepare_backtest
-from bastion._trust import format_time
 from bastion.cli import App, console, err_console, pass_app, workspace_options
 from bastion.interfaces import RunData, Store
+from bastion.runs import BacktestRequest, parse_cash, parse_date, prepare_backtest
+from bastion.trust import format_time
 
 # The report module pulls in matplotlib (half a second); only commands that
 # render import it, so 'bastion --help' and 'bastion verify' stay quick.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from bastion import hookimpl
-from bastion._logging import get_logger
+from bastion.log import get_logger
 
 
 @hookimpl

@@ -46,9 +46,8 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from bastion import ConfigError, hookimpl
-from bastion._logging import get_logger
-from bastion._settings import masked
 from bastion.interfaces import BrokerOrder, BrokerState, OrderUpdate, select_symbols
+from bastion.log import get_logger, masked
 from bastion.models import AccountSnapshot, Bar, Fill, Order, OrderType, Side
 
 T = TypeVar("T")

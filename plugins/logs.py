@@ -15,8 +15,8 @@ from typing import Any
 import click
 
 from bastion import hookimpl
-from bastion._logging import STREAMS, stream_file
 from bastion.cli import App, console, pass_app, workspace_options
+from bastion.log import STREAMS, stream_file
 
 BACKUPS = 5
 

@@ -13,7 +13,7 @@ chart is left out, the page says "chart not drawn: <reason>" instead, and a
 ``report_chart_not_drawn`` warning is logged.
 
 Both consume :class:`bastion.interfaces.RunData` as a store's ``load_run``
-returns it; metric keys are those of :func:`bastion._metrics.compute_metrics`
+returns it; metric keys are those of :func:`bastion.metrics.compute_metrics`
 (any extra keys a store keeps are shown too, missing ones as "—").
 """
 
@@ -43,13 +43,12 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from bastion._fsutil import atomic_write_many
-from bastion._keys import is_example_key
-from bastion._logging import get_logger
-from bastion._metrics import downsample, drawdown_series
-from bastion._trades import RoundTrip, round_trips
-from bastion._version import __version__
+from bastion import __version__
+from bastion.files import atomic_write_many
 from bastion.interfaces import RunData, StrategyRunData
+from bastion.log import get_logger
+from bastion.metrics import RoundTrip, downsample, drawdown_series, round_trips
+from bastion.trust import is_example_key
 
 __all__ = [
     "HTML_NAME",

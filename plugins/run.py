@@ -18,12 +18,18 @@ from typing import Any
 import click
 
 from bastion import ConfigError, Environment, hookimpl
-from bastion._backtest import BacktestRequest, parse_cash, prepare_backtest
-from bastion._fsutil import atomic_write
-from bastion._reconcile import BLOCKS_FILE, Blocks, Reconciliation
-from bastion._settings import masked
 from bastion.cli import App, console, err_console, pass_app, workspace_options
+from bastion.files import atomic_write
 from bastion.interfaces import PluginContext
+from bastion.log import masked
+from bastion.runs import (
+    BLOCKS_FILE,
+    BacktestRequest,
+    Blocks,
+    Reconciliation,
+    parse_cash,
+    prepare_backtest,
+)
 
 HALT_FILE = "HALT"
 

@@ -15,13 +15,16 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from bastion import hookimpl
-from bastion._errors import printable
-from bastion._keys import generate_key, load_signing_key, resolve_key_path
-from bastion._loader import Refusal, Status, Strategy
-from bastion._signing import sign_strategies
-from bastion._trust import TrustStore, format_time
+from bastion import Refusal, Status, Strategy, hookimpl, printable
 from bastion.cli import App, admit_all, console, err_console, pass_app, workspace_options
+from bastion.trust import (
+    TrustStore,
+    format_time,
+    generate_key,
+    load_signing_key,
+    resolve_key_path,
+    sign_strategies,
+)
 
 KEYS_DIR_VAR = "BASTION_KEYS_DIR"
 

@@ -48,9 +48,7 @@ from typing import Any, Final
 
 import sqlite_utils
 
-from bastion import hookimpl
-from bastion._errors import BastionError, ConfigError, FormatError
-from bastion._version import __version__
+from bastion import BastionError, ConfigError, FormatError, __version__, hookimpl
 from bastion.interfaces import (
     AuditCheck,
     EquityPoint,

@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from bastion import hookspecs
-from bastion.cli import hook_markdown, hook_reference
+from bastion._reference import hook_markdown, hook_reference
 
 from .conftest import REPO
 
