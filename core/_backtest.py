@@ -8,10 +8,10 @@ marks it ``failed`` with the reason; nothing is left ``running``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import secrets
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
@@ -39,7 +39,6 @@ from .interfaces import (
     Source,
     Store,
     StrategyRecord,
-    make_plugin,
 )
 from .models import Bar
 
@@ -155,17 +154,6 @@ def exception_policies(
     return policies
 
 
-def _split(spec: str, what: str, available: Mapping[str, Any]) -> tuple[Any, str]:
-    name, _, rest = spec.partition(":")
-    factory = available.get(name)
-    if factory is None:
-        names = ", ".join(sorted(available)) or "none"
-        raise ConfigError(
-            f"unknown {what} {name!r}; available: {names} ('bastion plugins' lists them)"
-        )
-    return factory, rest
-
-
 def _coerce(value: str, default: object, where: str) -> object:
     """``value`` as the type of the parameter's default (bool, int, float; else text)."""
     try:
@@ -254,7 +242,7 @@ class PreparedBacktest:
     source: Source
     symbols: tuple[str, ...]
     broker: Any
-    store_factory: Callable[..., Store]
+    open_store: Callable[[], Store]
     first_bar: Bar
     bars: Iterator[Bar]
     total: int | None  # bars the run will see, if the source can tell in advance
@@ -324,7 +312,7 @@ class PreparedBacktest:
         ]
         settled = Reconciliation()
         try:
-            store = self.store_factory(self.data_dir)
+            store = self.open_store()
             if request.kind != "backtest":
                 # Before this run exists: earlier runs' orders are settled with the
                 # broker and the book is read; a failure here leaves no new run behind.
@@ -411,11 +399,15 @@ def prepare_backtest(
         raise ConfigError(f"--cash {request.cash}: starting cash must be a positive amount")
     if request.start and request.end and request.start > request.end:
         raise ConfigError("--from is after --to; swap them")
-    source_factory, source_spec = _split(request.source, "source", kernel.sources())
-    broker_factory, broker_spec = _split(request.broker, "broker", kernel.brokers())
-    store_factory, _ = _split(request.storage, "storage", kernel.storages())
     if context is None:
-        context = PluginContext(environment, None, None, False, threading.Event())
+        context = PluginContext(environment, workspace.data_dir)
+    # Unknown or disallowed names fail here, before any strategy is admitted.
+    for what, spec in (
+        ("source", request.source),
+        ("broker", request.broker),
+        ("storage", request.storage),
+    ):
+        kernel.find_offer(what, spec, context.environment)
     config = read_config(workspace.config_file)
     config_name = str(workspace.config_file)
     launcher, sandbox = launcher_for(request.in_process, environment, config, config_name)
@@ -463,7 +455,7 @@ def prepare_backtest(
                 raise ConfigError(
                     f"no verified strategy in {workspace.strategies}; 'bastion strategies' says why"
                 )
-        source = make_plugin(source_factory, source_spec, context)
+        source = kernel.open_source(request.source, context)
         available = source.symbols()
         symbols = request.symbols or available
         missing = [s for s in symbols if s not in available]
@@ -472,7 +464,7 @@ def prepare_backtest(
                 f"symbol {missing[0]!r} is not in {source.description}; "
                 f"it has: {', '.join(available)}"
             )
-        broker = make_plugin(broker_factory, broker_spec, context)
+        broker = kernel.open_broker(request.broker, context)
         params = resolve_params(strategies, request.params, config, config_name)
         limits = _limits(config, environment, config_name)
         exceptions = exception_policies(config, [s.name for s in strategies], config_name)
@@ -498,7 +490,7 @@ def prepare_backtest(
         source=source,
         symbols=tuple(symbols),
         broker=broker,
-        store_factory=store_factory,
+        open_store=functools.partial(kernel.open_store, request.storage, context),
         first_bar=first,
         bars=bars,
         total=total if isinstance(total, int) and total > 0 else None,

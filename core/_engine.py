@@ -258,10 +258,9 @@ class Engine:
         self._started = time.perf_counter()
         self._running: list[tuple[_Slot, Callable[[Bar], None], Callable[[], Reply | None]]] = []
         self._waiting: frozenset[str] = frozenset()
-        hooks = kernel.hook
-        self._order_event = hooks.order_event if hooks.order_event.get_hookimpls() else None
-        self._fill_event = hooks.fill_event if hooks.fill_event.get_hookimpls() else None
-        self._risk = bool(hooks.check_order.get_hookimpls())
+        self._order_event = kernel.notifier("order_event")
+        self._fill_event = kernel.notifier("fill_event")
+        self._risk = kernel.has_risk_checks()
 
     def _carry(self, slot: _Slot, fills: Sequence[Fill]) -> None:
         """Replay a strategy's earlier fills (paper, live) into its ledger: it starts

@@ -49,6 +49,7 @@ def hook_reference() -> list[dict[str, Any]]:
                     "project": project,
                     "name": name,
                     "arguments": list(inspect.signature(func).parameters),
+                    "signature": _typed_signature(name, func),
                     "firstresult": bool(opts.get("firstresult")),
                     "summary": doc.splitlines()[0] if doc else "",
                     "doc": doc,
@@ -89,10 +90,22 @@ def hook_markdown(rows: list[dict[str, Any]]) -> str:
         out += [f"## {title}", "", intro, ""]
         for row in (r for r in rows if r["project"] == project):
             out += [f"### `{row['name']}({', '.join(row['arguments'])})`", ""]
+            out += ["```python", row["signature"], "```", ""]
             if row["firstresult"]:
                 out += ["*firstresult*: the first non-`None` result ends the call.", ""]
             out += [row["doc"], ""]
     return "\n".join(out)
+
+
+def _typed_signature(name: str, func: Any) -> str:
+    """``def name(a: T, ...) -> R`` as written in hookspecs.py (annotations are text there)."""
+    signature = inspect.signature(func)
+    params = ", ".join(
+        f"{p.name}: {p.annotation}" if p.annotation is not p.empty else p.name
+        for p in signature.parameters.values()
+    )
+    returns = signature.return_annotation
+    return f"def {name}({params}) -> {returns}"
 
 
 def _summary(obj: object) -> str:

@@ -426,16 +426,45 @@ def admit_all(
     return outcomes
 
 
+def _configured_disable(args: Sequence[str]) -> list[str]:
+    """The plugins ``[plugins] disable`` lists in the workspace's bastion.toml (the
+    workspace ``--home`` or ``BASTION_HOME`` names, else the current directory): read
+    before any plugin is imported, so a broken one can be switched off there."""
+    from ._environment import read_config
+
+    home = os.environ.get("BASTION_HOME") or "."
+    for i, arg in enumerate(args):
+        if arg == "--home" and i + 1 < len(args):
+            home = args[i + 1]
+        elif arg.startswith("--home="):
+            home = arg.split("=", 1)[1]
+    path = Path(home).expanduser() / "bastion.toml"
+    table = read_config(path).get("plugins", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f'{path}: [plugins] must be a table, e.g. disable = ["name"]')
+    unknown = sorted(set(table) - {"disable"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key plugins.{unknown[0]}; the only key is disable")
+    names = table.get("disable", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(
+            f"{path}: plugins.disable must be a list of plugin names, e.g. "
+            "[\"bastion-acme\"] ('bastion plugins' lists the names)"
+        )
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``bastion`` script."""
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        kernel = Kernel()
+        kernel = Kernel(disable=_configured_disable(args))
     except BastionError as exc:
         err_console.print(f"bastion: error: {exc}", markup=False)
         sys.exit(exc.exit_code)
     cli = build_cli(kernel)
     kernel.startup()
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="bastion")
+        cli.main(args=args, prog_name="bastion")
     finally:
         kernel.shutdown()

@@ -10,15 +10,34 @@ Two pluggy projects live in this module:
   names and arguments are validated against these specs when it is loaded.
 
 A hook implementation may accept any subset of the spec's arguments, by name.
-This module holds specifications only; no behaviour.
+Kernel hooks are called one implementation at a time: a plugin that raises is
+reported with its name and the hook (``bastion: plugin 'x' failed in hook ...``)
+and the kernel carries on without that call; a raising ``check_order`` vetoes the
+order (fail closed), a raising ``get_secret`` passes to the next plugin.  Hook
+wrappers are refused on kernel hooks.  This module holds specifications only; no
+behaviour.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from ._context import StrategyContext
+    from ._environment import Environment
+    from ._kernel import Kernel
+    from ._loader import Refusal, StrategyInfo
+    from .interfaces import Broker, Offer, PluginContext, Source, Store
+    from .models import Bar, Fill, Order, OrderIntent
+
+    BrokerFactory = Callable[[str, PluginContext], Broker]
+    SourceFactory = Callable[[str, PluginContext], Source]
+    StoreFactory = Callable[[str, PluginContext], Store]
 
 __all__ = [
     "check_order",
@@ -51,41 +70,52 @@ strategy_spec = pluggy.HookspecMarker("bastion.strategy")
 
 
 @hookspec
-def register_brokers() -> Mapping[str, Callable[..., Any]] | None:
-    """Offer broker implementations.
+def register_brokers() -> Iterable[Offer[Broker]] | Mapping[str, BrokerFactory] | None:
+    """Offer brokers (``bastion.interfaces.Broker``).
 
-    Called once when the kernel starts.  Return a mapping of broker name
-    (as used by ``--broker NAME``) to a factory; the factory is called with
-    keyword arguments describing the run and returns a broker object.  Return
-    ``None`` to offer nothing.  Results of all plugins are merged; two plugins
-    offering the same name is a load error naming both.
+    Called whenever the kernel looks up a broker (``--broker NAME[:SPEC]``,
+    ``bastion plugins``).  Return :class:`bastion.interfaces.Offer` objects (name,
+    factory, description, options, allowed environments), or the short form, a
+    mapping of name to factory; ``None`` offers nothing.  Every factory is called
+    as ``factory(spec, context)``: ``spec`` is the text after ``NAME:`` (``""``
+    when there is none), ``context`` the :class:`bastion.interfaces.PluginContext`
+    (environment, data directory, settings, secrets, stop event).  Results of all
+    plugins are merged; two plugins offering the same name is an error naming both.
+    A plugin that raises here is reported and its offers are left out.
     """
 
 
 @hookspec
-def register_sources() -> Mapping[str, Callable[..., Any]] | None:
-    """Offer signal sources (market data).
+def register_sources() -> Iterable[Offer[Source]] | Mapping[str, SourceFactory] | None:
+    """Offer signal sources: market data (``bastion.interfaces.Source``).
 
-    Called once when the kernel starts.  Return a mapping of source scheme
-    (the ``csv`` in ``--source csv:PATH``) to a factory that receives the text
-    after the colon and returns a source of ``Bar`` objects in time order.
-    Return ``None`` to offer nothing.  Duplicate names are a load error.
+    Called whenever the kernel looks up a source (``--source NAME[:SPEC]``, e.g.
+    the ``csv`` in ``--source csv:PATH``).  Return
+    :class:`bastion.interfaces.Offer` objects, or a mapping of name to factory;
+    ``None`` offers nothing.  The factory is called as ``factory(spec, context)``
+    and returns a source of ``Bar`` objects in time order, having validated its
+    data.  Duplicate names are an error naming both plugins; a plugin that raises
+    here is reported and its offers are left out.
     """
 
 
 @hookspec
-def register_storages() -> Mapping[str, Callable[..., Any]] | None:
-    """Offer storage back-ends.
+def register_storages() -> Iterable[Offer[Store]] | Mapping[str, StoreFactory] | None:
+    """Offer storage back-ends (``bastion.interfaces.Store``).
 
-    Called once when the kernel starts.  Return a mapping of storage name
-    (``sqlite``, ``postgres`` …) to a factory that receives the workspace's
-    per-environment data directory and returns a store.  Return ``None`` to
-    offer nothing.  Duplicate names are a load error.
+    Called whenever the kernel looks up a storage (``--storage NAME[:SPEC]``:
+    ``sqlite``, ``postgresql://…``).  Return :class:`bastion.interfaces.Offer`
+    objects, or a mapping of name to factory; ``None`` offers nothing.  The
+    factory is called as ``factory(spec, context)``; ``context.data_dir`` is the
+    environment's data directory.  Stores keep rows; the audit chain over them is
+    computed and verified by the kernel (:mod:`bastion.audit`).  Duplicate names
+    are an error naming both plugins; a plugin that raises here is reported and its
+    offers are left out.
     """
 
 
 @hookspec
-def register_commands(cli: Any) -> None:
+def register_commands(cli: click.Group) -> None:
     """Add commands to the ``bastion`` command line.
 
     Called once before the command line is parsed, with the root
@@ -119,7 +149,9 @@ def get_secret(name: str, environment: str) -> str | None:
 
 
 @hookspec(firstresult=True)
-def check_order(intent: Any, strategy: Any, environment: str) -> str | None:
+def check_order(
+    intent: OrderIntent, strategy: StrategyInfo, environment: Environment
+) -> str | None:
     """Veto an order intent before any broker sees it.
 
     Called for every order intent a strategy makes, after the environment's
@@ -131,7 +163,8 @@ def check_order(intent: Any, strategy: Any, environment: str) -> str | None:
     :param intent: the ``bastion.models.OrderIntent``.
     :param strategy: the ``StrategyInfo`` (name, SHA-256, signer key id) of the
         strategy that asked.
-    :param environment: ``"development"``, ``"paper"`` or ``"live"``.
+    :param environment: the ``bastion.Environment`` (a ``str``: ``"development"``,
+        ``"paper"`` or ``"live"``).
     """
 
 
@@ -141,7 +174,7 @@ def check_order(intent: Any, strategy: Any, environment: str) -> str | None:
 
 
 @hookspec
-def startup(kernel: Any) -> None:
+def startup(kernel: Kernel) -> None:
     """The kernel has registered every plugin and is about to do work.
 
     Called once per process, after plugin discovery and before any strategy
@@ -152,7 +185,7 @@ def startup(kernel: Any) -> None:
 
 
 @hookspec
-def shutdown(kernel: Any) -> None:
+def shutdown(kernel: Kernel) -> None:
     """The kernel is stopping; release what ``startup`` acquired.
 
     Called once, also after an error.  Return value ignored.
@@ -162,7 +195,7 @@ def shutdown(kernel: Any) -> None:
 
 
 @hookspec
-def strategy_loaded(strategy: Any) -> None:
+def strategy_loaded(strategy: StrategyInfo) -> None:
     """A strategy file passed every check and was admitted.
 
     Called once per admitted strategy, after its hooks were validated and
@@ -174,7 +207,7 @@ def strategy_loaded(strategy: Any) -> None:
 
 
 @hookspec
-def strategy_refused(refusal: Any) -> None:
+def strategy_refused(refusal: Refusal) -> None:
     """A strategy file was refused at the door.
 
     Called once per refused file with the ``Refusal`` (file, status such as
@@ -189,7 +222,7 @@ def strategy_refused(refusal: Any) -> None:
 
 
 @hookspec
-def order_event(order: Any, status: str, reason: str | None) -> None:
+def order_event(order: Order, status: str, reason: str | None) -> None:
     """An order changed state.
 
     Called when an order is submitted, accepted, rejected (by risk, limits or
@@ -203,7 +236,7 @@ def order_event(order: Any, status: str, reason: str | None) -> None:
 
 
 @hookspec
-def fill_event(fill: Any, strategy: Any) -> None:
+def fill_event(fill: Fill, strategy: StrategyInfo) -> None:
     """A fill was booked to a strategy's portfolio.
 
     Called after the portfolio and the store recorded it, before the
@@ -220,7 +253,7 @@ def fill_event(fill: Any, strategy: Any) -> None:
 
 
 @strategy_spec
-def on_start(ctx: Any) -> None:
+def on_start(ctx: StrategyContext) -> None:
     """The run begins; no market data has been seen yet.
 
     Called once per run, before the first bar.  Return value ignored.
@@ -231,7 +264,7 @@ def on_start(ctx: Any) -> None:
 
 
 @strategy_spec
-def on_bar(ctx: Any, bar: Any) -> None:
+def on_bar(ctx: StrategyContext, bar: Bar) -> None:
     """A new bar closed for a symbol this run trades.
 
     Called once per bar, in time order across symbols.  Orders asked for here
@@ -244,7 +277,7 @@ def on_bar(ctx: Any, bar: Any) -> None:
 
 
 @strategy_spec
-def on_fill(ctx: Any, fill: Any) -> None:
+def on_fill(ctx: StrategyContext, fill: Fill) -> None:
     """One of this strategy's orders was (partly) filled.
 
     Called after the fill is booked, so ``ctx`` already reflects it.
@@ -256,7 +289,7 @@ def on_fill(ctx: Any, fill: Any) -> None:
 
 
 @strategy_spec
-def on_reject(ctx: Any, intent: Any, reason: str) -> None:
+def on_reject(ctx: StrategyContext, intent: OrderIntent, reason: str) -> None:
     """An order intent of this strategy was refused by a limit, a risk check or the broker.
 
     Called once per refused intent, before the next event reaches the
@@ -269,7 +302,7 @@ def on_reject(ctx: Any, intent: Any, reason: str) -> None:
 
 
 @strategy_spec
-def on_stop(ctx: Any) -> None:
+def on_stop(ctx: StrategyContext) -> None:
     """The run ends (data exhausted or the kernel is stopping).
 
     Called once; orders asked for here are not executed.  Return value ignored.

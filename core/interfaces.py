@@ -1,21 +1,27 @@
 """What broker, source and storage plugins must provide (``typing.Protocol``).
 
-Factories for these are offered through the ``register_brokers``,
-``register_sources`` and ``register_storages`` hooks (see
-:mod:`bastion.hookspecs`).  Everything that crosses these interfaces is a
-plain value type from :mod:`bastion.models` or this module.
+Plugins offer them through the ``register_brokers``, ``register_sources`` and
+``register_storages`` hooks (see :mod:`bastion.hookspecs`) as :class:`Offer`
+objects whose factory the kernel calls as ``factory(spec, context)``.  Everything
+that crosses these interfaces is a plain value type from :mod:`bastion.models` or
+this module.  The test suites in :mod:`bastion.testing` check an implementation
+against these contracts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
 from ._errors import ConfigError
+from ._secrets import Secrets
+from ._settings import EnvironmentSettings
 from .models import AccountSnapshot, Bar, Fill, Order, Position
 
 __all__ = [
@@ -23,7 +29,9 @@ __all__ = [
     "Broker",
     "BrokerOrder",
     "BrokerState",
+    "EnvironmentSettings",
     "EquityPoint",
+    "Offer",
     "OrderUpdate",
     "PluginContext",
     "PushingBroker",
@@ -33,12 +41,12 @@ __all__ = [
     "RunData",
     "RunInfo",
     "RunRow",
+    "Secrets",
     "Source",
     "Store",
     "StoredOrder",
     "StrategyRecord",
     "StrategyRunData",
-    "make_plugin",
     "select_symbols",
 ]
 
@@ -68,10 +76,10 @@ def select_symbols(
 
 @runtime_checkable
 class Source(Protocol):
-    """Market data.  A factory ``factory(spec: str) -> Source`` gets the text after
-    ``scheme:`` in ``--source scheme:spec`` and must validate its data *before*
-    returning (raise :class:`bastion.BastionError` with a one-line message naming
-    the file and line), so a run never starts on bad data.
+    """Market data.  Its :class:`Offer`'s factory gets the text after ``scheme:`` in
+    ``--source scheme:spec`` and must validate its data *before* returning (raise
+    :class:`bastion.BastionError` with a one-line message naming the file and line),
+    so a run never starts on bad data.
     """
 
     description: str  # e.g. "csv:/path/to/folder (5 symbols)"
@@ -104,30 +112,67 @@ class Source(Protocol):
 
 @attrs.frozen
 class PluginContext:
-    """What a broker or source factory may be given besides its spec (a factory that has
-    a ``context`` parameter receives it): the environment, its settings (host, ports,
-    client-id range, approved account: ``bastion._settings.EnvironmentSettings``), the
-    secrets lookup, whether this is a paper or live run rather than a backtest, and the
-    event that is set when the operator stops the run."""
+    """Everything a broker, source or storage factory is given besides its spec.
+
+    ``environment`` (``development``, ``paper`` or ``live``) and its data directory
+    (the database, logs and state of that environment); for paper and live runs also
+    the environment's :class:`EnvironmentSettings` (host, ports, client-id range,
+    approved account, each with where it came from) and the :class:`Secrets` lookup
+    (account ids, API keys: never from a strategy, never logged); whether this is a
+    paper or live run rather than a backtest or a read-only command; and the event
+    that is set when the operator stops the run.
+    """
 
     environment: str
-    settings: Any
-    secrets: Any
-    live: bool
-    stop: Any  # threading.Event
+    data_dir: Path
+    settings: EnvironmentSettings | None = None
+    secrets: Secrets | None = None
+    live: bool = False
+    stop: threading.Event = attrs.field(factory=threading.Event)
 
 
-def make_plugin(factory: Any, spec: str, context: PluginContext) -> Any:
-    """Call a broker or source factory: with ``context=`` when it takes one."""
-    import inspect
+_T_co = TypeVar("_T_co", covariant=True)
 
-    try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        parameters = {}  # type: ignore[assignment]
-    if "context" in parameters:
-        return factory(spec, context=context)
-    return factory(spec)
+
+def _environments(value: Iterable[str] | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = (value,)
+    return frozenset(value)
+
+
+@attrs.frozen
+class Offer(Generic[_T_co]):
+    """A broker, source or storage a plugin offers through ``register_brokers``,
+    ``register_sources`` or ``register_storages``.
+
+    The one factory contract, for all three kinds: the kernel calls
+    ``factory(spec, context)`` — ``spec`` is the text after ``NAME:`` in
+    ``--broker NAME:SPEC`` / ``--source NAME:SPEC`` / ``--storage NAME:SPEC``
+    (``""`` when there is none) and ``context`` a :class:`PluginContext` — and the
+    factory returns the object, having validated ``spec`` (a one-line
+    :class:`bastion.ConfigError` naming the value and what to do otherwise).
+
+    ``description`` and ``options`` (what ``SPEC`` may say) are shown by ``bastion
+    plugins``; ``environments``, when given, are the only environments the offer may
+    be used in (``--env``), e.g. ``{"paper", "live"}`` for a broker that needs an
+    account.
+    """
+
+    name: str = attrs.field(validator=attrs.validators.min_len(1))
+    factory: Callable[[str, PluginContext], _T_co]
+    description: str = ""
+    options: str = ""
+    environments: frozenset[str] | None = attrs.field(default=None, converter=_environments)
+
+    def allows(self, environment: str) -> bool:
+        """Whether the offer may be used in ``environment``."""
+        return self.environments is None or str(environment) in self.environments
+
+    def create(self, spec: str, context: PluginContext) -> _T_co:
+        """Call the factory: ``factory(spec, context)``."""
+        return self.factory(spec, context)
 
 
 # --------------------------------------------------------------------------- brokers
@@ -145,8 +190,8 @@ class OrderUpdate:
 
 @runtime_checkable
 class Broker(Protocol):
-    """Executes orders.  A factory ``factory(spec: str) -> Broker`` gets the text after
-    ``name:`` in ``--broker name:spec`` (broker options) and validates it.
+    """Executes orders.  Its :class:`Offer`'s factory gets the text after ``name:`` in
+    ``--broker name:spec`` (broker options) and validates it.
 
     The kernel calls :meth:`submit` for each order that passed the limits and
     risk checks, :meth:`on_bar` for every bar (the simulator fills working
@@ -347,7 +392,9 @@ class AuditCheck:
 
 @runtime_checkable
 class Store(Protocol):
-    """Persistence for runs.  A factory is called as ``factory(data_dir: Path)``.
+    """Persistence for runs.  Its :class:`Offer`'s factory gets the text after ``name:``
+    in ``--storage name:spec`` (e.g. a database URL; ``""`` for the default, a
+    database in ``context.data_dir``).
 
     Order rows are written (``record_order``) before the order is submitted.
     ``audit`` appends to a hash-chained, append-only log.

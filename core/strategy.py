@@ -23,9 +23,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
+from ._context import StrategyContext
 from .models import Bar, Fill, OrderIntent, OrderType, Side
 
-__all__ = ["PROJECT", "Bar", "Fill", "OrderIntent", "OrderType", "Side", "hook"]
+__all__ = [
+    "PROJECT",
+    "Bar",
+    "Fill",
+    "OrderIntent",
+    "OrderType",
+    "Side",
+    "StrategyContext",
+    "hook",
+]
 
 PROJECT = "bastion.strategy"
 MARKER = PROJECT + "_impl"  # the attribute pluggy looks for

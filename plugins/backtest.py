@@ -21,7 +21,7 @@ from rich.table import Table
 
 from bastion import ConfigError, hookimpl
 from bastion.cli import App, console, err_console, pass_app, workspace_options
-from bastion.interfaces import RunData, Store
+from bastion.interfaces import PluginContext, RunData, Store
 from bastion.runs import BacktestRequest, parse_cash, parse_date, prepare_backtest
 from bastion.trust import format_time
 
@@ -40,18 +40,15 @@ def _emit_json(data: object) -> None:
 
 
 def _store(app: App, storage: str) -> Store:
-    factories = app.kernel.storages()
-    factory = factories.get(storage)
-    if factory is None:
-        raise ConfigError(f"unknown storage {storage!r}; available: {', '.join(sorted(factories))}")
     data_dir = app.workspace.data_dir
+    context = PluginContext(str(app.environment), data_dir)
+    app.kernel.find_offer("storage", storage, context.environment)
     if not (data_dir / "bastion.db").exists() and storage == "sqlite":
         raise ConfigError(
             f"no runs stored for the {app.environment} environment yet ({data_dir}); "
             "run 'bastion backtest' first"
         )
-    store: Store = factory(data_dir)
-    return store
+    return app.kernel.open_store(storage, context)
 
 
 def _check_out(out: Path | None) -> None:

@@ -43,7 +43,7 @@ import csv
 import heapq
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, time
 from itertools import islice, pairwise
 from operator import attrgetter
@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Final
 
 from bastion import ConfigError, FormatError, hookimpl
-from bastion.interfaces import select_symbols
+from bastion.interfaces import Offer, select_symbols
 from bastion.models import Bar
 
 __all__ = ["DAILY_CLOSE", "SAMPLE_DATA", "CsvSource", "register_sources"]
@@ -70,8 +70,15 @@ _BAR_KEY: Final = attrgetter("ts", "symbol")
 
 
 @hookimpl
-def register_sources() -> dict[str, Callable[[str], CsvSource]]:
-    return {"csv": CsvSource.open}
+def register_sources() -> list[Offer[CsvSource]]:
+    return [
+        Offer(
+            "csv",
+            lambda spec, context: CsvSource.open(spec),
+            description="bars from CSV files",
+            options="a CSV file, a folder of SYMBOL.csv files, or 'sample' (the bundled data)",
+        )
+    ]
 
 
 class CsvSource:

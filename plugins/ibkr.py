@@ -40,13 +40,20 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from bastion import ConfigError, hookimpl
-from bastion.interfaces import BrokerOrder, BrokerState, OrderUpdate, select_symbols
+from bastion.interfaces import (
+    BrokerOrder,
+    BrokerState,
+    Offer,
+    OrderUpdate,
+    PluginContext,
+    select_symbols,
+)
 from bastion.log import get_logger, masked
 from bastion.models import AccountSnapshot, Bar, Fill, Order, OrderType, Side
 
@@ -319,8 +326,8 @@ def _port(context: Any, via: str) -> int:
     return int(settings.tws_port.value if via == "tws" else settings.gateway_port.value)
 
 
-def _context_required(context: Any, what: str) -> None:
-    if context is None or not getattr(context, "live", False):
+def _context_required(context: PluginContext, what: str) -> None:
+    if not context.live:
         raise ConfigError(
             f"{what} is for paper and live runs ('bastion run --env paper --broker ibkr'); "
             "backtests use --broker sim and a historical --source"
@@ -874,7 +881,7 @@ def _bar_size(text: str) -> tuple[int, str]:
     return found
 
 
-def broker_factory(spec: str, context: Any = None) -> IBKRBroker:
+def broker_factory(spec: str, context: PluginContext) -> IBKRBroker:
     _context_required(context, "--broker ibkr")
     options = _options(spec, ("via", "on_stop"), "--broker ibkr")
     via = options.get("via", "gateway")
@@ -887,7 +894,7 @@ def broker_factory(spec: str, context: Any = None) -> IBKRBroker:
     return IBKRBroker(session, cancel_on_stop=on_stop == "cancel")
 
 
-def source_factory(spec: str, context: Any = None) -> IBKRSource:
+def source_factory(spec: str, context: PluginContext) -> IBKRSource:
     _context_required(context, "--source ibkr")
     options = _options(spec, ("symbols", "bar", "warmup", "via"), "--source ibkr")
     symbols = tuple(s.strip() for s in options.get("symbols", "").split("|") if s.strip())
@@ -904,10 +911,24 @@ def source_factory(spec: str, context: Any = None) -> IBKRSource:
 
 
 @hookimpl
-def register_brokers() -> Mapping[str, Callable[..., Any]]:
-    return {"ibkr": broker_factory}
+def register_brokers() -> list[Offer[IBKRBroker]]:
+    return [
+        Offer(
+            "ibkr",
+            broker_factory,
+            description="Interactive Brokers through TWS or IB Gateway (ib_async)",
+            options="via=gateway|tws, on_stop=leave|cancel",
+        )
+    ]
 
 
 @hookimpl
-def register_sources() -> Mapping[str, Callable[..., Any]]:
-    return {"ibkr": source_factory}
+def register_sources() -> list[Offer[IBKRSource]]:
+    return [
+        Offer(
+            "ibkr",
+            source_factory,
+            description="Interactive Brokers market data: history, then live 5-second bars",
+            options="symbols=A|B, bar=1m, warmup=N, via=gateway|tws",
+        )
+    ]

@@ -106,6 +106,7 @@ def run_command(
     stop = threading.Event()
     context = PluginContext(
         environment=str(environment),
+        data_dir=app.workspace.data_dir,
         settings=settings,
         secrets=app.kernel.secrets(str(environment), app.workspace.home),
         live=True,
@@ -238,9 +239,10 @@ def _unblock(app: App, strategies: tuple[str, ...], accept_positions: bool) -> N
             f"{missing[0]} is not blocked in the {app.environment} environment (blocked: {blocked})"
         )
     lifted = {name: blocks.lift(name, accept_positions) for name in names}
-    factory = app.kernel.storages().get("sqlite")
-    if factory is not None and (app.workspace.data_dir / "bastion.db").exists():
-        store = factory(app.workspace.data_dir)
+    if "sqlite" in app.kernel.storages() and (app.workspace.data_dir / "bastion.db").exists():
+        store = app.kernel.open_store(
+            "sqlite", PluginContext(str(app.environment), app.workspace.data_dir)
+        )
         try:
             for name, accepted in lifted.items():
                 store.audit(

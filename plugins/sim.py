@@ -32,6 +32,7 @@ from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal, InvalidOper
 import attrs
 
 from bastion import ConfigError, hookimpl
+from bastion.interfaces import Offer
 from bastion.models import (
     AccountSnapshot,
     Bar,
@@ -457,5 +458,12 @@ class SimBroker:
 
 
 @hookimpl
-def register_brokers() -> dict[str, Callable[[str], SimBroker]]:
-    return {"sim": SimBroker.open}
+def register_brokers() -> list[Offer[SimBroker]]:
+    return [
+        Offer(
+            "sim",
+            lambda spec, context: SimBroker.open(spec),
+            description="a simulated account (fills, slippage, commission, margin)",
+            options="key=value pairs: commission, slippage, participation, leverage, margin",
+        )
+    ]

@@ -38,7 +38,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -52,6 +52,8 @@ from bastion import BastionError, ConfigError, FormatError, __version__, hookimp
 from bastion.interfaces import (
     AuditCheck,
     EquityPoint,
+    Offer,
+    PluginContext,
     RejectedOrder,
     RunData,
     RunInfo,
@@ -79,8 +81,24 @@ _ORDER_STATUSES: Final = frozenset(s.value for s in OrderStatus)
 
 
 @hookimpl
-def register_storages() -> dict[str, Callable[[Path], SQLiteStore]]:
-    return {"sqlite": SQLiteStore.open}
+def register_storages() -> list[Offer[SQLiteStore]]:
+    return [
+        Offer(
+            "sqlite",
+            _open,
+            description="one SQLite file per environment (the default)",
+            options="none: the database is bastion.db in the environment's data directory",
+        )
+    ]
+
+
+def _open(spec: str, context: PluginContext) -> SQLiteStore:
+    if spec:
+        raise ConfigError(
+            f"--storage sqlite:{spec}: sqlite takes no options (its database is bastion.db in "
+            "the environment's data directory, chosen with --home and --env); use --storage sqlite"
+        )
+    return SQLiteStore.open(context.data_dir)
 
 
 # --------------------------------------------------------------------------- encoding

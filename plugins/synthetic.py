@@ -34,7 +34,7 @@ import csv
 import math
 import random
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Final
@@ -42,7 +42,7 @@ from typing import Final
 import attrs
 
 from bastion import ConfigError, hookimpl
-from bastion.interfaces import select_symbols
+from bastion.interfaces import Offer, select_symbols
 from bastion.models import Bar
 
 __all__ = [
@@ -71,8 +71,15 @@ _KEYS: Final = ("symbols", "seed", "start", "interval")
 
 
 @hookimpl
-def register_sources() -> dict[str, Callable[[str], SyntheticSource]]:
-    return {"synthetic": SyntheticSource.open}
+def register_sources() -> list[Offer[SyntheticSource]]:
+    return [
+        Offer(
+            "synthetic",
+            lambda spec, context: SyntheticSource.open(spec),
+            description="reproducible random-walk bars (benchmarks, tests)",
+            options="key=value pairs: symbols, bars, interval, seed, start",
+        )
+    ]
 
 
 # ---------------------------------------------------------------------- the spec

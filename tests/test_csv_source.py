@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion import ConfigError, FormatError, hookspecs
-from bastion.interfaces import Source
+from bastion.interfaces import PluginContext, Source
 from bastion.models import Bar
 from bastion.plugins import csv_source
 from bastion.plugins.csv_source import CsvSource
@@ -84,7 +84,10 @@ def test_registered_through_the_hook(sample: CsvSource) -> None:
     pm.add_hookspecs(hookspecs)
     pm.register(csv_source)
     pm.check_pending()
-    assert pm.hook.register_sources() == [{"csv": CsvSource.open}]
+    [[offer]] = pm.hook.register_sources()
+    assert offer.name == "csv" and offer.description and offer.options
+    made = offer.create("sample", PluginContext("development", Path("unused")))
+    assert isinstance(made, CsvSource) and made.symbols() == sample.symbols()
     assert isinstance(sample, Source)
 
 

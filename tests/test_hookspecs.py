@@ -49,3 +49,55 @@ def test_reference_page_is_current() -> None:
         "docs/reference/hooks.md is stale: run "
         "'.venv/bin/bastion hooks --markdown > docs/reference/hooks.md'"
     )
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[f"{r['project']}:{r['name']}" for r in ROWS])
+def test_every_hook_is_typed(row: dict) -> None:  # type: ignore[type-arg]
+    """Every argument and the return of every hookspec is annotated with a real type
+    (no ``Any``), and the annotations resolve to the public model and interface types."""
+    func = getattr(hookspecs, row["name"])
+    signature = inspect.signature(func)
+    for param in signature.parameters.values():
+        assert param.annotation is not param.empty, f"{row['name']}({param.name}) is untyped"
+        assert "Any" not in str(param.annotation), f"{row['name']}({param.name}): Any"
+    assert signature.return_annotation is not signature.empty
+    assert "Any" not in str(signature.return_annotation)
+    import typing
+
+    import bastion.hookspecs as module
+
+    names = vars(module).copy()
+    names.update(_type_names())
+    typing.get_type_hints(func, globalns=names)  # every annotation resolves
+
+
+def _type_names() -> dict[str, object]:
+    from collections.abc import Callable as factory
+
+    import click
+
+    from bastion import Environment, Kernel, Refusal, StrategyInfo
+    from bastion.interfaces import Broker, Offer, PluginContext, Source, Store
+    from bastion.models import Bar, Fill, Order, OrderIntent
+    from bastion.strategy import StrategyContext
+
+    return {
+        "click": click,
+        "Environment": Environment,
+        "Kernel": Kernel,
+        "Refusal": Refusal,
+        "StrategyInfo": StrategyInfo,
+        "Broker": Broker,
+        "Offer": Offer,
+        "PluginContext": PluginContext,
+        "Source": Source,
+        "Store": Store,
+        "Bar": Bar,
+        "Fill": Fill,
+        "Order": Order,
+        "OrderIntent": OrderIntent,
+        "StrategyContext": StrategyContext,
+        "BrokerFactory": factory[[str, PluginContext], Broker],
+        "SourceFactory": factory[[str, PluginContext], Source],
+        "StoreFactory": factory[[str, PluginContext], Store],
+    }

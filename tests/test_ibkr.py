@@ -52,7 +52,11 @@ def context(port: int, environment: str = "paper", **extra: Any) -> PluginContex
         Detected(Environment(environment), "--env"), Path("/nonexistent"), config, Path("t.toml")
     )
     return PluginContext(
-        environment, settings, Secrets(environment, Path("/nonexistent")), True, threading.Event()
+        environment,
+        Path("/nonexistent"),
+        settings=settings,
+        secrets=Secrets(environment, Path("/nonexistent")),
+        live=True,
     )
 
 
@@ -190,8 +194,11 @@ def test_a_dropped_connection_reconnects_and_the_fills_made_meanwhile_arrive(
 
 def test_ibkr_is_for_paper_and_live_runs_only() -> None:
     """A backtest naming --broker ibkr is told what to use instead."""
+    backtest = PluginContext("development", Path("/nonexistent"))
     with pytest.raises(ConfigError, match="paper and live runs"):
-        ibkr.broker_factory("", context=None)
+        ibkr.broker_factory("", backtest)
+    with pytest.raises(ConfigError, match="paper and live runs"):
+        ibkr.source_factory("symbols=AAPL", backtest)
 
 
 # ------------------------------------------------------------------ bastion run, end to end

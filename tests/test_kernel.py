@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import bastion
-from bastion import BUILTIN_PLUGINS, Kernel, PluginError
+from bastion import BUILTIN_PLUGINS, ConfigError, Kernel, PluginError
+from bastion.interfaces import PluginContext
 
 from .conftest import REPO, WS
 
@@ -56,7 +57,7 @@ def test_third_party_entry_point_is_discovered(site: Path) -> None:
 
         @hookimpl
         def register_brokers():
-            return {"acme": lambda **kw: "acme-broker"}
+            return {"acme": lambda spec, context: f"acme-broker:{spec}"}
 
         @hookimpl
         def check_order(intent):
@@ -69,7 +70,8 @@ def test_third_party_entry_point_is_discovered(site: Path) -> None:
     assert "bastion-acme" in rows["bastion-acme"].source
     assert rows["bastion-acme"].version == "1.2.3"
     assert rows["bastion-acme"].hooks == ("check_order", "register_brokers")
-    assert kernel.brokers()["acme"]() == "acme-broker"
+    context = PluginContext("development", REPO)
+    assert kernel.open_broker("acme:x=1", context) == "acme-broker:x=1"  # type: ignore[comparison-overlap]
     assert kernel.check_order("bad", None, "development") == "acme says no"  # type: ignore[arg-type]
     assert kernel.check_order("ok", None, "development") is None  # type: ignore[arg-type]
 
@@ -159,6 +161,149 @@ def test_crashing_risk_check_vetoes(site: Path) -> None:
     )
     veto = Kernel().check_order("x", None, "paper")  # type: ignore[arg-type]
     assert veto is not None and "ZeroDivisionError" in veto
+    assert "'bastion-crash'" in veto
+
+
+def test_raising_observer_is_reported_and_the_rest_still_run(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plugin that raises in an observer hook is named (plugin and hook) once on stderr
+    and in ``kernel.failures``; the kernel and the other plugins' hooks carry on."""
+    _install_dist(
+        site,
+        "bastion-boom",
+        "boom_plugin",
+        """
+        from bastion import hookimpl
+
+        @hookimpl
+        def order_event(order, status):
+            raise RuntimeError("observer bug")
+    """,
+    )
+    _install_dist(
+        site,
+        "bastion-calm",
+        "calm_plugin",
+        """
+        from bastion import hookimpl
+        SEEN = []
+
+        @hookimpl
+        def order_event(order, status, reason):
+            SEEN.append((order, status, reason))
+    """,
+    )
+    kernel = Kernel()
+    notify = kernel.notifier("order_event")
+    assert notify is not None
+    notify(order="o1", status="submitted", reason=None)
+    notify(order="o2", status="filled", reason=None)
+    assert importlib.import_module("calm_plugin").SEEN == [
+        ("o1", "submitted", None),
+        ("o2", "filled", None),
+    ]
+    err = capsys.readouterr().err
+    assert err.count("plugin 'bastion-boom' failed in hook order_event") == 1
+    assert "RuntimeError: observer bug" in err and "BASTION_DISABLE_PLUGINS=bastion-boom" in err
+    assert [(f.plugin, f.hook) for f in kernel.failures] == [("bastion-boom", "order_event")] * 2
+
+
+def test_raising_registration_leaves_out_only_that_plugin(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``register_brokers`` raising, or returning something other than offers, is reported;
+    every other broker is still offered."""
+    _install_dist(
+        site,
+        "bastion-badreg",
+        "badreg_plugin",
+        """
+        from bastion import hookimpl
+
+        @hookimpl
+        def register_brokers():
+            raise OSError("cannot reach the licence server")
+
+        @hookimpl
+        def register_sources():
+            return ["not an offer"]
+    """,
+    )
+    kernel = Kernel()
+    assert "sim" in kernel.brokers()
+    assert "csv" in kernel.sources()
+    err = capsys.readouterr().err
+    assert "plugin 'bastion-badreg' failed in hook register_brokers" in err
+    assert "plugin 'bastion-badreg' failed in hook register_sources" in err
+    assert "not bastion.interfaces.Offer" in err
+
+
+def test_offer_limited_to_environments(site: Path) -> None:
+    """An offer naming its environments is refused elsewhere with a one-line error."""
+    _install_dist(
+        site,
+        "bastion-livebroker",
+        "livebroker_plugin",
+        """
+        from bastion import hookimpl
+        from bastion.interfaces import Offer
+
+        @hookimpl
+        def register_brokers():
+            return [Offer("prime", lambda spec, context: ("prime", spec, context.environment),
+                          description="a prime broker", environments={"paper", "live"})]
+    """,
+    )
+    kernel = Kernel()
+    offer = kernel.brokers()["prime"]
+    assert offer.description == "a prime broker" and offer.environments == {"paper", "live"}
+    made = kernel.open_broker("prime:fast", PluginContext("paper", REPO))
+    assert made == ("prime", "fast", "paper")  # type: ignore[comparison-overlap]
+    with pytest.raises(ConfigError, match="'prime' is not offered in the development environment"):
+        kernel.open_broker("prime", PluginContext("development", REPO))
+    with pytest.raises(ConfigError, match="unknown broker 'nope'; available: ibkr, prime, sim"):
+        kernel.open_broker("nope", PluginContext("paper", REPO))
+
+
+def test_disabled_by_config(site: Path) -> None:
+    """``Kernel(disable=...)`` (bastion.toml's ``[plugins] disable``) blocks a plugin that
+    would otherwise fail to import."""
+    _install_dist(site, "bastion-broken", "broken_plugin3", "raise ImportError('x')\n")
+    with pytest.raises(PluginError):
+        Kernel()
+    assert "bastion-broken" not in {p.name for p in Kernel(disable=["bastion-broken"]).plugins()}
+
+
+def test_plugin_for_another_api_major_is_refused(site: Path) -> None:
+    """A plugin declaring ``BASTION_API`` of another major version is refused at load,
+    naming both versions; one declaring this major loads."""
+    _install_dist(site, "bastion-old", "old_plugin", "BASTION_API = 0\n")
+    with pytest.raises(PluginError, match=r"'bastion-old'.*API 0, this Bastion offers 1\."):
+        Kernel()
+
+
+def test_plugin_for_this_api_major_loads(site: Path) -> None:
+    _install_dist(site, "bastion-new", "new_plugin", f"BASTION_API = {bastion.API_VERSION!r}\n")
+    assert "bastion-new" in {p.name for p in Kernel().plugins()}
+
+
+def test_hook_wrappers_are_refused_on_kernel_hooks(site: Path) -> None:
+    """A wrapper on an isolated hook could swallow other plugins' calls: refused at load."""
+    _install_dist(
+        site,
+        "bastion-wrap",
+        "wrap_plugin",
+        """
+        from bastion import hookimpl
+
+        @hookimpl(wrapper=True)
+        def check_order(intent):
+            return (yield)
+    """,
+    )
+    with pytest.raises(PluginError, match=r"'bastion-wrap'.*check_order as a hook wrapper"):
+        Kernel()
 
 
 def test_strategies_listed_as_plugins(signed_ws: WS) -> None:

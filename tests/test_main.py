@@ -67,3 +67,19 @@ def test_broken_plugin_at_startup_is_one_line(tmp_path: Path) -> None:
         env={"PYTHONPATH": str(site), "BASTION_DISABLE_PLUGINS": "bad"},
     )
     assert done.returncode == 0, done.stderr
+    # The same through the workspace's bastion.toml, found through --home.
+    home = tmp_path / "ws"
+    home.mkdir()
+    (home / "bastion.toml").write_text('[plugins]\ndisable = ["bad"]\n')
+    done = run("plugins", "--home", str(home), cwd=tmp_path, env={"PYTHONPATH": str(site)})
+    assert done.returncode == 0, done.stderr
+    assert "'bad'" not in done.stdout
+
+
+def test_bad_plugins_table_is_one_line(tmp_path: Path) -> None:
+    """A malformed ``[plugins] disable`` names the file and the key, exit 2, no traceback."""
+    (tmp_path / "bastion.toml").write_text('[plugins]\ndisable = "bad"\n')
+    done = run("plugins", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0
+    assert "bastion.toml: plugins.disable must be a list" in done.stderr

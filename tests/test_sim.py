@@ -7,13 +7,14 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion import ConfigError
-from bastion.interfaces import Broker
+from bastion.interfaces import Broker, PluginContext
 from bastion.models import AccountSnapshot, Bar, Fill, Order, OrderIntent, OrderType, Side
 from bastion.plugins.sim import SimBroker, SimOptions, parse_commission, register_brokers
 
@@ -310,9 +311,9 @@ def test_slippage_of_100_percent_or_more_never_crashes_a_sell() -> None:
 def test_sim_broker_implements_the_broker_protocol() -> None:
     """``SimBroker`` satisfies ``bastion.interfaces.Broker`` and is registered as ``sim``."""
     assert isinstance(SimBroker.open(), Broker)
-    factories = register_brokers()
-    assert set(factories) == {"sim"}
-    broker = factories["sim"]("slippage=3")
+    [offer] = register_brokers()
+    assert offer.name == "sim"
+    broker = offer.create("slippage=3", PluginContext("development", Path("unused")))
     assert isinstance(broker, SimBroker)
     assert broker.options.slippage_bps == 3.0
 

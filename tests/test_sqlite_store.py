@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bastion import BastionError, ConfigError, FormatError, hookspecs
-from bastion.interfaces import RunInfo, Store, StrategyRecord
+from bastion.interfaces import PluginContext, RunInfo, Store, StrategyRecord
 from bastion.models import Fill, Order, OrderIntent, OrderStatus, OrderType, Position, Side
 from bastion.plugins import sqlite_store
 from bastion.plugins.sqlite_store import (
@@ -161,13 +161,18 @@ def small_run(store: SQLiteStore) -> None:
 
 
 def test_plugin_offers_sqlite_storage_through_the_hook(tmp_path: Path) -> None:
-    """``register_storages`` validates against the hookspec and offers a factory taking a dir."""
+    """``register_storages`` validates against the hookspec and offers ``sqlite``, whose
+    factory opens bastion.db in the context's data directory and takes no options."""
     pm = pluggy.PluginManager("bastion")
     pm.add_hookspecs(hookspecs)
     pm.register(sqlite_store)
-    offered = pm.hook.register_storages()
-    assert offered == [{"sqlite": SQLiteStore.open}]
-    s = offered[0]["sqlite"](tmp_path / "env" / "data")
+    [[offer]] = pm.hook.register_storages()
+    assert offer.name == "sqlite"
+    context = PluginContext("development", tmp_path / "env" / "data")
+    with pytest.raises(ConfigError, match="sqlite takes no options"):
+        offer.create("x.db", context)
+    assert not (tmp_path / "env").exists()
+    s = offer.create("", context)
     try:
         assert isinstance(s, Store)
         assert s.location == str(tmp_path / "env" / "data" / "bastion.db")

@@ -11,7 +11,7 @@ import pluggy
 import pytest
 
 from bastion import ConfigError, hookspecs
-from bastion.interfaces import Source
+from bastion.interfaces import PluginContext, Source
 from bastion.models import Bar
 from bastion.plugins import synthetic
 from bastion.plugins.csv_source import SAMPLE_DATA
@@ -28,7 +28,10 @@ def test_registered_through_the_hook() -> None:
     pm.add_hookspecs(hookspecs)
     pm.register(synthetic)
     pm.check_pending()
-    assert pm.hook.register_sources() == [{"synthetic": SyntheticSource.open}]
+    [[offer]] = pm.hook.register_sources()
+    assert offer.name == "synthetic" and offer.description and offer.options
+    made = offer.create("5", PluginContext("development", Path("unused")))
+    assert isinstance(made, SyntheticSource) and made.count() == 5
     assert isinstance(SyntheticSource.open("5"), Source)
 
 
