@@ -19,6 +19,8 @@ from bastion._signing import sign_strategies
 from bastion._trust import TrustStore
 from bastion.cli import build_cli
 
+from . import postgres
+
 REPO = Path(__file__).resolve().parent.parent
 
 GOOD_STRATEGY = """\
@@ -31,6 +33,10 @@ PARAMS = {"n": 3}
 def on_bar(ctx, bar):
     pass
 """
+
+
+# Read at import: the autouse fixture below clears BASTION_* around every test.
+_POSTGRES_MODE = {postgres.MODE_VAR: os.environ.get(postgres.MODE_VAR, "")}
 
 
 @pytest.fixture(autouse=True)
@@ -161,3 +167,27 @@ def one_error_line(stderr: str, *needles: str) -> None:
     assert len(lines) == 1, stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[postgres.Server]:
+    """A throw-away PostgreSQL cluster on 127.0.0.1 for the whole session (tests/postgres.py);
+    missing binaries fail the test, or skip it with BASTION_TEST_POSTGRES=skip."""
+    bindir = postgres.find_bindir()
+    if bindir is None:
+        postgres.unavailable(_POSTGRES_MODE)
+    with postgres.running_server(bindir) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: postgres.Server) -> str:
+    """``postgresql://USER@127.0.0.1:PORT/bastion_test``, shared by the whole session."""
+    return postgres_server.url()
+
+
+@pytest.fixture
+def postgres_db(postgres_server: postgres.Server) -> Iterator[str]:
+    """The URL of a fresh empty database of its own, dropped after the test."""
+    with postgres_server.database() as url:
+        yield url
