@@ -30,6 +30,7 @@ PUBLIC_MODULES: tuple[str, ...] = (
     "bastion.metrics",
     "bastion.runs",
     "bastion.trust",
+    "bastion.testing",
 )
 
 
@@ -121,6 +122,8 @@ def _kind(obj: object) -> str:
         return "function"
     if inspect.ismodule(obj):
         return "module"
+    if type(obj).__name__ == "FixtureFunctionDefinition":  # a pytest fixture (bastion.testing)
+        return "pytest fixture"
     return "constant"
 
 
