@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "bastion.plugins.logs",
     "bastion.plugins.ibkr",
     "bastion.plugins.run",
+    "bastion.plugins.scaffold",
 )
 
 
