@@ -503,11 +503,15 @@ def benchmark_comparison(
         b = bench[1:][usable] / bench[:-1][usable] - 1.0
     if not (np.isfinite(s).all() and np.isfinite(b).all()):
         return out
+    # Correctly rounded sums (math.fsum), not BLAS dot products: np.dot's result depends
+    # on the CPU's vector kernels, and a trader's report must not change in the last digit
+    # from one machine to the next.
     n = len(s)
-    ds, db = s - s.mean(), b - b.mean()
-    cov = float(np.dot(ds, db)) / (n - 1)
-    var_s = float(np.dot(ds, ds)) / (n - 1)
-    var_b = float(np.dot(db, db)) / (n - 1)
+    ds = s - math.fsum(s.tolist()) / n
+    db = b - math.fsum(b.tolist()) / n
+    cov = math.fsum((ds * db).tolist()) / (n - 1)
+    var_s = math.fsum((ds * ds).tolist()) / (n - 1)
+    var_b = math.fsum((db * db).tolist()) / (n - 1)
     if var_b > _ZERO_STDEV**2:
         out["beta"] = cov / var_b
         if var_s > _ZERO_STDEV**2:
