@@ -32,6 +32,7 @@ from ._reconcile import Reconciliation, reconcile
 from ._sandbox import SandboxConfig, sandbox_config, sandboxed
 from ._settings import limits_from_config
 from ._version import __version__
+from .audit import Checkpoints
 from .interfaces import (
     PluginContext,
     ReconcilingStore,
@@ -373,6 +374,7 @@ class PreparedBacktest:
                 )
             )
             store.finish_run(run_id, "failed", reason.splitlines()[0] if reason else "failed")
+            self._checkpoint(store, run_id)
             store.close()
             self.close()
             raise
@@ -383,7 +385,16 @@ class PreparedBacktest:
             store.stop_run(run_id, f"stopped with orders working in {', '.join(sorted(left))}")
         else:
             store.finish_run(run_id, "completed", None)
+        self._checkpoint(store, run_id)
         return result, store
+
+    def _checkpoint(self, store: Store, run_id: str) -> None:
+        """Anchor the audit chain outside the store: its head, signed with this
+        installation's key, appended to the data directory's checkpoint file."""
+        with store.audit_view() as view:
+            head = view.last()
+        if head is not None:
+            Checkpoints(self.data_dir).append(head.id, head.hash, run_id, store.location)
 
 
 def prepare_backtest(

@@ -24,6 +24,7 @@ PUBLIC_MODULES: tuple[str, ...] = (
     "bastion.interfaces",
     "bastion.models",
     "bastion.strategy",
+    "bastion.audit",
     "bastion.cli",
     "bastion.files",
     "bastion.log",

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -23,6 +24,9 @@ from ._errors import ConfigError
 from ._secrets import Secrets
 from ._settings import EnvironmentSettings
 from .models import AccountSnapshot, Bar, Fill, Order, Position
+
+if TYPE_CHECKING:
+    from .audit import AuditView
 
 __all__ = [
     "AuditCheck",
@@ -439,9 +443,15 @@ class Store(Protocol):
 
     def finish_run(self, run_id: str, status: str, error: str | None) -> None: ...
 
-    def audit(self, event: str, payload: Mapping[str, Any]) -> None: ...
+    def audit(self, event: str, payload: Mapping[str, Any]) -> None:
+        """Append a record to the audit log at once, sealed by :func:`bastion.audit.seal`
+        under the store's write lock (so concurrent writers chain, never fork)."""
+        ...
 
-    def verify_audit(self) -> AuditCheck: ...
+    def audit_view(self) -> AbstractContextManager[AuditView]:
+        """A consistent read-only snapshot (one read transaction) for
+        :func:`bastion.audit.verify`, which alone checks the chain and the runs."""
+        ...
 
     def list_runs(self) -> list[RunRow]: ...
 

@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from bastion import ConfigError, hookimpl
+from bastion.audit import Checkpoints, verify
 from bastion.cli import App, console, err_console, pass_app, workspace_options
 from bastion.interfaces import PluginContext, RunData, Store
 from bastion.runs import BacktestRequest, parse_cash, parse_date, prepare_backtest
@@ -369,14 +370,21 @@ def audit_group() -> None:
 @click.option("--storage", default="sqlite", show_default=True)
 @pass_app
 def audit_verify(app: App, storage: str) -> None:
-    """Check the audit log's hash chain; name the first broken record."""
+    """Check the audit log's hash chain and every run; name the first broken record."""
     store = _store(app, storage)
+    checkpoints = Checkpoints(app.workspace.data_dir)
     try:
-        check = store.verify_audit()
+        check = verify(store, checkpoints)
     finally:
         store.close()
     if check.ok:
-        console.print(f"audit log intact: {check.records} records ({store.location})", markup=False)
+        signed = checkpoints.count(store.location)
+        console.print(
+            f"audit log intact: {check.records} records, {signed} signed "
+            f"checkpoint{'' if signed == 1 else 's'} "
+            f"({store.location})",
+            markup=False,
+        )
         return
     err_console.print(
         f"audit log BROKEN at record {check.first_broken}: {check.reason}"

@@ -33,22 +33,24 @@ Audit log
 from __future__ import annotations
 
 import enum
-import hashlib
+import functools
 import json
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path, PurePath
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+import attrs
 import sqlite_utils
 
-from bastion import BastionError, ConfigError, FormatError, __version__, hookimpl
+from bastion import BastionError, ConfigError, FormatError, __version__, audit, hookimpl
+from bastion.audit import AuditView
 from bastion.interfaces import (
     AuditCheck,
     EquityPoint,
@@ -64,11 +66,10 @@ from bastion.interfaces import (
 )
 from bastion.models import Fill, Order, OrderIntent, OrderStatus, OrderType, Position, Side
 
-__all__ = ["DB_NAME", "GENESIS_HASH", "SCHEMA_VERSION", "SQLiteStore", "audit_hash"]
+__all__ = ["DB_NAME", "SCHEMA_VERSION", "SQLiteStore"]
 
 DB_NAME: Final = "bastion.db"
 SCHEMA_VERSION: Final = 3
-GENESIS_HASH: Final = "0" * 64
 
 FINAL_ORDER_STATUSES: Final = frozenset(
     {OrderStatus.FILLED, OrderStatus.REJECTED, OrderStatus.CANCELLED}
@@ -76,7 +77,7 @@ FINAL_ORDER_STATUSES: Final = frozenset(
 FINISHED_RUN_STATUSES: Final = frozenset({"completed", "failed", "interrupted"})
 # A run without a run_finished record: running, or (paper/live) stopped with orders
 # still working at the broker until a later run's reconciliation settles them.
-_OPEN_RUN_STATUSES: Final = frozenset({"running", "stopped"})
+_OPEN_RUN_STATUSES: Final = audit.OPEN_RUN_STATUSES
 _ORDER_STATUSES: Final = frozenset(s.value for s in OrderStatus)
 
 
@@ -104,13 +105,8 @@ def _open(spec: str, context: PluginContext) -> SQLiteStore:
 # --------------------------------------------------------------------------- encoding
 
 
-def _ts(value: datetime) -> str:
-    """An aware datetime as ISO-8601 UTC text with microseconds (sorts as text)."""
-    if value.tzinfo is not UTC:
-        if value.tzinfo is None:
-            raise ValueError(f"timestamps must be timezone-aware, got {value!r}")
-        value = value.astimezone(UTC)
-    return value.isoformat(timespec="microseconds")[:-6] + "Z"
+_ts = audit.format_ts
+_dumps = audit.canonical_json
 
 
 def _parse_ts(text: str) -> datetime:
@@ -119,30 +115,6 @@ def _parse_ts(text: str) -> datetime:
 
 def _now() -> str:
     return _ts(datetime.now(UTC))
-
-
-def _json_default(value: object) -> object:
-    """What ``json`` cannot encode itself: exact decimals as text, times as ISO text."""
-    if isinstance(value, Decimal):
-        return _num(value)
-    if isinstance(value, datetime):
-        return _ts(value) if value.tzinfo is not None else value.isoformat()
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, PurePath):
-        return str(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value, key=repr)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable: {value!r}")
-
-
-def _dumps(value: object) -> str:
-    """Canonical JSON: sorted keys, no whitespace, UTF-8 text kept as is."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
-    )
 
 
 def _num(value: Decimal) -> str:
@@ -177,14 +149,6 @@ def _dec(value: Decimal | None) -> str | None:
     return None if value is None else _num(value)
 
 
-def audit_hash(record_id: int, ts: str, event: str, payload: str, prev_hash: str) -> str:
-    """The SHA-256 that chains one audit record (``payload`` is its stored JSON text)."""
-    canonical = json.dumps(
-        [record_id, ts, event, payload, prev_hash], separators=(",", ":"), ensure_ascii=False
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
 _ORDER_COLUMNS = (
     "client_order_id, run_id, strategy, strategy_sha256, signer, symbol, side, quantity, type, "
     "limit_price, stop_price, tag, created, liquidation, status, reason, filled"
@@ -205,206 +169,6 @@ _FILL_INSERT_SQL = f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES (NULL, {', '.joi
 _ORDER_STATUS_AT = 14  # index of status (then reason, filled) in a buffered order row
 
 
-TRADES_DIGEST_FORM: Final = 5
-_DIGEST_FORMS: Final = frozenset({1, 2, 3, 4, 5})
-
-# Form 3 also covers what the engine stores at the end of a run, before
-# finish_run writes run_finished: the equity curve, the positions left, and
-# each strategy's results (with the parameters it ran with).
-_RESULT_TABLES: Final = (
-    ("equity", "strategy, ts, equity", "strategy, ts, rowid"),
-    ("positions", "strategy, symbol, quantity, avg_price, realized", "strategy, symbol"),
-    ("run_strategies", "name, params, metrics, quarantined", "name"),
-)
-# Form 5 (schema 3) also covers each position's mark (the price it was last valued
-# at), the buy-and-hold benchmark and the calendar-period returns.
-_RESULT_TABLES_5: Final = (
-    _RESULT_TABLES[0],
-    ("positions", "strategy, symbol, quantity, avg_price, realized, mark", "strategy, symbol"),
-    _RESULT_TABLES[2],
-    ("benchmark", "ts, equity", "ts, rowid"),
-    ("period_returns", "strategy, period, value", "strategy, period"),
-)
-
-
-def _trades_digest(conn: sqlite3.Connection, run_id: str, form: int | None = None) -> str:
-    """SHA-256 over a run's order and fill rows (all columns but wall-clock ``updated``),
-    and from form 3 on also over its equity, positions and strategy results; form 4
-    adds the fills' execution and broker order ids (schema 2), form 5 the positions'
-    marks (schema 3).
-
-    For each table its name, then (forms 2 and 3) its rows as one JSON array;
-    form 1 (runs stored before form 2) hashed each order and fill row as a JSON
-    line.  Form 3 adds the tables of :data:`_RESULT_TABLES` after ``fills``.
-    ``run_finished`` says which form its digest uses; ``None`` is
-    :data:`TRADES_DIGEST_FORM`, the form new runs get.
-    """
-    if form is None:
-        form = TRADES_DIGEST_FORM
-    digest = hashlib.sha256()
-    tables = [
-        ("orders", _ORDER_COLUMNS, "client_order_id"),
-        ("fills", _FILL_COLUMNS if form >= 4 else _FILL_COLUMNS_V1, "id"),
-        *(_RESULT_TABLES_5 if form >= 5 else _RESULT_TABLES if form >= 3 else ()),
-    ]
-    for table, columns, order in tables:
-        digest.update(table.encode())
-        rows = conn.execute(
-            f"SELECT {columns} FROM {table} WHERE run_id = ? ORDER BY {order}",  # noqa: S608
-            (run_id,),
-        ).fetchall()
-        if form == 1:
-            for row in rows:
-                digest.update(json.dumps(row, separators=(",", ":")).encode())
-                digest.update(b"\n")
-        else:  # one JSON array per table: [[column, ...], ...] in key order
-            digest.update(json.dumps(rows, separators=(",", ":")).encode())
-    return digest.hexdigest()
-
-
-def _digest_covers(form: int) -> str:
-    return "orders, fills, equity, positions or results" if form >= 3 else "orders or fills"
-
-
-def _same_json(stored: object, recorded: object) -> bool:
-    """Whether ``stored`` (JSON text from a table) holds the value ``recorded``."""
-    try:
-        return isinstance(stored, str) and _dumps(json.loads(stored)) == _dumps(recorded)
-    except (ValueError, TypeError):
-        return False
-
-
-_RUN_COLUMNS: Final = (
-    "kind",
-    "environment",
-    "status",
-    "started",
-    "finished",
-    "bastion_version",
-    "config",
-    "error",
-)
-_STARTED_FIELDS: Final = ("kind", "environment", "started", "bastion_version")
-_FINISHED_FIELDS: Final = ("status", "error", "finished")
-_STRATEGY_FIELDS: Final = ("sha256", "signer", "signer_name", "whitelist_version", "unsigned")
-
-
-def _run_records_problem(conn: sqlite3.Connection) -> tuple[int | None, str] | None:
-    """The first ``run_started`` or ``run_finished`` record the stored runs no longer match.
-
-    ``run_started``: the run's row still has the kind, environment, start time,
-    version and configuration it recorded, and its ``run_strategies`` rows the
-    same strategies (name, SHA-256, signer, signer name, whitelist version,
-    unsigned); a run that has no ``run_finished`` record is still ``running``.
-    ``run_finished``: the run's last one still matches its status, error and
-    finish time, and every one its digest.  Returns ``(record id, reason)``.
-    """
-    runs = {
-        str(row[0]): dict(zip(_RUN_COLUMNS, row[1:], strict=True))
-        for row in conn.execute(f"SELECT run_id, {', '.join(_RUN_COLUMNS)} FROM runs")  # noqa: S608
-    }
-    strategies: dict[str, dict[str, dict[str, Any]]] = {}
-    for run_id, name, *values in conn.execute(
-        f"SELECT run_id, name, {', '.join(_STRATEGY_FIELDS)} FROM run_strategies"  # noqa: S608
-    ):
-        strategies.setdefault(str(run_id), {})[str(name)] = dict(
-            zip(_STRATEGY_FIELDS, values, strict=True)
-        )
-    records: list[tuple[int, str, str, dict[str, Any]]] = []
-    last_finished: dict[str, int] = {}
-    for record_id, event, payload in conn.execute(
-        "SELECT id, event, payload FROM audit "
-        "WHERE event IN ('run_started', 'run_finished') ORDER BY id"
-    ):
-        recorded = json.loads(payload)
-        if not isinstance(recorded, dict) or not isinstance(recorded.get("run_id"), str):
-            continue  # not written by begin_run or finish_run
-        records.append((int(record_id), str(event), recorded["run_id"], recorded))
-        if event == "run_finished":
-            last_finished[recorded["run_id"]] = int(record_id)
-
-    for record_id, event, run_id, recorded in records:
-        where = f"record {record_id}: "
-        row = runs.get(run_id)
-        if row is None:
-            return record_id, f"{where}run {run_id} was deleted from the runs table"
-        if event == "run_started":
-            for field in _STARTED_FIELDS:
-                if field in recorded and row[field] != recorded[field]:
-                    return record_id, f"{where}run {run_id}'s {field} was changed after it started"
-            if "config" in recorded and not _same_json(row["config"], recorded["config"]):
-                return record_id, f"{where}run {run_id}'s config was changed after it started"
-            if run_id not in last_finished and (
-                row["status"] not in _OPEN_RUN_STATUSES
-                or row["error"] is not None
-                or row["finished"]
-            ):
-                return record_id, (
-                    f"{where}run {run_id}'s status was changed to {row['status']!r}, but the "
-                    "run never finished (it has no run_finished record)"
-                )
-            problem = _strategies_problem(run_id, recorded, strategies.get(run_id, {}))
-            if problem is not None:
-                return record_id, where + problem
-            continue
-        if record_id == last_finished[run_id]:
-            for field in _FINISHED_FIELDS:
-                if field in recorded and row[field] != recorded[field]:
-                    return record_id, f"{where}run {run_id}'s {field} was changed after it finished"
-        digest = recorded.get("trades_sha256")
-        if digest is None:
-            continue  # recorded by a build that kept no digest
-        form = recorded.get("trades_digest_form", 1)
-        if not isinstance(form, int) or form not in _DIGEST_FORMS:
-            return record_id, (
-                f"{where}run {run_id} has a digest of form {form!r}, which this version of "
-                "Bastion cannot check; upgrade Bastion"
-            )
-        if digest != _trades_digest(conn, run_id, form):
-            return record_id, (
-                f"{where}the {_digest_covers(form)} of run {run_id} "
-                "were changed after the run finished"
-            )
-    # Every stored run was started through begin_run, which records it.
-    started = {run_id for _, event, run_id, _ in records if event == "run_started"}
-    unvouched = sorted((set(runs) | set(strategies)) - started)
-    if unvouched:
-        return None, (
-            f"run {unvouched[0]} is stored but no audit record says it ever started: "
-            "it was added to the database outside Bastion"
-        )
-    return None
-
-
-def _strategies_problem(
-    run_id: str, recorded: Mapping[str, Any], stored: Mapping[str, Mapping[str, Any]]
-) -> str | None:
-    """How a run's stored strategies differ from its run_started record, if they do."""
-    listed = recorded.get("strategies")
-    if not isinstance(listed, list):
-        return None
-    names = set()
-    for entry in listed:
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            continue
-        name = entry["name"]
-        names.add(name)
-        row = stored.get(name)
-        if row is None:
-            return f"strategy {name} of run {run_id} was removed after the run started"
-        for field in _STRATEGY_FIELDS:
-            value = bool(row[field]) if field == "unsigned" else row[field]
-            if field in entry and value != entry[field]:
-                return (
-                    f"the {field} of strategy {name} in run {run_id} "
-                    "was changed after the run started"
-                )
-    added = sorted(set(stored) - names)
-    if added:
-        return f"strategy {added[0]} was added to run {run_id} after the run started"
-    return None
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -413,6 +177,60 @@ def _pid_alive(pid: int) -> bool:
     except OSError:  # PermissionError: it exists but belongs to someone else
         return True
     return True
+
+
+class _AuditView:
+    """What :func:`bastion.audit.verify` reads, from one connection (one transaction)."""
+
+    _RUN_FIELDS: Final = (
+        "kind, environment, status, started, finished, bastion_version, config, error"
+    )
+    _STRATEGY_FIELDS: Final = "sha256, signer, signer_name, whitelist_version, unsigned"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def records(self) -> Iterator[audit.AuditRecord]:
+        for row in self._conn.execute(
+            "SELECT id, ts, event, payload, prev_hash, hash FROM audit ORDER BY id"
+        ):
+            yield audit.AuditRecord(*row)
+
+    def highest_id(self) -> int:
+        row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
+        return int(row[0]) if row else 0
+
+    def last(self) -> audit.AuditRecord | None:
+        row = self._conn.execute(
+            "SELECT id, ts, event, payload, prev_hash, hash FROM audit ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return audit.AuditRecord(*row) if row else None
+
+    def runs(self) -> dict[str, dict[str, Any]]:
+        names = self._RUN_FIELDS.split(", ")
+        return {
+            str(run_id): dict(zip(names, values, strict=True))
+            for run_id, *values in self._conn.execute(
+                f"SELECT run_id, {self._RUN_FIELDS} FROM runs"  # noqa: S608
+            )
+        }
+
+    def strategies(self) -> dict[str, dict[str, dict[str, Any]]]:
+        names = self._STRATEGY_FIELDS.split(", ")
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for run_id, name, *values in self._conn.execute(
+            f"SELECT run_id, name, {self._STRATEGY_FIELDS} FROM run_strategies"  # noqa: S608
+        ):
+            out.setdefault(str(run_id), {})[str(name)] = dict(zip(names, values, strict=True))
+        return out
+
+    def rows(self, run_id: str, table: str, columns: str, order: str) -> list[tuple[Any, ...]]:
+        # "id" orders by insertion: SQLite's rowid (the fills' id is that rowid).
+        order = ", ".join("rowid" if part == "id" else part for part in order.split(", "))
+        return self._conn.execute(
+            f"SELECT {columns} FROM {table} WHERE run_id = ? ORDER BY {order}",  # noqa: S608
+            (run_id,),
+        ).fetchall()
 
 
 # --------------------------------------------------------------------------- schema
@@ -874,27 +692,11 @@ class SQLiteStore:
     # ----------------------------------------------------------------- audit
 
     def _append_audit(self, event: str, payload: Mapping[str, Any]) -> None:
-        """Add one record to the chain; the caller holds a write transaction."""
-        if not event:
-            raise ValueError("an audit event needs a name")
+        """Add one record to the chain (sealed by the kernel: :func:`bastion.audit.seal`);
+        the caller holds a write transaction."""
         last_id, last_hash, seq = self._conn.execute(_AUDIT_HEAD_SQL).fetchone()
-        # After the highest id ever written: records cut from the end leave a visible gap.
-        record_id = max(int(seq or 0), int(last_id or 0)) + 1
-        prev_hash = str(last_hash) if last_hash is not None else GENESIS_HASH
-        ts = _now()
-        text = _dumps(dict(payload))
-        _insert(
-            self._conn,
-            "audit",
-            {
-                "id": record_id,
-                "ts": ts,
-                "event": event,
-                "payload": text,
-                "prev_hash": prev_hash,
-                "hash": audit_hash(record_id, ts, event, text, prev_hash),
-            },
-        )
+        record = audit.seal(max(int(seq or 0), int(last_id or 0)), last_hash, event, payload)
+        _insert(self._conn, "audit", attrs.asdict(record))
 
     def audit(self, event: str, payload: Mapping[str, Any]) -> None:
         """Append a record now (margin calls, quarantines are never delayed by a batch)."""
@@ -902,67 +704,14 @@ class SQLiteStore:
             self._append_audit(event, payload)
 
     def verify_audit(self) -> AuditCheck:
-        """Check the audit log and the runs it vouches for; report the first record at fault.
+        """:func:`bastion.audit.verify` of this store (the chain and every run)."""
+        return audit.verify(self)
 
-        In one read transaction: recompute the whole chain in id order (every
-        record's hash, its link to the previous one, no id missing, also at the
-        end).  Then, in id order over the ``run_started`` and ``run_finished``
-        records, check that the stored runs still match what they recorded:
-
-        * ``run_started``: the run's row (kind, environment, start time,
-          version, configuration) and its ``run_strategies`` rows (the same
-          names, and each one's SHA-256, signer, signer name, whitelist version
-          and unsigned flag); a run without a ``run_finished`` record must
-          still be ``running`` with no error;
-        * ``run_finished``: the run's status, error and finish time equal those
-          of its last ``run_finished`` record, and the digest each one carries
-          equals a fresh one: orders and fills, and from digest form 3 also the
-          equity points, end-of-run positions and each strategy's parameters,
-          metrics and quarantine reason (``trades_digest_form`` in the record
-          says which form; forms 1 and 2 of runs stored earlier still check).
-        """
+    @contextmanager
+    def audit_view(self) -> Iterator[AuditView]:
+        """One read transaction over the store, for :func:`bastion.audit.verify`."""
         with self._read() as conn:
-            total = int(conn.execute("SELECT count(*) FROM audit").fetchone()[0])
-            seq_row = conn.execute(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'audit'"
-            ).fetchone()
-            highest = int(seq_row[0]) if seq_row else 0
-
-            def broken(record: int | None, reason: str) -> AuditCheck:
-                return AuditCheck(ok=False, records=total, first_broken=record, reason=reason)
-
-            prev_id = 0
-            prev_hash = GENESIS_HASH
-            rows = conn.execute(
-                "SELECT id, ts, event, payload, prev_hash, hash FROM audit ORDER BY id"
-            )
-            for record_id, ts, event, payload, stored_prev, stored_hash in rows:
-                if record_id != prev_id + 1:
-                    where = (
-                        f"between {prev_id} and {record_id}" if prev_id else f"before {record_id}"
-                    )
-                    return broken(record_id, f"records missing {where}")
-                if stored_prev != prev_hash:
-                    link = f"record {prev_id}" if prev_id else "the start of the log (64 zeros)"
-                    return broken(
-                        record_id, f"record {record_id}: prev_hash does not link to {link}"
-                    )
-                if stored_hash != audit_hash(record_id, ts, event, payload, stored_prev):
-                    return broken(
-                        record_id, f"record {record_id}: hash does not match its contents"
-                    )
-                prev_id, prev_hash = record_id, stored_hash
-            if highest > prev_id:
-                where = f"after {prev_id}" if prev_id else "from the start"
-                return broken(
-                    prev_id + 1,
-                    f"records missing {where} (the log reached record {highest})",
-                )
-            # The runs the log records still match it (see _run_records_problem).
-            problem = _run_records_problem(conn)
-            if problem is not None:
-                return broken(*problem)
-        return AuditCheck(ok=True, records=total, first_broken=None, reason=None)
+            yield _AuditView(conn)
 
     # ----------------------------------------------------------------- runs
 
@@ -1006,29 +755,7 @@ class SQLiteStore:
                 }
                 for s in strategies
             )
-            self._append_audit(
-                "run_started",
-                {
-                    "run_id": run.run_id,
-                    "kind": run.kind,
-                    "environment": run.environment,
-                    "started": started,
-                    "bastion_version": run.bastion_version,
-                    "pid": pid,
-                    "config": json.loads(config),
-                    "strategies": [
-                        {
-                            "name": s.name,
-                            "sha256": s.sha256,
-                            "signer": s.signer,
-                            "signer_name": s.signer_name,
-                            "whitelist_version": s.whitelist_version,
-                            "unsigned": s.unsigned,
-                        }
-                        for s in strategies
-                    ],
-                },
-            )
+            self._append_audit("run_started", audit.run_started_payload(run, strategies, pid))
         # The run row is committed; a backtest's own writes are group-committed
         # (one backtest at a time per store; another one runs unbatched).
         with self._lock:
@@ -1071,16 +798,14 @@ class SQLiteStore:
                     ).fetchone()[0]
                     self._append_audit(
                         "run_finished",
-                        {
-                            "run_id": run_id,
-                            "status": status,
-                            "error": error,
-                            "finished": finished,
-                            "orders": orders,
-                            "fills": fills,
-                            "trades_sha256": _trades_digest(conn, run_id),
-                            "trades_digest_form": TRADES_DIGEST_FORM,
-                        },
+                        audit.run_finished_payload(
+                            run_id,
+                            status,
+                            error,
+                            finished,
+                            (orders, fills),
+                            functools.partial(_AuditView(conn).rows, run_id),
+                        ),
                     )
             finally:
                 self._open_runs.pop(run_id, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sqlite3
@@ -21,16 +22,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bastion import BastionError, ConfigError, FormatError, hookspecs
+from bastion import BastionError, ConfigError, FormatError, audit, hookspecs
+from bastion.audit import GENESIS_HASH, run_digest
+from bastion.audit import record_hash as audit_hash
 from bastion.interfaces import PluginContext, RunInfo, Store, StrategyRecord
 from bastion.models import Fill, Order, OrderIntent, OrderStatus, OrderType, Position, Side
 from bastion.plugins import sqlite_store
-from bastion.plugins.sqlite_store import (
-    GENESIS_HASH,
-    SQLiteStore,
-    _trades_digest,
-    audit_hash,
-)
+from bastion.plugins.sqlite_store import SQLiteStore
 
 T0 = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
 SHA_A = "a" * 64
@@ -896,7 +894,7 @@ def test_runs_finished_with_the_second_digest_form_still_verify(
     form: it verifies, its orders and fills are still covered, its equity (which form 2
     never covered) is not."""
     with monkeypatch.context() as patch:
-        patch.setattr(sqlite_store, "TRADES_DIGEST_FORM", 2)
+        patch.setattr(audit, "DIGEST_FORM", 2)
         store.begin_run(run_info(kind="backtest"), [SIGNED])
         order = make_order("o-1")
         store.record_order(RUN_ID, order, "pending", None)
@@ -905,7 +903,7 @@ def test_runs_finished_with_the_second_digest_form_still_verify(
         store.finish_run(RUN_ID, "completed", None)
     finished_id, _, _, payload, _, _ = audit_rows(store)[-1]
     assert json.loads(payload)["trades_digest_form"] == 2
-    assert sqlite_store.TRADES_DIGEST_FORM == 5
+    assert audit.DIGEST_FORM == 5
     assert store.verify_audit().ok
     tamper(store, "INSERT INTO equity SELECT * FROM equity")
     assert store.verify_audit().ok
@@ -1369,8 +1367,9 @@ def test_runs_finished_with_the_first_digest_form_still_verify(store: SQLiteStor
     store.record_order(RUN_ID, order, "pending", None)
     store.record_fill(RUN_ID, make_fill(order, "10", "101.5"), order)
     store.update_order(RUN_ID, "o-1", "filled", None, Decimal(10))
-    with store._write() as conn:
-        legacy = _trades_digest(conn, RUN_ID, form=1)
+    with store.audit_view() as view:
+        legacy = run_digest(functools.partial(view.rows, RUN_ID), 1)
+    with store._write():
         store._append_audit("run_finished", {"run_id": RUN_ID, "trades_sha256": legacy})
     assert store.verify_audit().ok
     with store._write() as conn:
@@ -1411,7 +1410,7 @@ def test_runs_finished_with_the_third_digest_form_still_verify(
     """A run_finished record of form 3 (schema 1, before fills had execution ids) is
     checked over the fill columns it covered: it verifies, and a changed price fails it."""
     with monkeypatch.context() as patch:
-        patch.setattr(sqlite_store, "TRADES_DIGEST_FORM", 3)
+        patch.setattr(audit, "DIGEST_FORM", 3)
         store.begin_run(run_info(kind="backtest"), [SIGNED])
         order = make_order("o-1")
         store.record_order(RUN_ID, order, "pending", None)
