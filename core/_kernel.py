@@ -53,7 +53,7 @@ class PluginInfo:
     """One row of ``bastion plugins``."""
 
     name: str
-    origin: str  # "built-in", "entry point" or "strategy file"
+    origin: str  # "built-in", "entry point", "registered" or "strategy file"
     source: str  # module, distribution or file
     version: str | None
     hooks: tuple[str, ...]
@@ -135,6 +135,23 @@ class Kernel:
             raise PluginError(self._describe(exc)) from None
 
     # -- discovery -------------------------------------------------------------------
+
+    def register(
+        self, plugin: object, name: str, *, source: str = "", version: str | None = None
+    ) -> None:
+        """Register ``plugin`` (a module or object with ``@hookimpl`` functions) under
+        ``name``, with the same checks as an installed plugin (API version, hook
+        signatures, no wrappers on isolated hooks).  For tests and embedding: it is
+        listed by ``bastion plugins`` with the origin ``registered``.
+
+        :raises PluginError: the name is taken, or the plugin is refused (with why).
+        """
+        self._register(plugin, name, ("registered", source or type(plugin).__module__, version))
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(plugin)
+            raise PluginError(self._describe(exc, name)) from None
 
     def _register(self, plugin: object, name: str, origin: tuple[str, str, str | None]) -> None:
         from . import API_VERSION

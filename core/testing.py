@@ -463,10 +463,10 @@ def _run(
     for index, plugin in enumerate(plugins):
         if not kernel.pm.is_registered(plugin):
             label = getattr(plugin, "__name__", None) or f"testing-plugin-{index}"
-            kernel._register(plugin, str(label), ("registered", "bastion.testing", None))
+            kernel.register(plugin, str(label), source="bastion.testing")
     _mark_hooks(_Harness)
     harness = _Harness(given)
-    kernel._register(harness, _SOURCE, ("registered", "bastion.testing", None))
+    kernel.register(harness, _SOURCE, source="bastion.testing")
     request = BacktestRequest(
         strategies=(name,),
         source=_SOURCE,

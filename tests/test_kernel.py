@@ -329,3 +329,37 @@ def test_no_second_copy_of_the_package(signed_ws: WS) -> None:
     assert bad == []
     assert Path(bastion.__file__).parent == REPO / "core"
     assert Path(importlib.import_module("bastion.plugins").__file__).parent == REPO / "plugins"
+
+
+def test_register_is_public_and_checks_like_discovery() -> None:
+    """Kernel.register adds a plugin with the checks an installed one gets: it is listed
+    as 'registered', a hook with a wrong argument is refused with pluggy's reason and
+    leaves nothing registered, and a taken name is refused."""
+    import types
+
+    from bastion import hookimpl
+
+    kernel = Kernel(entry_points=False)
+    good = types.SimpleNamespace()
+
+    @hookimpl
+    def startup() -> None:
+        return None
+
+    good.startup = startup
+    kernel.register(good, "extra", source="tests", version="0.1")
+    [row] = [p for p in kernel.plugins() if p.name == "extra"]
+    assert (row.origin, row.source, row.version) == ("registered", "tests", "0.1")
+    with pytest.raises(PluginError, match="name 'extra'"):
+        kernel.register(types.SimpleNamespace(), "extra")
+
+    bad = types.SimpleNamespace()
+
+    @hookimpl
+    def check_order(intent: object, nonsense: object) -> None:
+        return None
+
+    bad.check_order = check_order
+    with pytest.raises(PluginError, match="plugin 'bad'.*nonsense"):
+        kernel.register(bad, "bad")
+    assert kernel.pm.get_plugin("bad") is None
