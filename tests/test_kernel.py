@@ -360,6 +360,6 @@ def test_register_is_public_and_checks_like_discovery() -> None:
         return None
 
     bad.check_order = check_order
-    with pytest.raises(PluginError, match="plugin 'bad'.*nonsense"):
+    with pytest.raises(PluginError, match=r"plugin 'bad'.*nonsense"):
         kernel.register(bad, "bad")
     assert kernel.pm.get_plugin("bad") is None
