@@ -25,6 +25,7 @@ PUBLIC_MODULES: tuple[str, ...] = (
     "bastion.models",
     "bastion.strategy",
     "bastion.audit",
+    "bastion.bars",
     "bastion.cli",
     "bastion.files",
     "bastion.log",

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuditCheck",
+    "BarSeries",
+    "BarStore",
     "Broker",
     "BrokerOrder",
     "BrokerState",
@@ -497,4 +499,61 @@ class ReconcilingStore(Store, Protocol):
     def stop_run(self, run_id: str, reason: str) -> None:
         """End a run whose orders still work at the broker: ``stopped``, not finished;
         the next run's reconciliation settles and finishes it."""
+        ...
+
+
+# --------------------------------------------------------------------------- bar store
+
+
+@attrs.frozen
+class BarSeries:
+    """One series a :class:`BarStore` keeps: a symbol's bars at one interval, the first
+    and last bar's close time (UTC) and how many bars there are."""
+
+    symbol: str
+    interval: str
+    first: datetime
+    last: datetime
+    count: int
+
+
+@runtime_checkable
+class BarStore(Protocol):
+    """Historical bars kept by a store (``bastion data import`` writes them, the ``store``
+    source reads them): a storage plugin's store may also implement this.
+
+    A series is identified by ``(symbol, interval)``; ``interval`` is a label that
+    :func:`bastion.bars.parse_interval` accepts (``"1m"``, ``"5m"``, ``"1h"``, ``"1d"``),
+    stored as given.  A bar is identified by ``(symbol, interval, ts)``.  Every value
+    reads back exactly as it went in: ``ts`` as the same UTC instant (microseconds
+    kept), prices and volume as the same floats (``None`` volume stays ``None``).
+    """
+
+    location: str  # shown to the user, e.g. the database path
+
+    def write_bars(self, interval: str, bars: Iterable[Bar]) -> int:
+        """Store ``bars`` (any symbols, any order) as bars of ``interval`` and return how
+        many were given.
+
+        An upsert by ``(symbol, interval, ts)``: a bar already stored is replaced, so
+        writing the same bars again changes nothing.  All or nothing: the bars are
+        consumed lazily and written in batches inside one transaction, and if iterating
+        ``bars`` raises (bad input half-way) or a write fails, nothing of this call is
+        stored and the exception propagates."""
+        ...
+
+    def read_bars(
+        self,
+        symbols: Sequence[str],
+        interval: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> Iterator[Bar]:
+        """The stored bars of ``interval`` for ``symbols`` with ``start <= ts <= end``
+        (``None``: unbounded), ordered by ``(ts, symbol)``, streamed (never all in memory
+        at once).  A symbol with no such bars yields none; it is not an error."""
+        ...
+
+    def bar_series(self) -> list[BarSeries]:
+        """Every stored series, ordered by symbol, then interval (as text)."""
         ...

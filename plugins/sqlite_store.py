@@ -28,17 +28,26 @@ Audit log
     ``run_started`` and ``run_finished`` records say (status, strategies and
     their SHA-256s, and a digest of its orders, fills, equity, positions and
     results).
+
+Bars
+    Schema 4 adds the ``bars`` table behind :class:`bastion.interfaces.BarStore`
+    (``bastion data import``, the ``store`` source): one row per ``(symbol,
+    interval, ts)`` (the primary key; ``WITHOUT ROWID``, so the rows sit in key
+    order), ``ts`` as the ISO-8601 UTC text above, prices and volume as the
+    shortest decimal text that reads back as the same float.  An import is one
+    transaction, written in batches of :data:`BAR_BATCH` rows.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+import heapq
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -53,6 +62,7 @@ from bastion import BastionError, ConfigError, FormatError, __version__, audit, 
 from bastion.audit import AuditView
 from bastion.interfaces import (
     AuditCheck,
+    BarSeries,
     EquityPoint,
     Offer,
     PluginContext,
@@ -64,12 +74,12 @@ from bastion.interfaces import (
     StrategyRecord,
     StrategyRunData,
 )
-from bastion.models import Fill, Order, OrderIntent, OrderStatus, OrderType, Position, Side
+from bastion.models import Bar, Fill, Order, OrderIntent, OrderStatus, OrderType, Position, Side
 
-__all__ = ["DB_NAME", "SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["BAR_BATCH", "DB_NAME", "SCHEMA_VERSION", "SQLiteStore"]
 
 DB_NAME: Final = "bastion.db"
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 FINAL_ORDER_STATUSES: Final = frozenset(
     {OrderStatus.FILLED, OrderStatus.REJECTED, OrderStatus.CANCELLED}
@@ -113,6 +123,15 @@ def _parse_ts(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
+def _aware(value: datetime) -> datetime:
+    """A bound given without a time zone is taken as UTC (as the sources do)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _bar_key(bar: Bar) -> tuple[datetime, str]:
+    return bar.ts, bar.symbol
+
+
 def _now() -> str:
     return _ts(datetime.now(UTC))
 
@@ -120,6 +139,28 @@ def _now() -> str:
 def _num(value: Decimal) -> str:
     """Exact decimal text in plain notation (``0.00000001``, not ``1E-8``); zeros kept."""
     return format(value if type(value) is Decimal else Decimal(value), "f")
+
+
+def _bar_num(value: float) -> str:
+    """A bar's float as the shortest plain decimal text that reads back as that float
+    (``101.23``, ``0.00001``; never ``1e-05``)."""
+    return format(Decimal(repr(float(value))), "f")
+
+
+_BAR_UPSERT_SQL: Final = (
+    "INSERT INTO bars (symbol, interval, ts, open, high, low, close, volume) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (symbol, interval, ts) DO UPDATE SET "
+    "open = excluded.open, high = excluded.high, low = excluded.low, "
+    "close = excluded.close, volume = excluded.volume"
+)
+_BAR_READ_SQL: Final = (
+    "SELECT ts, open, high, low, close, volume FROM bars "
+    "WHERE symbol = ? AND interval = ? AND ts > ? AND ts <= ? ORDER BY ts LIMIT ?"
+)
+_TS_MIN: Final = ""  # sorts before every stored ts
+_TS_MAX: Final = "~"  # sorts after every stored ts ("~" > any digit)
+BAR_BATCH: Final = 2000
+"""Bars per ``executemany`` when importing, and per query when reading, in the bar store."""
 
 
 # Enum members as their stored text (``Side.BUY.value`` goes through enum's
@@ -391,6 +432,7 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db.table("equity").create_index(["run_id", "strategy", "ts"])
     for statement in _SCHEMA_3_TABLES:
         db.conn.execute(statement)
+    db.conn.execute(_BARS_SQL)
     # AUTOINCREMENT (sqlite_sequence) and triggers are beyond sqlite-utils' create().
     for statement in _AUDIT_SQL:
         db.conn.execute(statement)
@@ -404,6 +446,13 @@ _SCHEMA_3_TABLES: Final = (
     "CREATE TABLE period_returns (run_id TEXT NOT NULL REFERENCES runs(run_id), "
     "strategy TEXT NOT NULL, period TEXT NOT NULL, value FLOAT, "
     "PRIMARY KEY (run_id, strategy, period))",
+)
+
+# Schema 4: the bar store.  Prices and volume are decimal text (see _bar_num).
+_BARS_SQL: Final = (
+    "CREATE TABLE bars (symbol TEXT NOT NULL, interval TEXT NOT NULL, ts TEXT NOT NULL, "
+    "open TEXT NOT NULL, high TEXT NOT NULL, low TEXT NOT NULL, close TEXT NOT NULL, "
+    "volume TEXT, PRIMARY KEY (symbol, interval, ts)) WITHOUT ROWID"
 )
 
 _EXEC_ID_INDEX_SQL: Final = (
@@ -422,6 +471,8 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
         conn.execute("ALTER TABLE positions ADD COLUMN mark TEXT")
         for statement in _SCHEMA_3_TABLES:
             conn.execute(statement)
+    if version < 4:
+        conn.execute(_BARS_SQL)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -1286,6 +1337,88 @@ class SQLiteStore:
             rejections=rejections,
             period_returns=period_returns,
         )
+
+    # ----------------------------------------------------------------- bars
+
+    def write_bars(self, interval: str, bars: Iterable[Bar]) -> int:
+        """Upsert ``bars`` as bars of ``interval`` by ``(symbol, interval, ts)``, in
+        batches of :data:`BAR_BATCH` inside one transaction: all of them or, if
+        iterating ``bars`` or writing fails, none.  Returns how many were given."""
+        written = 0
+        with self._write() as conn:
+            batch: list[tuple[str | None, ...]] = []
+            for bar in bars:
+                batch.append(
+                    (
+                        bar.symbol,
+                        interval,
+                        _ts(bar.ts),
+                        _bar_num(bar.open),
+                        _bar_num(bar.high),
+                        _bar_num(bar.low),
+                        _bar_num(bar.close),
+                        None if bar.volume is None else _bar_num(bar.volume),
+                    )
+                )
+                if len(batch) >= BAR_BATCH:
+                    conn.executemany(_BAR_UPSERT_SQL, batch)
+                    written += len(batch)
+                    batch.clear()
+            conn.executemany(_BAR_UPSERT_SQL, batch)
+            written += len(batch)
+        return written
+
+    def read_bars(
+        self,
+        symbols: Sequence[str],
+        interval: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> Iterator[Bar]:
+        """Stored bars of ``interval`` for ``symbols`` with ``start <= ts <= end``, by
+        ``(ts, symbol)``: each symbol read :data:`BAR_BATCH` rows at a time in key order,
+        merged; no lock or transaction is held between batches."""
+        if isinstance(symbols, str):
+            symbols = (symbols,)
+        low = _TS_MIN if start is None else _ts(_aware(start))
+        high = _TS_MAX if end is None else _ts(_aware(end))
+        streams = [self._bar_stream(symbol, interval, low, high) for symbol in sorted(set(symbols))]
+        if len(streams) == 1:
+            return streams[0]
+        return heapq.merge(*streams, key=_bar_key)
+
+    def _bar_stream(self, symbol: str, interval: str, low: str, high: str) -> Iterator[Bar]:
+        """One symbol's bars in ``[low, high]`` (ts text), a batch per query."""
+        inclusive = _BAR_READ_SQL.replace("ts > ?", "ts >= ?", 1)
+        sql = inclusive
+        while True:
+            with self._read() as conn:
+                rows = conn.execute(sql, (symbol, interval, low, high, BAR_BATCH)).fetchall()
+            for ts, open_, high_, low_, close, volume in rows:
+                yield Bar(
+                    symbol,
+                    _parse_ts(ts),
+                    float(open_),
+                    float(high_),
+                    float(low_),
+                    float(close),
+                    None if volume is None else float(volume),
+                )
+            if len(rows) < BAR_BATCH:
+                return
+            low, sql = rows[-1][0], _BAR_READ_SQL
+
+    def bar_series(self) -> list[BarSeries]:
+        """Every stored ``(symbol, interval)`` series with its first and last ts and count."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT symbol, interval, min(ts), max(ts), count(*) FROM bars "
+                "GROUP BY symbol, interval ORDER BY symbol, interval"
+            ).fetchall()
+        return [
+            BarSeries(str(symbol), str(interval), _parse_ts(first), _parse_ts(last), int(count))
+            for symbol, interval, first, last, count in rows
+        ]
 
     # ----------------------------------------------------------------- closing
 
