@@ -41,6 +41,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "bastion.plugins.synthetic",
     "bastion.plugins.sqlite_store",
     "bastion.plugins.backtest",
+    "bastion.plugins.bar_store",
     "bastion.plugins.logs",
     "bastion.plugins.ibkr",
     "bastion.plugins.run",

@@ -27,14 +27,16 @@ strategy is run, so loading the plugin costs a test session nothing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,10 +44,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._errors import ConfigError
-from .models import Bar, Fill, Order
+from .models import Bar, Fill, Order, Position
 
 if TYPE_CHECKING:
-    from .interfaces import Source
+    from .interfaces import AuditCheck, ReconcilingStore, RunInfo, Source, Store, StrategyRecord
 
 try:  # the fixture needs pytest; the helpers below do not
     import pytest
@@ -55,6 +57,7 @@ except ImportError:  # pragma: no cover - pytest is part of the [test] extra
 __all__ = [
     "OrderRecord",
     "SourceConformance",
+    "StoreConformance",
     "StrategyQuarantined",
     "StrategyResult",
     "bastion_run",
@@ -707,3 +710,958 @@ class SourceConformance:
                 continue
             got = len(self._bars(*args))
             assert counted == got, f"count{args} is {counted}, bars{args} yielded {got}"
+
+
+# --------------------------------------------------------------------------- shared
+
+if pytest is not None:
+    _fixture = pytest.fixture
+    _parametrize = pytest.mark.parametrize
+else:  # pragma: no cover - the suites need pytest; the module loads without it
+
+    def _fixture(function: Any = None, **kwargs: Any) -> Any:
+        return function if function is not None else (lambda f: f)
+
+    def _parametrize(*args: Any, **kwargs: Any) -> Any:
+        return lambda function: function
+
+
+def _skip(reason: str) -> None:
+    if pytest is None:  # pragma: no cover
+        raise RuntimeError(reason)
+    pytest.skip(reason)
+
+
+def _utc(moment: datetime, what: str) -> None:
+    assert moment.tzinfo is not None, f"{what} {moment!r} came back without a time zone"
+    assert moment.utcoffset() == timedelta(0), (
+        f"{what} {moment.isoformat()} came back in another zone than UTC (store and return "
+        "times as UTC, as bastion.audit.format_ts writes them)"
+    )
+
+
+def _one_line_error(exc: BaseException, *needles: str) -> None:
+    message = str(exc)
+    assert "\n" not in message, f"the error is not one line: {message!r}"
+    for needle in needles:
+        assert needle in message, f"the error does not name {needle!r}: {message}"
+
+
+# --------------------------------------------------------------------------- stores
+
+_STORE_T0 = datetime(2024, 3, 1, 9, 30, 0, 123456, tzinfo=timezone(timedelta(hours=-5)))
+_STORE_RUN = "20240301T143000-c0ffee"
+_SHA_A = "a" * 64
+_SHA_B = "b" * 64
+_RUN_KINDS = ("backtest", "paper")
+#: Ways to change a finished run through the store's own methods (see
+#: StoreConformance.test_a_finished_run_cannot_be_changed_unnoticed).
+_AFTERWARDS = (
+    "update_order",
+    "record_order",
+    "record_fill",
+    "record_equity",
+    "record_benchmark",
+    "record_period_returns",
+    "record_positions",
+    "record_result",
+    "finish_run",
+    "begin_run",
+)
+_TAMPER_WORDS = ("delete", "remove", "drop", "truncate", "purge", "erase", "rewrite", "reset")
+
+
+class StoreConformance:
+    """Tests that a :class:`bastion.interfaces.Store` keeps its contract.
+
+    Subclass it in a test module (the name must start with ``Test``) and override the
+    ``store`` fixture: a new, empty store for every test (close it afterwards; ``close()``
+    may find it closed already).  Override :meth:`reopen` too, to have durability checked::
+
+        import pytest
+        from bastion.testing import StoreConformance
+
+        class TestMyStore(StoreConformance):
+            @pytest.fixture
+            def store(self, tmp_path):
+                store = MyStore.open(tmp_path / "data")
+                yield store
+                store.close()
+
+            def reopen(self, store):
+                store.close()
+                return MyStore.open(Path(store.location).parent)
+
+    The suite uses nothing but the :class:`~bastion.interfaces.Store` protocol (and
+    :class:`~bastion.interfaces.ReconcilingStore` where the store is one; those tests are
+    skipped for a store that is not) and :mod:`bastion.audit`.  It checks: every write
+    reads back exactly through ``load_run`` and ``list_runs`` (decimals with their trailing
+    zeros, times as aware UTC datetimes, to the microsecond) for backtests and paper runs
+    alike; a fill needs its order stored first; writes naming an unknown run, order or
+    strategy, a second run or order with the same id and naive times are refused with a
+    ``ValueError`` or :class:`bastion.BastionError`; ``load_run`` takes a unique prefix and
+    refuses an unknown or ambiguous id with a one-line :class:`bastion.ConfigError`; the
+    audit log is the kernel's chain (:func:`bastion.audit.seal` sealed every record;
+    ``run_started``/``run_finished`` carry the kernel's payloads and run digests) and
+    verifies with :func:`bastion.audit.verify`; concurrent ``audit()`` calls chain; a
+    finished run cannot be changed through the store's own methods without being refused
+    or caught by ``verify``, and nothing offers to delete or rewrite; after :meth:`reopen`
+    everything, chain and digests included, is as it was and the chain continues.
+    """
+
+    # -- what a subclass provides --------------------------------------------------------
+
+    @_fixture
+    def store(self) -> Store:
+        """A new, empty store for each test (override this fixture)."""
+        raise NotImplementedError(
+            f"{type(self).__name__}: override the store fixture to return a new, empty store"
+        )
+
+    def reopen(self, store: Store) -> Store:
+        """Close ``store`` and open the same data again (override this to have durability
+        checked; the tests that need it are skipped otherwise)."""
+        raise NotImplementedError
+
+    # -- helpers ------------------------------------------------------------------------
+
+    @_fixture(autouse=True)
+    def _close_reopened(self) -> Iterator[None]:
+        self._reopened: list[Store] = []
+        yield
+        for store in self._reopened:
+            store.close()
+
+    def _reopen(self, store: Store) -> Store:
+        try:
+            again = self.reopen(store)
+        except NotImplementedError:
+            _skip(f"{type(self).__name__} does not override reopen(); durability not checked")
+            raise
+        self._reopened.append(again)
+        return again
+
+    @staticmethod
+    def _reconciling(store: Store) -> ReconcilingStore:
+        from .interfaces import ReconcilingStore
+
+        if not isinstance(store, ReconcilingStore):
+            _skip(
+                f"{type(store).__name__} is not a ReconcilingStore (optional: paper and live "
+                "runs need one)"
+            )
+        assert isinstance(store, ReconcilingStore)
+        return store
+
+    @staticmethod
+    def _strategies() -> tuple[StrategyRecord, StrategyRecord]:
+        from .interfaces import StrategyRecord
+
+        signed = StrategyRecord(
+            name="momentum.py",
+            sha256=_SHA_A,
+            signer="RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3",
+            signer_name="alice",
+            whitelist_version=4,
+            unsigned=False,
+            params={"fast": 10, "slow": 30, "threshold": 0.25, "name": "ünïcode"},
+        )
+        unsigned = StrategyRecord(
+            name="scratch.py",
+            sha256=_SHA_B,
+            signer=None,
+            signer_name=None,
+            whitelist_version=None,
+            unsigned=True,
+            params={},
+        )
+        return signed, unsigned
+
+    @staticmethod
+    def _info(
+        run_id: str = _STORE_RUN, kind: str = "paper", started: datetime = _STORE_T0
+    ) -> RunInfo:
+        from .interfaces import RunInfo
+
+        return RunInfo(
+            run_id=run_id,
+            kind=kind,
+            environment="development" if kind == "backtest" else kind,
+            started=started,
+            bastion_version="1.2.3",
+            config={
+                "source": "csv:data",
+                "broker": "sim",
+                "cash": "100000.00",
+                "symbols": ["X", "Y"],
+                "params": {"fast": 10},
+            },
+        )
+
+    @staticmethod
+    def _order(
+        cid: str,
+        strategy: StrategyRecord,
+        *,
+        side: str = "buy",
+        quantity: str = "10",
+        kind: str = "market",
+        limit: str | None = None,
+        stop: str | None = None,
+        minutes: int = 0,
+        symbol: str = "X",
+        liquidation: bool = False,
+    ) -> Order:
+        from .models import OrderIntent
+
+        intent = OrderIntent(
+            symbol=symbol,
+            side=side,
+            quantity=Decimal(quantity),
+            type=kind,
+            limit_price=None if limit is None else Decimal(limit),
+            stop_price=None if stop is None else Decimal(stop),
+            tag="entry" if not liquidation else "margin-call",
+        )
+        return Order(
+            client_order_id=cid,
+            strategy=strategy.name,
+            strategy_sha256=strategy.sha256,
+            signer=strategy.signer,
+            intent=intent,
+            created=_STORE_T0 + timedelta(minutes=minutes),
+            liquidation=liquidation,
+        )
+
+    @staticmethod
+    def _fill(
+        order: Order,
+        quantity: str,
+        price: str,
+        commission: str = "0.35",
+        *,
+        minutes: int = 1,
+        exec_id: str | None = None,
+    ) -> Fill:
+        return Fill(
+            order_id=order.client_order_id,
+            symbol=order.symbol,
+            side=order.side,
+            quantity=Decimal(quantity),
+            price=Decimal(price),
+            commission=Decimal(commission),
+            ts=order.created + timedelta(minutes=minutes),
+            exec_id=exec_id,
+            broker_order_id=None if exec_id is None else f"broker-{exec_id}",
+        )
+
+    def _small_run(self, store: Store, kind: str = "paper", run_id: str = _STORE_RUN) -> Order:
+        """One finished run: an order filled, one cancelled; returns the filled order."""
+        signed, _ = self._strategies()
+        store.begin_run(self._info(run_id, kind), [signed])
+        filled = self._order(f"{run_id}-1", signed)
+        store.record_order(run_id, filled, "pending", None)
+        store.update_order(run_id, filled.client_order_id, "accepted", None, Decimal(0))
+        store.record_fill(run_id, self._fill(filled, "10", "101.50"), filled)
+        store.update_order(run_id, filled.client_order_id, "filled", None, Decimal(10))
+        cancelled = self._order(f"{run_id}-2", signed, kind="limit", limit="90.00", minutes=5)
+        store.record_order(run_id, cancelled, "pending", None)
+        store.update_order(run_id, cancelled.client_order_id, "cancelled", "end of run", Decimal(0))
+        store.record_equity(run_id, signed.name, [(_STORE_T0, 100000.0)])
+        store.record_positions(
+            run_id,
+            signed.name,
+            [Position("X", Decimal("10"), Decimal("101.50"), Decimal("0"), Decimal("102.25"))],
+        )
+        store.record_result(run_id, signed.name, {"trades": 1}, None)
+        store.finish_run(run_id, "completed", None)
+        return filled
+
+    @staticmethod
+    def _records(store: Store) -> list[Any]:
+        with store.audit_view() as view:
+            return list(view.records())
+
+    @staticmethod
+    def _digest(store: Store, run_id: str) -> str:
+        from .audit import DIGEST_FORM, run_digest
+
+        with store.audit_view() as view:
+            return run_digest(functools.partial(view.rows, run_id), DIGEST_FORM)
+
+    @staticmethod
+    def _verify(store: Store) -> AuditCheck:
+        from .audit import verify
+
+        return verify(store)
+
+    def _assert_verifies(self, store: Store) -> AuditCheck:
+        check = self._verify(store)
+        assert check.ok, (
+            f"bastion.audit.verify(store) fails on an untouched store: record "
+            f"{check.first_broken}: {check.reason}"
+        )
+        return check
+
+    @staticmethod
+    def _refused(action: Callable[[], object], what: str) -> BaseException:
+        from ._errors import BastionError
+
+        try:
+            action()
+        except (ValueError, BastionError) as exc:
+            return exc
+        except Exception as exc:
+            raise AssertionError(
+                f"{what} raised {type(exc).__name__}: {exc}; refuse it with a ValueError or "
+                "a bastion.BastionError"
+            ) from exc
+        raise AssertionError(f"{what} was accepted; it must be refused")
+
+    # -- the protocol -------------------------------------------------------------------
+
+    def test_is_a_store(self, store: Store) -> None:
+        """The object has what the ``Store`` protocol names; a new store is empty and its
+        (empty) audit log verifies."""
+        from .audit import AuditView
+        from .interfaces import Store
+
+        assert isinstance(store, Store), f"{store!r} lacks a method of bastion.interfaces.Store"
+        assert isinstance(store.location, str) and store.location.strip(), (
+            "location must be a non-empty string (it is shown to the user)"
+        )
+        assert store.list_runs() == [], "a new store must have no runs"
+        with store.audit_view() as view:
+            assert isinstance(view, AuditView), f"audit_view() gave {view!r}, not an AuditView"
+            assert list(view.records()) == [] and view.last() is None
+            assert view.highest_id() == 0
+            assert dict(view.runs()) == {} and dict(view.strategies()) == {}
+        check = self._assert_verifies(store)
+        assert check.records == 0
+
+    # -- round trips --------------------------------------------------------------------
+
+    @_parametrize("kind", _RUN_KINDS)
+    def test_a_run_reads_back_exactly(self, store: Store, kind: str) -> None:
+        """begin → orders → fills → equity, benchmark, period returns, positions → results →
+        finish: ``load_run`` returns it all, decimals exact to their last zero, times aware
+        UTC to the microsecond, strategies in the order the run began with them."""
+        signed, unsigned = self._strategies()
+        info = self._info(kind=kind)
+        run_id = info.run_id
+        store.begin_run(info, [signed, unsigned])
+        limit = self._order("o-1", signed, kind="limit", limit="101.2500", quantity="0.00000001")
+        stop = self._order("o-2", signed, side="sell", kind="stop", stop="99.10", minutes=3)
+        scratch = self._order("o-3", unsigned, quantity="3", minutes=4)
+        refused = self._order("o-4", signed, quantity="7.50", minutes=6)
+        for order in (limit, stop, scratch):
+            store.record_order(run_id, order, "pending", None)
+        store.record_order(run_id, refused, "rejected", "limit: max order 5")
+        store.update_order(run_id, "o-1", "accepted", None, Decimal(0))
+        fills = [
+            self._fill(limit, "0.00000001", "101.2500", "0.000"),
+            self._fill(scratch, "1", "100.10", exec_id="E-1"),
+            self._fill(scratch, "2", "100.20", minutes=2, exec_id="E-2"),
+        ]
+        store.record_fill(run_id, fills[0], limit)
+        store.update_order(run_id, "o-1", "filled", None, Decimal("0.00000001"))
+        store.record_fill(run_id, fills[1], scratch)
+        store.update_order(run_id, "o-3", "partial", None, Decimal(1))
+        store.record_fill(run_id, fills[2], scratch)
+        store.update_order(run_id, "o-3", "filled", None, Decimal(3))
+        store.update_order(run_id, "o-2", "rejected", "risk: max position", Decimal(0))
+
+        start = datetime(2024, 3, 1, 21, 0, 0, 250001, tzinfo=UTC)
+        equity = [(start + timedelta(days=i), 100000.0 + i * 12.5) for i in range(30)]
+        store.record_equity(run_id, signed.name, equity[:10])
+        store.record_equity(run_id, signed.name, equity[10:])
+        store.record_equity(run_id, unsigned.name, [(start, 5000.0)])
+        benchmark = [(start, 100000.0), (start + timedelta(days=1), 101500.25)]
+        store.record_benchmark(run_id, benchmark)
+        returns: dict[str, float | None] = {"2024-03": 0.0125, "2024-04": -0.5, "2024": None}
+        store.record_period_returns(run_id, signed.name, returns)
+        store.record_positions(
+            run_id, signed.name, [Position("X", Decimal(1), Decimal(1), Decimal(0))]
+        )
+        positions = [
+            Position("X", Decimal("0.00000001"), Decimal("101.2500"), Decimal("0.00"), None),
+            Position("Y", Decimal("-25"), Decimal("7.125"), Decimal("-13.370"), Decimal("7.50")),
+        ]
+        store.record_positions(run_id, signed.name, positions)  # replaces the first
+        metrics: dict[str, float | int | None] = {"sharpe": 1.375, "trades": 2, "sortino": None}
+        store.record_result(run_id, signed.name, metrics, None)
+        store.record_result(run_id, unsigned.name, {"trades": 1}, "loss limit: -5% in one day")
+        store.finish_run(run_id, "completed", None)
+
+        data = store.load_run(run_id)
+        assert data.info == info, f"load_run().info is {data.info!r}, stored {info!r}"
+        _utc(data.info.started, "RunInfo.started")
+        assert dict(data.info.config) == dict(info.config)
+        row = data.row
+        assert (row.run_id, row.kind, row.environment, row.status, row.error) == (
+            run_id,
+            kind,
+            info.environment,
+            "completed",
+            None,
+        )
+        assert row.started == info.started
+        _utc(row.started, "RunRow.started")
+        assert row.finished is not None, "a finished run has its end time"
+        _utc(row.finished, "RunRow.finished")
+        assert tuple(row.strategies) == ("momentum.py", "scratch.py")
+        assert [tuple(p) for p in data.benchmark] == benchmark
+        first, second = data.strategies
+        assert first.record == signed and second.record == unsigned
+        assert dict(first.metrics) == metrics and dict(second.metrics) == {"trades": 1}
+        assert [tuple(p) for p in first.equity] == equity
+        for ts, _ in first.equity:
+            _utc(ts, "an equity point's time")
+        assert [tuple(p) for p in second.equity] == [(start, 5000.0)]
+        assert list(first.positions) == positions
+        assert [str(p.avg_price) for p in first.positions] == ["101.2500", "7.125"]
+        assert [str(p.realized) for p in first.positions] == ["0.00", "-13.370"]
+        assert [str(p.quantity) for p in first.positions] == ["1E-8", "-25"]
+        assert list(second.positions) == []
+        assert dict(first.period_returns) == returns
+        assert (first.orders, first.fills, first.rejected) == (3, 1, 2)
+        assert (second.orders, second.fills, second.rejected) == (1, 2, 0)
+        assert list(first.executions) == fills[:1] and list(second.executions) == fills[1:]
+        assert [str(f.price) for f in second.executions] == ["100.10", "100.20"]
+        assert str(first.executions[0].commission) == "0.000"
+        for fill in (*first.executions, *second.executions):
+            _utc(fill.ts, "a fill's time")
+        assert [(r.symbol, r.side, r.quantity, r.reason) for r in first.rejections] == [
+            ("X", "sell", Decimal("10"), "risk: max position"),
+            ("X", "buy", Decimal("7.50"), "limit: max order 5"),
+        ]
+        assert [r.created for r in first.rejections] == [stop.created, refused.created]
+        assert str(first.rejections[1].quantity) == "7.50"
+        assert first.last_rejection == "limit: max order 5"
+        assert (first.quarantined, second.quarantined) == (None, "loss limit: -5% in one day")
+        (listed,) = store.list_runs()
+        assert dict(listed.quarantined) == {"scratch.py": "loss limit: -5% in one day"}
+        self._assert_verifies(store)
+
+    def test_load_run_has_the_row_list_runs_has(self, store: Store) -> None:
+        """``load_run(id).row`` is the run's row as ``list_runs()`` gives it, quarantine
+        reasons included, before and after the run finishes."""
+        signed, unsigned = self._strategies()
+        store.begin_run(self._info(), [signed, unsigned])
+        store.record_result(_STORE_RUN, unsigned.name, {"trades": 0}, "raised: on_bar: boom")
+        for _ in range(2):
+            (listed,) = store.list_runs()
+            assert dict(listed.quarantined) == {unsigned.name: "raised: on_bar: boom"}
+            loaded = store.load_run(_STORE_RUN).row
+            assert loaded == listed, f"load_run().row is {loaded!r}, list_runs() {listed!r}"
+            store.finish_run(_STORE_RUN, "completed", None)
+
+    def test_list_runs_is_newest_first(self, store: Store) -> None:
+        """``list_runs`` orders by start time, newest first, naming each run's strategies in
+        the order it began with them; an unfinished run of this process is ``running``;
+        a failed run keeps its error."""
+        signed, unsigned = self._strategies()
+        store.begin_run(self._info("old", started=_STORE_T0), [signed])
+        store.begin_run(
+            self._info("new", started=_STORE_T0 + timedelta(hours=1)), [unsigned, signed]
+        )
+        store.begin_run(self._info("mid", "backtest", _STORE_T0 + timedelta(minutes=5)), [])
+        store.finish_run("old", "completed", None)
+        store.finish_run("mid", "failed", "source: bad bar at data/X.csv:17")
+        rows = store.list_runs()
+        assert [r.run_id for r in rows] == ["new", "mid", "old"]
+        assert [tuple(r.strategies) for r in rows] == [
+            ("scratch.py", "momentum.py"),
+            (),
+            ("momentum.py",),
+        ]
+        assert [r.status for r in rows] == ["running", "failed", "completed"]
+        assert [r.error for r in rows] == [None, "source: bad bar at data/X.csv:17", None]
+        assert rows[0].finished is None and rows[1].finished is not None
+        assert [r.kind for r in rows] == ["paper", "backtest", "paper"]
+        self._assert_verifies(store)
+
+    def test_load_run_takes_a_unique_prefix(self, store: Store) -> None:
+        """``load_run`` takes a run id or any unique prefix of one (``bastion report``
+        promises that); an unknown id or an ambiguous prefix is a one-line
+        :class:`bastion.ConfigError` naming it."""
+        from ._errors import ConfigError
+
+        signed, _ = self._strategies()
+        store.begin_run(self._info("20240301-aaaa"), [signed])
+        store.begin_run(self._info("20240301-abcd"), [signed])
+        assert store.load_run("20240301-aaaa").info.run_id == "20240301-aaaa"
+        assert store.load_run("20240301-ab").info.run_id == "20240301-abcd"
+        for wrong in ("nope", "20240301-a", "20240301-%", "20240301-_bcd"):
+            try:
+                store.load_run(wrong)
+            except ConfigError as exc:
+                _one_line_error(exc, wrong)
+            else:
+                raise AssertionError(f"load_run({wrong!r}) raised no bastion.ConfigError")
+
+    @_parametrize("kind", _RUN_KINDS)
+    def test_a_fill_needs_its_order_stored_first(self, store: Store, kind: str) -> None:
+        """A fill for an order the run has not stored, or recorded against another order, is
+        refused; once the order is stored its fill is."""
+        signed, _ = self._strategies()
+        store.begin_run(self._info(kind=kind), [signed])
+        order = self._order("o-1", signed)
+        fill = self._fill(order, "10", "100")
+        self._refused(
+            lambda: store.record_fill(_STORE_RUN, fill, order),
+            "record_fill() for an order the run never stored",
+        )
+        store.record_order(_STORE_RUN, order, "pending", None)
+        other = self._order("o-2", signed, minutes=1)
+        store.record_order(_STORE_RUN, other, "pending", None)
+        self._refused(
+            lambda: store.record_fill(_STORE_RUN, fill, other),
+            "record_fill() of order o-1's fill against order o-2",
+        )
+        store.record_fill(_STORE_RUN, fill, order)
+        store.finish_run(_STORE_RUN, "completed", None)
+        (data,) = store.load_run(_STORE_RUN).strategies
+        assert list(data.executions) == [fill]
+        assert (data.orders, data.fills) == (2, 1)
+        self._assert_verifies(store)
+
+    @_parametrize("kind", _RUN_KINDS)
+    def test_unknown_runs_orders_and_strategies_are_refused(self, store: Store, kind: str) -> None:
+        """Writes naming a run that is not stored, an order the run does not have or a
+        strategy that is not in the run are refused (``ValueError`` or ``BastionError``), and
+        change nothing."""
+        signed, _ = self._strategies()
+        order = self._order("o-1", signed)
+        self._refused(
+            lambda: store.record_order("ghost", order, "pending", None),
+            "record_order() for a run that is not stored",
+        )
+        self._refused(
+            lambda: store.finish_run("ghost", "completed", None),
+            "finish_run() of a run that is not stored",
+        )
+        store.begin_run(self._info(kind=kind), [signed])
+        self._refused(
+            lambda: store.update_order(_STORE_RUN, "o-404", "filled", None, Decimal(1)),
+            "update_order() of an order the run does not have",
+        )
+        self._refused(
+            lambda: store.record_result(_STORE_RUN, "ghost.py", {"trades": 0}, None),
+            "record_result() for a strategy that is not in the run",
+        )
+        store.finish_run(_STORE_RUN, "completed", None)
+        assert [r.run_id for r in store.list_runs()] == [_STORE_RUN]
+        (data,) = store.load_run(_STORE_RUN).strategies
+        assert (data.orders, data.fills) == (0, 0)
+        self._assert_verifies(store)
+
+    @_parametrize("kind", _RUN_KINDS)
+    def test_ids_are_never_stored_twice(self, store: Store, kind: str) -> None:
+        """A second run with a stored run id, or a second order with a stored client order
+        id, is refused; the first is kept as it was."""
+        signed, unsigned = self._strategies()
+        info = self._info(kind=kind)
+        store.begin_run(info, [signed])
+        self._refused(
+            lambda: store.begin_run(attrs.evolve(info, kind="live"), [unsigned]),
+            "begin_run() with a run id already stored",
+        )
+        store.record_order(_STORE_RUN, self._order("dup", signed), "pending", None)
+        self._refused(
+            lambda: store.record_order(
+                _STORE_RUN, self._order("dup", signed, quantity="99"), "pending", None
+            ),
+            "record_order() with a client order id already stored",
+        )
+        store.finish_run(_STORE_RUN, "completed", None)
+        data = store.load_run(_STORE_RUN)
+        assert data.info == info and tuple(data.row.strategies) == (signed.name,)
+        assert data.strategies[0].orders == 1
+        self._assert_verifies(store)
+
+    def test_finish_run_takes_a_final_status(self, store: Store) -> None:
+        """A run finishes ``completed``, ``failed`` or ``interrupted``, nothing else; an
+        error given is kept."""
+        signed, _ = self._strategies()
+        store.begin_run(self._info(), [signed])
+        self._refused(
+            lambda: store.finish_run(_STORE_RUN, "done", None), "finish_run() with status 'done'"
+        )
+        assert store.list_runs()[0].status == "running"
+        store.finish_run(_STORE_RUN, "interrupted", "killed by signal 15")
+        (row,) = store.list_runs()
+        assert (row.status, row.error) == ("interrupted", "killed by signal 15")
+        self._assert_verifies(store)
+
+    def test_naive_times_are_refused(self, store: Store) -> None:
+        """Equity times without a time zone are refused instead of stored ambiguously."""
+        signed, _ = self._strategies()
+        store.begin_run(self._info(), [signed])
+        self._refused(
+            lambda: store.record_equity(_STORE_RUN, signed.name, [(datetime(2024, 1, 1), 1.0)]),
+            "record_equity() with a naive time",
+        )
+        assert list(store.load_run(_STORE_RUN).strategies[0].equity) == []
+
+    # -- the audit log ------------------------------------------------------------------
+
+    @_parametrize("kind", _RUN_KINDS)
+    def test_the_audit_chain_is_the_kernels(self, store: Store, kind: str) -> None:
+        """Every record is as :func:`bastion.audit.seal` made it: ids 1, 2, ... with no gap,
+        each ``prev_hash`` the previous record's hash (64 zeros first), each ``hash`` what
+        :func:`bastion.audit.record_hash` computes, payloads canonical JSON, times
+        canonical UTC text; ``highest_id`` and ``last`` agree; ``verify`` passes."""
+        from .audit import GENESIS_HASH, canonical_json, format_ts, record_hash
+
+        self._small_run(store, kind)
+        store.audit("note", {"why": "conformance"})
+        records = self._records(store)
+        assert len(records) >= 3, f"only {len(records)} audit records for a whole run"
+        previous = GENESIS_HASH
+        for number, record in enumerate(records, 1):
+            assert record.id == number, f"record {number} has id {record.id}"
+            assert record.prev_hash == previous, f"record {number} does not link to the last"
+            assert record.hash == record_hash(
+                record.id, record.ts, record.event, record.payload, record.prev_hash
+            ), f"record {number}'s hash is not bastion.audit.record_hash of its fields"
+            assert record.payload == canonical_json(json.loads(record.payload)), (
+                f"record {number}'s payload is not canonical JSON: {record.payload!r}"
+            )
+            moment = datetime.fromisoformat(record.ts.replace("Z", "+00:00"))
+            assert record.ts == format_ts(moment), f"record {number}'s time {record.ts!r}"
+            previous = record.hash
+        with store.audit_view() as view:
+            assert view.highest_id() == len(records)
+            assert view.last() == records[-1]
+        assert records[0].event == "run_started"
+        assert [r.event for r in records][-2:] == ["run_finished", "note"]
+        check = self._assert_verifies(store)
+        assert check.records == len(records)
+
+    @_parametrize("kind", _RUN_KINDS)
+    def test_runs_are_vouched_for_by_the_kernels_records(self, store: Store, kind: str) -> None:
+        """``run_started`` carries :func:`bastion.audit.run_started_payload`, ``run_finished``
+        :func:`bastion.audit.run_finished_payload` with the run's digest over what
+        ``audit_view().rows`` returns; ``runs()`` and ``strategies()`` show the run as
+        stored."""
+        from .audit import DIGEST_FORM, canonical_json, format_ts, run_started_payload
+
+        signed, _ = self._strategies()
+        info = self._info(kind=kind)
+        self._small_run(store, kind)
+        records = self._records(store)
+        started = [json.loads(r.payload) for r in records if r.event == "run_started"]
+        finished = [json.loads(r.payload) for r in records if r.event == "run_finished"]
+        assert len(started) == 1 and len(finished) == 1
+        expected = run_started_payload(info, [signed], started[0].get("pid", 0))
+        assert started[0] == json.loads(canonical_json(expected)), (
+            f"run_started payload {started[0]!r} is not run_started_payload(run, strategies)"
+        )
+        with store.audit_view() as view:
+            runs = dict(view.runs())
+            strategies = {k: dict(v) for k, v in view.strategies().items()}
+        stored = runs[_STORE_RUN]
+        assert (stored["kind"], stored["environment"], stored["status"]) == (
+            kind,
+            info.environment,
+            "completed",
+        )
+        assert stored["started"] == format_ts(info.started)
+        assert stored["bastion_version"] == "1.2.3" and stored["error"] is None
+        assert json.loads(stored["config"]) == dict(info.config)
+        assert set(strategies[_STORE_RUN]) == {signed.name}
+        row = strategies[_STORE_RUN][signed.name]
+        assert (row["sha256"], row["signer"], row["signer_name"]) == (
+            signed.sha256,
+            signed.signer,
+            signed.signer_name,
+        )
+        assert (row["whitelist_version"], bool(row["unsigned"])) == (4, False)
+        done = finished[0]
+        assert (done["run_id"], done["status"], done["error"]) == (_STORE_RUN, "completed", None)
+        assert (done["orders"], done["fills"]) == (2, 1)
+        assert done["finished"] == stored["finished"]
+        assert done["trades_digest_form"] == DIGEST_FORM
+        assert done["trades_sha256"] == self._digest(store, _STORE_RUN), (
+            "run_finished's digest is not bastion.audit.run_digest over audit_view().rows"
+        )
+        with store.audit_view() as view:
+            orders = view.rows(
+                _STORE_RUN, "orders", "client_order_id, status, filled", "client_order_id"
+            )
+        assert [list(r) for r in orders] == [
+            [f"{_STORE_RUN}-1", "filled", "10"],
+            [f"{_STORE_RUN}-2", "cancelled", "0"],
+        ], "rows() must return the stored values as text, decimals exact"
+        self._assert_verifies(store)
+
+    def test_audit_appends_one_sealed_record(self, store: Store) -> None:
+        """``audit(event, payload)`` appends exactly one record at once: that event, the
+        payload as canonical JSON (decimals exact, times as UTC text); earlier records are
+        untouched; an event without a name is refused."""
+        from .audit import canonical_json
+
+        self._small_run(store)
+        before = self._records(store)
+        payload = {
+            "strategy": "momentum.py",
+            "equity": Decimal("95000.10"),
+            "at": _STORE_T0,
+            "symbols": ["Y", "X"],
+            "nested": {"b": 1, "a": None},
+        }
+        store.audit("margin_call", payload)
+        after = self._records(store)
+        assert after[: len(before)] == before, "audit() changed earlier records"
+        assert len(after) == len(before) + 1, f"audit() added {len(after) - len(before)} records"
+        added = after[-1]
+        assert (added.event, added.payload) == ("margin_call", canonical_json(payload))
+        assert '"equity":"95000.10"' in added.payload
+        self._refused(lambda: store.audit("", {"x": 1}), "audit() with an empty event name")
+        assert self._records(store) == after
+        self._assert_verifies(store)
+
+    def test_concurrent_audits_chain_and_never_fork(self, store: Store) -> None:
+        """``audit()`` from several threads at once: every record is appended, the chain
+        has no gap and no fork, and it verifies."""
+        threads, each = 4, 15
+        errors: list[BaseException] = []
+
+        def write(number: int) -> None:
+            try:
+                for i in range(each):
+                    store.audit("tick", {"thread": number, "i": i})
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        workers = [threading.Thread(target=write, args=(n,)) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        assert not errors, f"audit() from {threads} threads raised: {errors[0]!r}"
+        records = self._records(store)
+        assert [r.id for r in records] == list(range(1, threads * each + 1))
+        seen = {(json.loads(r.payload)["thread"], json.loads(r.payload)["i"]) for r in records}
+        assert len(seen) == threads * each
+        assert self._assert_verifies(store).records == threads * each
+
+    @_parametrize("change", _AFTERWARDS)
+    @_parametrize("kind", _RUN_KINDS)
+    def test_a_finished_run_cannot_be_changed_unnoticed(
+        self, store: Store, kind: str, change: str
+    ) -> None:
+        """Once a run has finished, a write to it through the store's own methods is either
+        refused — and then changes nothing — or caught by :func:`bastion.audit.verify`:
+        never silently accepted."""
+        signed, _ = self._strategies()
+        order = self._small_run(store, kind)
+        self._assert_verifies(store)
+        before = store.load_run(_STORE_RUN)
+        cid = order.client_order_id
+        late = self._order("late-1", signed, minutes=30)
+        at = _STORE_T0 + timedelta(days=3)
+        actions: dict[str, Callable[[], object]] = {
+            "update_order": lambda: store.update_order(
+                _STORE_RUN, cid, "cancelled", "x", Decimal(0)
+            ),
+            "record_order": lambda: store.record_order(_STORE_RUN, late, "pending", None),
+            "record_fill": lambda: store.record_fill(
+                _STORE_RUN, self._fill(order, "1", "1.00", minutes=9), order
+            ),
+            "record_equity": lambda: store.record_equity(_STORE_RUN, signed.name, [(at, 1.0)]),
+            "record_benchmark": lambda: store.record_benchmark(_STORE_RUN, [(at, 1.0)]),
+            "record_period_returns": lambda: store.record_period_returns(
+                _STORE_RUN, signed.name, {"2024-03": 0.5}
+            ),
+            "record_positions": lambda: store.record_positions(_STORE_RUN, signed.name, []),
+            "record_result": lambda: store.record_result(
+                _STORE_RUN, signed.name, {"trades": 99}, None
+            ),
+            "finish_run": lambda: store.finish_run(_STORE_RUN, "failed", "rewritten"),
+            "begin_run": lambda: store.begin_run(self._info(kind=kind), [signed]),
+        }
+        try:
+            actions[change]()
+        except Exception:
+            after = store.load_run(_STORE_RUN)
+            assert after == before, f"a refused {change}() changed the finished run"
+            self._assert_verifies(store)
+            return
+        check = self._verify(store)
+        assert not check.ok, (
+            f"{change}() changed the finished run {_STORE_RUN} and bastion.audit.verify "
+            "still passes: refuse writes to a finished run, or keep what verify reads "
+            "(audit_view) the same as what was changed"
+        )
+
+    def test_nothing_offers_to_delete_or_rewrite(self, store: Store) -> None:
+        """The store has no public method to delete, drop or rewrite what it holds, and
+        whatever is written later leaves every earlier audit record as it was."""
+        offered = [
+            name
+            for name in dir(store)
+            if not name.startswith("_")
+            and callable(getattr(store, name, None))
+            and any(word in name.lower() for word in _TAMPER_WORDS)
+        ]
+        assert offered == [], f"the store offers {offered}: the record must be append-only"
+        self._small_run(store, "paper", "run-1")
+        first = self._records(store)
+        self._small_run(store, "backtest", "run-2")
+        store.audit("note", {"n": 1})
+        later = self._records(store)
+        assert later[: len(first)] == first, "later writes changed earlier audit records"
+        assert len(later) > len(first)
+        self._assert_verifies(store)
+
+    # -- durability ---------------------------------------------------------------------
+
+    @_parametrize("kind", _RUN_KINDS)
+    def test_everything_survives_reopening(self, store: Store, kind: str) -> None:
+        """Closed and opened again: runs, the audit log (record for record), every run's
+        digest over ``audit_view().rows`` and an unfinished run's rows are as they were."""
+        self._small_run(store, kind, "run-1")
+        signed, _ = self._strategies()
+        store.begin_run(self._info("run-2", kind, _STORE_T0 + timedelta(hours=2)), [signed])
+        working = self._order("run-2-1", signed, kind="limit", limit="99.9900", minutes=121)
+        store.record_order("run-2", working, "pending", None)
+        store.update_order("run-2", "run-2-1", "partial", None, Decimal("2.5"))
+        store.record_fill("run-2", self._fill(working, "2.5", "99.99"), working)
+        store.record_equity("run-2", signed.name, [(_STORE_T0, 100000.5)])
+        runs = {run_id: store.load_run(run_id) for run_id in ("run-1", "run-2")}
+        listed = store.list_runs()
+        records = self._records(store)
+        digests = {run_id: self._digest(store, run_id) for run_id in ("run-1", "run-2")}
+        again = self._reopen(store)
+        assert {run_id: again.load_run(run_id) for run_id in runs} == runs
+        assert again.list_runs() == listed
+        assert self._records(again) == records, "the audit log changed across reopening"
+        assert {run_id: self._digest(again, run_id) for run_id in digests} == digests
+        self._assert_verifies(again)
+
+    def test_the_chain_continues_after_reopening(self, store: Store) -> None:
+        """The first record written after reopening follows the last one before it."""
+        self._small_run(store)
+        last = self._records(store)[-1]
+        again = self._reopen(store)
+        again.audit("resumed", {"n": 1})
+        records = self._records(again)
+        assert records[-1].id == last.id + 1 and records[-1].prev_hash == last.hash
+        signed, _ = self._strategies()
+        again.begin_run(self._info("run-after"), [signed])
+        again.finish_run("run-after", "completed", None)
+        assert self._assert_verifies(again).records == len(records) + 2
+
+    # -- reconciliation (ReconcilingStore) ------------------------------------------------
+
+    def test_open_orders_are_the_runs_unsettled_orders(self, store: Store) -> None:
+        """``open_orders(run)`` returns exactly the run's orders not filled, rejected or
+        cancelled, as they were stored (the whole ``Order``), with status and filled."""
+        reconciling = self._reconciling(store)
+        signed, unsigned = self._strategies()
+        store.begin_run(self._info(), [signed, unsigned])
+        store.begin_run(self._info("other", started=_STORE_T0 + timedelta(hours=1)), [signed])
+        orders = {
+            "pending": self._order("o-1", signed, kind="limit", limit="101.2500", minutes=1),
+            "accepted": self._order(
+                "o-2", unsigned, side="sell", kind="stop", stop="99.1", quantity="0.5", minutes=2
+            ),
+            "partial": self._order("o-3", signed, minutes=3, liquidation=True),
+            "filled": self._order("o-4", signed, minutes=4),
+            "rejected": self._order("o-5", signed, minutes=5),
+            "cancelled": self._order("o-6", signed, minutes=6),
+        }
+        for status, order in orders.items():
+            store.record_order(_STORE_RUN, order, "pending", None)
+            if status != "pending":
+                filled = Decimal("3.5") if status == "partial" else Decimal(0)
+                store.update_order(_STORE_RUN, order.client_order_id, status, None, filled)
+        store.record_order("other", self._order("x-1", signed), "pending", None)
+        got = reconciling.open_orders(_STORE_RUN)
+        assert [(s.run_id, s.order, s.status, s.filled) for s in got] == [
+            (_STORE_RUN, orders["pending"], "pending", Decimal(0)),
+            (_STORE_RUN, orders["accepted"], "accepted", Decimal(0)),
+            (_STORE_RUN, orders["partial"], "partial", Decimal("3.5")),
+        ]
+        assert str(got[0].order.intent.limit_price) == "101.2500"
+        for stored in got:
+            _utc(stored.order.created, "an order's created time")
+        assert [s.order.client_order_id for s in reconciling.open_orders("other")] == ["x-1"]
+        assert reconciling.open_orders("ghost") == []
+
+    def test_a_stopped_run_is_unsettled_until_finished(self, store: Store) -> None:
+        """``stop_run`` leaves a run ``stopped`` (no ``run_finished`` yet: it still
+        verifies); ``unsettled_runs(kind)`` lists it, oldest first, until ``finish_run``
+        settles it; a run still running in this process is not unsettled."""
+        reconciling = self._reconciling(store)
+        signed, _ = self._strategies()
+        for number, kind in enumerate(("paper", "paper", "live", "paper")):
+            run_id = f"run-{number}"
+            store.begin_run(self._info(run_id, kind, _STORE_T0 + timedelta(hours=number)), [signed])
+            store.record_order(run_id, self._order(f"{run_id}-o", signed), "accepted", None)
+        reconciling.stop_run("run-1", "stopped with orders working in X")
+        reconciling.stop_run("run-0", "stopped with orders working in X")
+        reconciling.stop_run("run-2", "stopped with orders working in X")
+        assert reconciling.unsettled_runs("paper") == [("run-0", "stopped"), ("run-1", "stopped")]
+        assert reconciling.unsettled_runs("live") == [("run-2", "stopped")]
+        assert reconciling.unsettled_runs("backtest") == []
+        statuses = {r.run_id: r.status for r in store.list_runs()}
+        assert statuses == {
+            "run-0": "stopped",
+            "run-1": "stopped",
+            "run-2": "stopped",
+            "run-3": "running",
+        }
+        self._assert_verifies(store)
+        self._refused(
+            lambda: reconciling.stop_run("run-0", "again"), "stop_run() of a run not running"
+        )
+        self._refused(lambda: reconciling.stop_run("ghost", "x"), "stop_run() of no run")
+        store.update_order("run-0", "run-0-o", "cancelled", "cancelled at the broker", Decimal(0))
+        store.finish_run("run-0", "completed", None)
+        assert reconciling.unsettled_runs("paper") == [("run-1", "stopped")]
+        assert store.load_run("run-0").row.status == "completed"
+        self._assert_verifies(store)
+
+    def test_executions_are_booked_once_across_runs(self, store: Store) -> None:
+        """``execution_ids()`` is every stored broker execution id; a second fill with one
+        of them is refused, whichever run records it; ``book(kind)`` is every fill of the
+        runs of that kind, oldest first, with its strategy."""
+        reconciling = self._reconciling(store)
+        signed, unsigned = self._strategies()
+        store.begin_run(self._info("p-1", "paper"), [signed])
+        store.begin_run(self._info("p-2", "paper", _STORE_T0 + timedelta(hours=1)), [unsigned])
+        store.begin_run(self._info("l-1", "live"), [signed])
+        store.begin_run(self._info("b-1", "backtest"), [signed])
+        a = self._order("p-1-a", signed)
+        b = self._order("p-2-b", unsigned, side="sell", quantity="4")
+        c = self._order("l-1-c", signed)
+        d = self._order("b-1-d", signed)
+        for run_id, order in (("p-1", a), ("p-2", b), ("l-1", c), ("b-1", d)):
+            store.record_order(run_id, order, "accepted", None)
+        fills = [
+            ("p-1", self._fill(a, "4", "100.10", minutes=1, exec_id="E1"), a),
+            ("p-2", self._fill(b, "4", "100.05", minutes=2, exec_id="E2"), b),
+            ("p-1", self._fill(a, "6", "100.00", minutes=3, exec_id="E3"), a),
+            ("l-1", self._fill(c, "10", "99.5", minutes=1, exec_id="E4"), c),
+            ("b-1", self._fill(d, "10", "99.5", minutes=1), d),
+        ]
+        for run_id, fill, order in fills:
+            store.record_fill(run_id, fill, order)
+        assert reconciling.execution_ids() == {"E1", "E2", "E3", "E4"}
+        again = self._fill(c, "10", "99.5", minutes=1, exec_id="E1")
+        self._refused(
+            lambda: store.record_fill("l-1", again, c),
+            "record_fill() of an execution id already stored by another run",
+        )
+        assert reconciling.book("paper") == [
+            ("momentum.py", fills[0][1]),
+            ("scratch.py", fills[1][1]),
+            ("momentum.py", fills[2][1]),
+        ]
+        assert reconciling.book("live") == [("momentum.py", fills[3][1])]
+        assert reconciling.book("backtest") == [("momentum.py", fills[4][1])]
+        assert reconciling.book("nothing") == []
+        self._assert_verifies(store)
