@@ -35,6 +35,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -44,10 +45,20 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._errors import ConfigError
-from .models import Bar, Fill, Order, Position
+from .models import AccountSnapshot, Bar, Fill, Order, Position
 
 if TYPE_CHECKING:
-    from .interfaces import AuditCheck, ReconcilingStore, RunInfo, Source, Store, StrategyRecord
+    from .interfaces import (
+        AuditCheck,
+        Broker,
+        OrderUpdate,
+        PushingBroker,
+        ReconcilingStore,
+        RunInfo,
+        Source,
+        Store,
+        StrategyRecord,
+    )
 
 try:  # the fixture needs pytest; the helpers below do not
     import pytest
@@ -55,6 +66,7 @@ except ImportError:  # pragma: no cover - pytest is part of the [test] extra
     pytest = None  # type: ignore[assignment]
 
 __all__ = [
+    "BrokerConformance",
     "OrderRecord",
     "SourceConformance",
     "StoreConformance",
@@ -1665,3 +1677,488 @@ class StoreConformance:
         assert reconciling.book("backtest") == [("momentum.py", fills[4][1])]
         assert reconciling.book("nothing") == []
         self._assert_verifies(store)
+
+
+# --------------------------------------------------------------------------- brokers
+
+
+class BrokerConformance:
+    """Tests that a :class:`bastion.interfaces.Broker` keeps its contract.
+
+    Subclass it in a test module (the name must start with ``Test``) and override the
+    ``broker`` fixture: a new broker for every test, on a flat account (no positions, no
+    orders), closed afterwards.  A broker driven by bars (the simulator) needs nothing
+    more: :meth:`trade` hands it a bar at the price a test wants.  A broker whose market
+    is elsewhere (a live broker, against a test gateway) overrides :meth:`trade` to move
+    that market, and :meth:`reject_next_order` to have its broker reject an order::
+
+        import pytest
+        from bastion.testing import BrokerConformance
+
+        class TestMyBroker(BrokerConformance):
+            @pytest.fixture
+            def broker(self):
+                broker = MyBroker.open("")
+                yield broker
+                broker.close()
+
+    The tests follow the protocols of :mod:`bastion.interfaces`: ``submit`` accepts an
+    order (``None``) or refuses it with a one-line reason, and an accepted order is working
+    (``working_symbols``) until it fills or is cancelled; a market order fills at the
+    market (within :attr:`price_tolerance`), a limit order only at its limit or better and
+    a stop order only once the market reaches its stop; every fill carries the order's
+    client order id, side and symbol, exact ``Decimal`` quantity, price and commission, an
+    aware time, and together the fills make up the order's quantity; ``cancel`` returns
+    a working order and stops it, and ``None`` for an order that is not working (filled,
+    cancelled or never seen); ``cancel_all`` and ``cancel_strategy`` (which spares other
+    strategies and margin-call liquidations) return what they cancelled; ``margin_call``
+    returns liquidations of the strategy that close every position when the broker
+    applies a maintenance margin; a bar no later than an order's creation never fills it.
+    A :class:`~bastion.interfaces.PushingBroker` is also held to ``poll`` (fills with the
+    broker's execution id, rejections as :class:`~bastion.interfaces.OrderUpdate`),
+    ``listen`` and ``close``; a :class:`~bastion.interfaces.ReconcilingBroker` to
+    ``state`` and ``cancel_order``.  Tests of a protocol the broker does not implement
+    are skipped, saying so.
+    """
+
+    #: The symbol the tests trade; the broker must know it.
+    symbol = "AAPL"
+    #: Where the market starts.
+    price = Decimal(100)
+    #: How far (as a fraction) a market or stop fill may be from the price traded at.
+    price_tolerance = Decimal("0.01")
+    #: How long a pushing broker may take to report news that is due, in seconds.
+    news_timeout = 5.0
+    #: How long to listen for news that must not come, from a pushing broker.
+    quiet_seconds = 0.5
+
+    # -- what a subclass provides --------------------------------------------------------
+
+    @_fixture
+    def broker(self) -> Broker:
+        """A new broker on a flat account for each test (override this fixture)."""
+        raise NotImplementedError(
+            f"{type(self).__name__}: override the broker fixture to return a new broker"
+        )
+
+    def trade(self, broker: Broker, price: Decimal) -> Sequence[Fill]:
+        """Make the market trade at ``price`` and return the fills that brings at once.
+
+        The default hands the broker a bar of :attr:`symbol` at ``price`` (open, high, low
+        and close), a minute after the last, through ``on_bar``.  Override it for a broker
+        whose market is elsewhere (set a test gateway's price; return ``[]`` and let
+        ``poll`` bring the fills)."""
+        self._now = self._clock() + timedelta(minutes=1)
+        value = float(price)
+        return broker.on_bar(Bar(self.symbol, self._now, value, value, value, value, None))
+
+    def reject_next_order(self, broker: Broker) -> None:
+        """Have the broker reject the next order it is sent, after accepting it (a
+        pushing broker reports that through ``poll``).  Override to have that checked."""
+        raise NotImplementedError
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _clock(self) -> datetime:
+        now: datetime = getattr(self, "_now", DEFAULT_START)
+        return now
+
+    def _last(self) -> Decimal:
+        last: Decimal = getattr(self, "_price", self.price)
+        return last
+
+    def _account(
+        self, positions: Mapping[str, Decimal] | None = None, cash: Decimal = Decimal(1_000_000)
+    ) -> AccountSnapshot:
+        from .models import AccountSnapshot
+
+        held = dict(positions or {})
+        prices = {symbol: self._last() for symbol in {self.symbol, *held}}
+        long = sum((q * prices[s] for s, q in held.items() if q > 0), Decimal(0))
+        short = sum((-q * prices[s] for s, q in held.items() if q < 0), Decimal(0))
+        return AccountSnapshot(cash, cash + long - short, held, prices, long, short)
+
+    def _order(
+        self,
+        cid: str,
+        side: str = "buy",
+        kind: str = "market",
+        *,
+        quantity: str = "10",
+        limit: Decimal | None = None,
+        stop: Decimal | None = None,
+        strategy: str = "conformance.py",
+        liquidation: bool = False,
+        created: datetime | None = None,
+    ) -> Order:
+        from .models import OrderIntent
+
+        intent = OrderIntent(self.symbol, side, Decimal(quantity), kind, limit, stop, "conformance")
+        return Order(
+            client_order_id=cid,
+            strategy=strategy,
+            strategy_sha256="c" * 64,
+            signer=None,
+            intent=intent,
+            created=created or self._clock(),
+            liquidation=liquidation,
+        )
+
+    def _submit(self, broker: Broker, order: Order) -> None:
+        reason = broker.submit(order, self._account())
+        assert reason is None, (
+            f"submit() refused {order.intent.side} {order.intent.quantity} {order.symbol} "
+            f"({order.intent.type}): {reason}"
+        )
+
+    def _news(
+        self,
+        broker: Broker,
+        price: Decimal | int | str,
+        *,
+        fills_of: Order | None = None,
+        update_of: str | None = None,
+    ) -> list[Fill | OrderUpdate]:
+        """Trade at ``price``; return the fills ``trade`` gave and, from a pushing broker,
+        what ``poll`` brings: until ``fills_of`` is filled or an update of ``update_of``
+        came (at most :attr:`news_timeout`), else for :attr:`quiet_seconds`."""
+        from .interfaces import OrderUpdate, PushingBroker
+
+        self._price = Decimal(price)
+        got: list[Fill | OrderUpdate] = list(self.trade(broker, self._price))
+        if not isinstance(broker, PushingBroker):
+            return got
+
+        def done() -> bool:
+            if fills_of is not None:
+                filled = sum(
+                    (
+                        n.quantity
+                        for n in got
+                        if isinstance(n, Fill) and n.order_id == fills_of.client_order_id
+                    ),
+                    Decimal(0),
+                )
+                return filled >= fills_of.quantity
+            if update_of is not None:
+                return any(
+                    isinstance(n, OrderUpdate) and n.client_order_id == update_of for n in got
+                )
+            return False
+
+        wanted = fills_of is not None or update_of is not None
+        deadline = time.monotonic() + (self.news_timeout if wanted else self.quiet_seconds)
+        while True:
+            got.extend(broker.poll())
+            if done() or time.monotonic() > deadline:
+                return got
+            time.sleep(0.05)
+
+    def _eventually(self, condition: Callable[[], bool]) -> bool:
+        deadline = time.monotonic() + self.news_timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _fills(self, news: Iterable[Fill | OrderUpdate], order: Order) -> list[Fill]:
+        return [n for n in news if isinstance(n, Fill) and n.order_id == order.client_order_id]
+
+    def _check_fills(self, broker: Broker, fills: Sequence[Fill], order: Order) -> None:
+        from .interfaces import PushingBroker
+
+        cid = order.client_order_id
+        assert fills, f"order {cid} ({order.intent.type} {order.intent.side}) did not fill"
+        total = sum((f.quantity for f in fills), Decimal(0))
+        assert total == order.quantity, f"order {cid} of {order.quantity} filled {total}"
+        for fill in fills:
+            assert (fill.symbol, fill.side) == (order.symbol, order.side), (
+                f"fill {fill!r} is not of order {cid} ({order.side} {order.symbol})"
+            )
+            for name in ("quantity", "price", "commission"):
+                value = getattr(fill, name)
+                assert type(value) is Decimal and value.is_finite(), f"fill {name} {value!r}"
+            assert fill.commission >= 0, f"negative commission {fill.commission}"
+            assert fill.ts.tzinfo is not None, f"fill time {fill.ts!r} without a time zone"
+            if isinstance(broker, PushingBroker):
+                assert isinstance(fill.exec_id, str) and fill.exec_id, (
+                    f"a pushing broker's fill carries the broker's execution id: {fill!r}"
+                )
+                assert fill.broker_order_id is None or (
+                    isinstance(fill.broker_order_id, str) and fill.broker_order_id
+                ), f"broker_order_id {fill.broker_order_id!r} is neither None nor an id"
+        if isinstance(broker, PushingBroker):
+            ids = [f.exec_id for f in fills]
+            assert len(set(ids)) == len(ids), f"one execution reported twice: {ids}"
+
+    def _not_working(self, broker: Broker, order: Order) -> None:
+        """The order ended: its symbol is no longer working, nor is it cancellable."""
+        assert self._eventually(lambda: order.symbol not in broker.working_symbols()), (
+            f"{order.symbol} still in working_symbols() after order "
+            f"{order.client_order_id} ended: {sorted(broker.working_symbols())}"
+        )
+        assert broker.cancel(order.client_order_id) is None, (
+            f"cancel() of order {order.client_order_id}, which is no longer working, "
+            "returned an order (it must return None)"
+        )
+
+    @staticmethod
+    def _pushing(broker: Broker) -> PushingBroker:
+        from .interfaces import PushingBroker
+
+        if not isinstance(broker, PushingBroker):
+            _skip(f"{type(broker).__name__} is not a PushingBroker (it reports fills from on_bar)")
+        assert isinstance(broker, PushingBroker)
+        return broker
+
+    # -- the protocol -------------------------------------------------------------------
+
+    def test_is_a_broker(self, broker: Broker) -> None:
+        """The object has what the ``Broker`` protocol names: a name, a maintenance margin
+        (``None`` or a fraction) and, to start with, nothing working."""
+        from .interfaces import Broker
+
+        assert isinstance(broker, Broker), f"{broker!r} lacks a method of bastion.interfaces.Broker"
+        assert isinstance(broker.name, str) and broker.name.strip(), "name must be a non-empty str"
+        margin = broker.maintenance_margin
+        assert margin is None or (isinstance(margin, float) and 0 < margin < 1), (
+            f"maintenance_margin must be None or a fraction in (0, 1), not {margin!r}"
+        )
+        working = broker.working_symbols()
+        assert isinstance(working, frozenset) and not working, f"working at start: {working!r}"
+
+    @_parametrize("side", ["buy", "sell"])
+    def test_a_market_order_fills_at_the_market(self, broker: Broker, side: str) -> None:
+        """An accepted market order is working until it fills at the market price (within
+        ``price_tolerance``), in fills that carry its client order id and make up its
+        quantity; then it is no longer working or cancellable."""
+        order = self._order(f"mkt-{side}", side)
+        self._submit(broker, order)
+        news = self._news(broker, self.price, fills_of=order)
+        fills = self._fills(news, order)
+        self._check_fills(broker, fills, order)
+        for fill in fills:
+            off = abs(fill.price - self.price) / self.price
+            assert off <= self.price_tolerance, (
+                f"market {side} filled at {fill.price} with the market at {self.price}"
+            )
+        self._not_working(broker, order)
+
+    @_parametrize("side", ["buy", "sell"])
+    def test_a_limit_order_fills_only_at_its_limit_or_better(
+        self, broker: Broker, side: str
+    ) -> None:
+        """A limit order does not fill while the market is on the wrong side of its limit,
+        and fills at the limit or better once the market gets there."""
+        buy = side == "buy"
+        limit = self.price - 5 if buy else self.price + 5
+        order = self._order(f"lmt-{side}", side, "limit", limit=limit)
+        self._submit(broker, order)
+        assert order.symbol in broker.working_symbols()
+        early = self._fills(self._news(broker, self.price), order)
+        assert early == [], f"limit {side} at {limit} filled with the market at {self.price}"
+        through = limit - 1 if buy else limit + 1
+        fills = self._fills(self._news(broker, through, fills_of=order), order)
+        self._check_fills(broker, fills, order)
+        for fill in fills:
+            better = fill.price <= limit if buy else fill.price >= limit
+            assert better, f"limit {side} at {limit} filled at {fill.price}"
+        self._not_working(broker, order)
+
+    @_parametrize("side", ["buy", "sell"])
+    def test_a_stop_order_waits_for_its_stop(self, broker: Broker, side: str) -> None:
+        """A stop order does not fill before the market reaches its stop; once it does, it
+        fills at the stop or beyond it (worse), near the market."""
+        buy = side == "buy"
+        stop = self.price + 5 if buy else self.price - 5
+        order = self._order(f"stp-{side}", side, "stop", stop=stop)
+        self._submit(broker, order)
+        assert order.symbol in broker.working_symbols()
+        early = self._fills(self._news(broker, self.price), order)
+        assert early == [], f"stop {side} at {stop} filled with the market at {self.price}"
+        through = stop + 1 if buy else stop - 1
+        fills = self._fills(self._news(broker, through, fills_of=order), order)
+        self._check_fills(broker, fills, order)
+        for fill in fills:
+            beyond = fill.price >= stop if buy else fill.price <= stop
+            assert beyond, f"stop {side} at {stop} filled at {fill.price}, before its stop"
+            off = abs(fill.price - through) / through
+            assert off <= self.price_tolerance, (
+                f"stop {side} filled at {fill.price} with the market at {through}"
+            )
+        self._not_working(broker, order)
+
+    def test_a_working_order_can_be_cancelled(self, broker: Broker) -> None:
+        """``cancel`` returns the working order and it stops working: a price that would
+        have filled it no longer does; a second ``cancel`` returns ``None``."""
+        order = self._order("cxl-1", "buy", "limit", limit=self.price - 10)
+        self._submit(broker, order)
+        assert broker.working_symbols() == {self.symbol}
+        assert broker.cancel(order.client_order_id) == order
+        assert self.symbol not in broker.working_symbols()
+        late = self._fills(self._news(broker, self.price - 20), order)
+        assert late == [], f"a cancelled order filled: {late}"
+        assert broker.cancel(order.client_order_id) is None
+
+    def test_cancelling_an_unknown_order_returns_none(self, broker: Broker) -> None:
+        """``cancel`` of an id the broker never saw returns ``None`` and changes nothing."""
+        order = self._order("kept-1", "buy", "limit", limit=self.price - 10)
+        self._submit(broker, order)
+        assert broker.cancel("no-such-order") is None
+        assert broker.working_symbols() == {self.symbol}
+        assert broker.cancel(order.client_order_id) == order
+
+    def test_cancel_all_cancels_every_working_order(self, broker: Broker) -> None:
+        """``cancel_all`` returns every working order, of every strategy; none of them
+        fills afterwards."""
+        orders = [
+            self._order("all-1", "buy", "limit", limit=self.price - 10, strategy="a.py"),
+            self._order("all-2", "sell", "limit", limit=self.price + 10, strategy="b.py"),
+        ]
+        for order in orders:
+            self._submit(broker, order)
+        cancelled = broker.cancel_all("end of run")
+        assert sorted(o.client_order_id for o in cancelled) == ["all-1", "all-2"]
+        assert broker.working_symbols() == frozenset()
+        news = [*self._news(broker, self.price - 20), *self._news(broker, self.price + 20)]
+        assert [n for n in news if isinstance(n, Fill)] == [], "cancelled orders filled"
+
+    def test_cancel_strategy_spares_others_and_liquidations(self, broker: Broker) -> None:
+        """``cancel_strategy`` returns that strategy's working orders; another strategy's
+        orders and the strategy's own margin-call liquidations keep working."""
+        mine = self._order("cs-1", "buy", "limit", limit=self.price - 10, strategy="a.py")
+        liquidation = self._order(
+            "cs-2", "sell", "limit", limit=self.price + 10, strategy="a.py", liquidation=True
+        )
+        theirs = self._order("cs-3", "buy", "limit", limit=self.price - 11, strategy="b.py")
+        for order in (mine, liquidation, theirs):
+            self._submit(broker, order)
+        assert [o.client_order_id for o in broker.cancel_strategy("a.py")] == ["cs-1"]
+        assert broker.cancel("cs-1") is None
+        assert broker.cancel("cs-3") == theirs
+        assert broker.cancel("cs-2") == liquidation
+
+    def test_margin_call_returns_liquidations(self, broker: Broker) -> None:
+        """``margin_call`` returns orders of that strategy marked ``liquidation``; a broker
+        that applies a maintenance margin closes every position with them."""
+        positions = {self.symbol: Decimal(10), "ZZZ": Decimal(-5)}
+        orders = list(broker.margin_call("a.py", self._account(positions), self._clock()))
+        for order in orders:
+            assert isinstance(order, Order) and order.liquidation, f"not a liquidation: {order!r}"
+            assert order.strategy == "a.py", f"liquidation of another strategy: {order!r}"
+        ids = [o.client_order_id for o in orders]
+        assert len(set(ids)) == len(ids), f"client order ids repeat: {ids}"
+        if broker.maintenance_margin is None:
+            return  # the broker liquidates by itself (or not at all)
+        left = dict(positions)
+        for order in orders:
+            left[order.symbol] = left.get(order.symbol, Decimal(0)) + order.signed_quantity
+        assert all(q == 0 for q in left.values()), f"positions left after the call: {left}"
+
+    def test_a_refusal_is_one_line_and_nothing_works(self, broker: Broker) -> None:
+        """An order far beyond the account is refused with a one-line reason — and is then
+        not working — or accepted, and then working (and cancellable)."""
+        order = self._order("huge-1", "buy", "limit", quantity="1000000000", limit=self.price / 2)
+        reason = broker.submit(order, self._account(cash=Decimal(1000)))
+        if reason is None:
+            assert broker.cancel(order.client_order_id) == order
+            return
+        assert isinstance(reason, str) and reason.strip(), f"submit() returned {reason!r}"
+        assert "\n" not in reason, f"the reason is not one line: {reason!r}"
+        assert broker.working_symbols() == frozenset()
+        assert broker.cancel(order.client_order_id) is None
+
+    def test_no_fill_at_a_price_before_the_order(self, broker: Broker) -> None:
+        """A bar no later than an order's creation never fills it (no look-ahead); the
+        next one does."""
+        from .interfaces import PushingBroker
+
+        if isinstance(broker, PushingBroker):
+            _skip(f"{type(broker).__name__} pushes fills as they happen; it is given no bars")
+        created = self._clock() + timedelta(minutes=1)  # the time of the next trade
+        order = self._order("ahead-1", "buy", created=created)
+        self._submit(broker, order)
+        early = self._fills(self._news(broker, self.price), order)
+        assert self._clock() == created and early == [], f"filled at its own bar: {early}"
+        self._check_fills(broker, self._fills(self._news(broker, self.price), order), order)
+
+    # -- pushing brokers ----------------------------------------------------------------
+
+    def test_news_wakes_the_listener(self, broker: Broker) -> None:
+        """A pushing broker calls the ``listen`` callback when news arrive; ``poll`` then
+        returns it, once."""
+        pushing = self._pushing(broker)
+        woken = threading.Event()
+        pushing.listen(woken.set)
+        order = self._order("wake-1")
+        self._submit(broker, order)
+        news = self._news(broker, self.price, fills_of=order)
+        assert woken.wait(self.news_timeout), "listen()'s callback was not called"
+        self._check_fills(broker, self._fills(news, order), order)
+        again = self._news(broker, self.price)
+        assert self._fills(again, order) == [], f"poll() reported a fill twice: {again}"
+
+    def test_a_broker_rejection_is_an_order_update(self, broker: Broker) -> None:
+        """An order the broker accepted and then rejects comes back from ``poll`` as an
+        :class:`~bastion.interfaces.OrderUpdate` (``rejected``, a one-line reason) and
+        never fills."""
+        from .interfaces import OrderUpdate
+
+        self._pushing(broker)
+        try:
+            self.reject_next_order(broker)
+        except NotImplementedError:
+            _skip(f"{type(self).__name__} does not override reject_next_order()")
+        order = self._order("rej-1")
+        self._submit(broker, order)
+        news = self._news(broker, self.price, update_of=order.client_order_id)
+        updates = [
+            n
+            for n in news
+            if isinstance(n, OrderUpdate) and n.client_order_id == order.client_order_id
+        ]
+        assert len(updates) == 1, f"expected one update of {order.client_order_id}: {news}"
+        assert updates[0].status == "rejected", f"{updates[0]!r}"
+        assert updates[0].reason.strip() and "\n" not in updates[0].reason
+        assert self._fills(news, order) == []
+        self._not_working(broker, order)
+
+    def test_close_may_be_repeated(self, broker: Broker) -> None:
+        """``close`` disconnects; calling it again is harmless."""
+        pushing = self._pushing(broker)
+        pushing.close()
+        pushing.close()
+
+    # -- reconciling brokers ------------------------------------------------------------
+
+    def test_state_reports_orders_executions_and_positions(self, broker: Broker) -> None:
+        """``state()`` holds each order by client order id (``filled`` with its quantity,
+        ``working``), the executions with the ids the fills carried, and the position;
+        ``cancel_order`` cancels a working order by its client order id."""
+        from .interfaces import BrokerState, ReconcilingBroker
+
+        if not isinstance(broker, ReconcilingBroker):
+            _skip(f"{type(broker).__name__} is not a ReconcilingBroker")
+        filled = self._order("st-1", quantity="7")
+        working = self._order("st-2", "buy", "limit", quantity="3", limit=self.price - 10)
+        self._submit(broker, filled)
+        fills = self._fills(self._news(broker, self.price, fills_of=filled), filled)
+        self._check_fills(broker, fills, filled)
+        self._submit(broker, working)
+        state = broker.state()
+        assert isinstance(state, BrokerState)
+        done, open_ = state.orders.get("st-1"), state.orders.get("st-2")
+        assert done is not None and (done.status, done.filled) == ("filled", Decimal(7)), done
+        assert open_ is not None and (open_.status, open_.filled) == ("working", 0), open_
+        executions = [f for f in state.executions if f.order_id == "st-1"]
+        assert {f.exec_id for f in executions} == {f.exec_id for f in fills}
+        assert sum((f.quantity for f in executions), Decimal(0)) == Decimal(7)
+        assert dict(state.positions) == {self.symbol: Decimal(7)}
+        broker.cancel_order("st-2")
+
+        def cancelled() -> bool:
+            seen = broker.state().orders.get("st-2")
+            return seen is not None and seen.status == "cancelled"
+
+        assert self._eventually(cancelled), f"st-2 after cancel_order: {broker.state().orders}"
