@@ -181,8 +181,9 @@ class StoreSource:
         self._symbols = tuple(sorted(set(symbols)))
         self.interval, self.rolled_from = _choose(self._symbols, stored, interval, store.location)
         self.tz = tz
-        if self.rolled_from is not None:
-            rollup((), self.interval, tz=tz, source=self.rolled_from)  # checks tz at once
+        # Checks tz (also when nothing is rolled up: a typo is never ignored) and, when
+        # rolling, the two intervals, at once; the generator itself is discarded.
+        rollup((), self.interval if self.rolled_from else "1d", tz=tz, source=self.rolled_from)
         read = self.rolled_from or self.interval
         rows = [r for r in series if r.symbol in self._symbols and r.interval == read]
         first = min(r.first for r in rows).date().isoformat()
