@@ -410,8 +410,10 @@ def prepare_backtest(
         raise ConfigError(f"--cash {request.cash}: starting cash must be a positive amount")
     if request.start and request.end and request.start > request.end:
         raise ConfigError("--from is after --to; swap them")
-    if context is None:
-        context = PluginContext(environment, workspace.data_dir)
+    if context is None:  # a backtest: a storage plugin may still need a secret (a password)
+        context = PluginContext(
+            environment, workspace.data_dir, secrets=kernel.secrets(environment, workspace.home)
+        )
     # Unknown or disallowed names fail here, before any strategy is admitted.
     for what, spec in (
         ("source", request.source),

@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "bastion.plugins.csv_source",
     "bastion.plugins.synthetic",
     "bastion.plugins.sqlite_store",
+    "bastion.plugins.postgres_store",
     "bastion.plugins.backtest",
     "bastion.plugins.bar_store",
     "bastion.plugins.logs",

@@ -15,6 +15,7 @@ below; :func:`environment_settings` returns every value with its source, so
     tws_port = 7497              # Trader Workstation
     gateway_port = 4002          # IB Gateway
     auto_execute = true          # false: signal-only, nothing reaches the broker
+    storage = "postgresql://bastion@db.internal/trading"   # default: sqlite
 
     [environments.live]
     approve_account = "U1234567" # the account live may trade (or --approve-live)
@@ -49,6 +50,7 @@ __all__ = [
     "environment_settings",
     "limits_from_config",
     "masked",
+    "without_password",
 ]
 
 DEFAULT_CLIENT_IDS: Mapping[str, tuple[int, int]] = {
@@ -63,7 +65,8 @@ DEFAULT_PORTS: Mapping[str, tuple[int, int]] = {
     "development": (7497, 4002),
 }
 APPROVE_VAR = "BASTION_APPROVE_LIVE"
-ENVIRONMENT_KEYS = ("client_ids", "host", "tws_port", "gateway_port", "auto_execute")
+ENVIRONMENT_KEYS = ("client_ids", "host", "tws_port", "gateway_port", "auto_execute", "storage")
+STORAGE_VAR = "BASTION_STORAGE"
 LIVE_KEYS = ("approve_account",)
 LIMIT_KEYS = (
     "max_order_quantity",
@@ -115,6 +118,8 @@ class EnvironmentSettings:
     auto_execute: Sourced
     approved_account: Sourced  # a secret: show it only through masked()
     limits: Mapping[str, Sourced]
+    #: ``--storage`` when not given: a storage spec (``sqlite``, ``postgresql://…``)
+    storage: Sourced = Sourced("sqlite", "default")
 
     @property
     def limit_values(self) -> Limits:
@@ -144,6 +149,10 @@ class EnvironmentSettings:
                 "source": self.approved_account.source,
             },
             "limits": {key: one(item) for key, item in self.limits.items()},
+            "storage": {
+                "value": without_password(self.storage.value),
+                "source": self.storage.source,
+            },
         }
 
 
@@ -153,6 +162,21 @@ def masked(account: str | None) -> str | None:
         return None
     keep = 3 if len(account) > 5 else 1
     return account[0] + "*" * max(len(account) - 1 - keep, 1) + account[-keep:]
+
+
+def without_password(spec: str) -> str:
+    """A storage spec or URL with any password in it replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(spec)
+    try:
+        password = parts.password
+    except ValueError:
+        return spec
+    if not password:
+        return spec
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _table(config: Mapping[str, Any], key: str, name: str, config_name: str) -> dict[str, Any]:
@@ -253,6 +277,11 @@ def environment_settings(
             raise ConfigError(f"{at} must be a host name or address")
         return raw.strip()
 
+    def spec(raw: object, at: str) -> str:
+        if not isinstance(raw, str) or not raw.strip():
+            raise ConfigError(f'{at} must be a storage spec, e.g. "sqlite" or a postgresql:// URL')
+        return raw.strip()
+
     def flag(raw: object, at: str) -> bool:
         if not isinstance(raw, bool):
             raise ConfigError(f"{at} = {raw!r}; use true or false")
@@ -279,4 +308,9 @@ def environment_settings(
         auto_execute=setting("auto_execute", True, flag),
         approved_account=approved,
         limits=limits_from_config(config, name, config_name),
+        storage=(
+            Sourced(os.environ[STORAGE_VAR].strip(), STORAGE_VAR)
+            if os.environ.get(STORAGE_VAR, "").strip()
+            else setting("storage", "sqlite", spec)
+        ),
     )

@@ -7,7 +7,8 @@ printed as one line on stderr with a non-zero exit code, never a traceback.
 
 Public API for command plugins (``register_commands``): what ``__all__`` lists —
 :class:`App` (the workspace, environment and kernel a command runs in, passed by
-:func:`pass_app`), :func:`workspace_options`, :func:`admit_all` and the two rich
+:func:`pass_app`), :func:`workspace_options`, :func:`storage_option`, :func:`admit_all`
+and the two rich
 consoles.  Everything else here is private.
 """
 
@@ -44,6 +45,7 @@ __all__ = [
     "err_console",
     "main",
     "pass_app",
+    "storage_option",
     "workspace_options",
 ]
 
@@ -107,6 +109,11 @@ class App:
             approve_live=approve_live,
         )
 
+    def storage(self, flag: str | None) -> str:
+        """The storage spec a command uses: ``--storage``, else ``BASTION_STORAGE``, else
+        ``storage`` in this environment's table of bastion.toml, else ``sqlite``."""
+        return flag if flag else str(self.settings().storage.value)
+
     @property
     def environment(self) -> Environment:
         return self.workspace.environment
@@ -136,6 +143,20 @@ class App:
 
 pass_app = click.make_pass_decorator(App)
 pass_app.__doc__ = """Decorate a command to receive the :class:`App` as its first argument."""
+
+
+def storage_option(func: F) -> F:
+    """Add ``--storage SPEC`` to a command; resolve it with :meth:`App.storage`."""
+    return click.option(
+        "--storage",
+        default=None,
+        metavar="SPEC",
+        help=(
+            "Where runs are stored: sqlite (the default), or a PostgreSQL URL "
+            "(postgresql://USER@HOST:PORT/DB). Else BASTION_STORAGE, else storage in "
+            "bastion.toml's [environments.ENV]."
+        ),
+    )(func)
 
 
 def workspace_options(func: F) -> F:
@@ -283,7 +304,7 @@ def build_cli(kernel: Kernel) -> click.Group:
                 value = f"{value[0]} to {value[1]}"
             table.add_row(name, "-" if value is None else str(value), source)
 
-        for key in ("environment", "data_dir", "logs_dir", "client_ids", "host"):
+        for key in ("environment", "data_dir", "logs_dir", "storage", "client_ids", "host"):
             row(key, data[key]["value"], data[key]["source"])
         for key in ("tws_port", "gateway_port", "auto_execute"):
             row(key, data[key]["value"], data[key]["source"])

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from bastion import ConfigError, hookimpl
 from bastion.audit import Checkpoints, verify
-from bastion.cli import App, console, err_console, pass_app, workspace_options
+from bastion.cli import App, console, err_console, pass_app, storage_option, workspace_options
 from bastion.interfaces import PluginContext, RunData, Store
 from bastion.runs import BacktestRequest, parse_cash, parse_date, prepare_backtest
 from bastion.trust import format_time
@@ -40,9 +40,12 @@ def _emit_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def _store(app: App, storage: str) -> Store:
+def _store(app: App, storage: str | None) -> Store:
+    storage = app.storage(storage)
     data_dir = app.workspace.data_dir
-    context = PluginContext(str(app.environment), data_dir)
+    environment = str(app.environment)
+    secrets = app.kernel.secrets(environment, app.workspace.home)
+    context = PluginContext(environment, data_dir, secrets=secrets)
     app.kernel.find_offer("storage", storage, context.environment)
     if not (data_dir / "bastion.db").exists() and storage == "sqlite":
         raise ConfigError(
@@ -92,7 +95,7 @@ def _report_dir(app: App, run_id: str, out: Path | None) -> Path:
     show_default=True,
     help="Broker and options, e.g. sim or sim:slippage=2,commission=bps:1.",
 )
-@click.option("--storage", default="sqlite", show_default=True)
+@storage_option
 @click.option(
     "--param",
     "params",
@@ -132,7 +135,7 @@ def backtest_command(
     cash: str,
     symbols: str | None,
     broker: str,
-    storage: str,
+    storage: str | None,
     params: tuple[str, ...],
     report: bool,
     out: Path | None,
@@ -157,7 +160,7 @@ def backtest_command(
         strategies=strategies,
         source=source,
         broker=broker,
-        storage=storage,
+        storage=app.storage(storage),
         cash=parse_cash(cash),
         start=parse_date(start, "--from") if start is not None else None,
         end=parse_date(end, "--to", end=True) if end is not None else None,
@@ -273,10 +276,10 @@ def _print_notes(run: RunData) -> None:
 
 @click.command("runs")
 @workspace_options
-@click.option("--storage", default="sqlite", show_default=True)
+@storage_option
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def runs_command(app: App, storage: str, as_json: bool) -> None:
+def runs_command(app: App, storage: str | None, as_json: bool) -> None:
     """List stored runs, newest first."""
     store = _store(app, storage)
     try:
@@ -326,7 +329,7 @@ def runs_command(app: App, storage: str, as_json: bool) -> None:
 @click.command("report")
 @workspace_options
 @click.argument("run_id")
-@click.option("--storage", default="sqlite", show_default=True)
+@storage_option
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -341,7 +344,9 @@ def runs_command(app: App, storage: str, as_json: bool) -> None:
     "rejected orders, metrics) instead of writing it.",
 )
 @pass_app
-def report_command(app: App, run_id: str, storage: str, out: Path | None, as_json: bool) -> None:
+def report_command(
+    app: App, run_id: str, storage: str | None, out: Path | None, as_json: bool
+) -> None:
     """Re-render the report of RUN_ID (or a unique prefix) from the store alone."""
     from bastion.plugins.reports import render_report, report_data, summary_table
 
@@ -367,9 +372,9 @@ def audit_group() -> None:
 
 @audit_group.command("verify")
 @workspace_options
-@click.option("--storage", default="sqlite", show_default=True)
+@storage_option
 @pass_app
-def audit_verify(app: App, storage: str) -> None:
+def audit_verify(app: App, storage: str | None) -> None:
     """Check the audit log's hash chain and every run; name the first broken record."""
     store = _store(app, storage)
     checkpoints = Checkpoints(app.workspace.data_dir)

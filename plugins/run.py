@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from bastion import ConfigError, Environment, hookimpl
-from bastion.cli import App, console, err_console, pass_app, workspace_options
+from bastion.cli import App, console, err_console, pass_app, storage_option, workspace_options
 from bastion.files import atomic_write
 from bastion.interfaces import PluginContext
 from bastion.log import masked
@@ -49,7 +49,7 @@ def halt_path(app: App) -> Path:
 @click.option("--broker", default="ibkr", show_default=True, help="e.g. ibkr or ibkr:via=tws.")
 @click.option("--cash", default="100000", show_default=True, help="Each strategy's capital.")
 @click.option("--symbols", default=None, help="Comma-separated subset of the source's symbols.")
-@click.option("--storage", default="sqlite", show_default=True)
+@storage_option
 @click.option("--param", "params", multiple=True, metavar="[STRATEGY.]KEY=VALUE")
 @click.option(
     "--approve-live",
@@ -73,7 +73,7 @@ def run_command(
     broker: str,
     cash: str,
     symbols: str | None,
-    storage: str,
+    storage: str | None,
     params: tuple[str, ...],
     approve_live: str | None,
     signal_only: bool,
@@ -116,7 +116,7 @@ def run_command(
         strategies=strategies,
         source=source,
         broker=broker,
-        storage=storage,
+        storage=app.storage(storage),
         cash=parse_cash(cash),
         symbols=wanted,
         params=params,
@@ -239,9 +239,15 @@ def _unblock(app: App, strategies: tuple[str, ...], accept_positions: bool) -> N
             f"{missing[0]} is not blocked in the {app.environment} environment (blocked: {blocked})"
         )
     lifted = {name: blocks.lift(name, accept_positions) for name in names}
-    if "sqlite" in app.kernel.storages() and (app.workspace.data_dir / "bastion.db").exists():
+    storage = app.storage(None)
+    if storage != "sqlite" or (app.workspace.data_dir / "bastion.db").exists():
         store = app.kernel.open_store(
-            "sqlite", PluginContext(str(app.environment), app.workspace.data_dir)
+            storage,
+            PluginContext(
+                str(app.environment),
+                app.workspace.data_dir,
+                secrets=app.kernel.secrets(str(app.environment), app.workspace.home),
+            ),
         )
         try:
             for name, accepted in lifted.items():
