@@ -42,15 +42,11 @@ def matching(order: FakeOrder, price: float | None) -> list[tuple[float, float]]
     if price is None or not order.transmit or not order.remaining:
         return []
     buy = order.action.upper() == "BUY"
-    if order.order_type == "MKT":
-        return [(order.remaining, price)]
-    if order.order_type == "LMT" and order.lmt_price is not None:
-        if (price <= order.lmt_price) if buy else (price >= order.lmt_price):
-            return [(order.remaining, price)]
-    if order.order_type == "STP" and order.aux_price is not None:
-        if (price >= order.aux_price) if buy else (price <= order.aux_price):
-            return [(order.remaining, price)]
-    return []
+    limit, stop = order.lmt_price, order.aux_price
+    at_limit = limit is not None and (price <= limit if buy else price >= limit)
+    at_stop = stop is not None and (price >= stop if buy else price <= stop)
+    fills = {"MKT": True, "LMT": at_limit, "STP": at_stop}.get(order.order_type, False)
+    return [(order.remaining, price)] if fills else []
 
 
 class TestIBKRBroker(BrokerConformance):
@@ -69,6 +65,19 @@ class TestIBKRBroker(BrokerConformance):
                 broker.close()
 
     def trade(self, broker: Broker, price: Decimal) -> Sequence[Fill]:
+        # A cancel travels to the gateway on the client's socket, a price change does not:
+        # let the gateway take every cancel sent first (as an exchange would have), so a
+        # cancelled order cannot fill by racing its own cancel.
+        assert isinstance(broker, ibkr.IBKRBroker)
+        ib = broker.session.ib
+        cancelling = broker.session.run(
+            lambda: [
+                t.order.orderId for t in ib.trades() if t.orderStatus.status == "PendingCancel"
+            ]
+        )
+        assert self.gateway.wait_for(
+            lambda: all(self.gateway.order(i).is_done for i in cancelling)
+        ), f"the gateway never took the cancels of orders {cancelling}"
         self.gateway.set_price(self.symbol, float(price))
         return ()
 
