@@ -16,9 +16,24 @@ environment that holds ``bastion-kernel``; nothing needs importing for the fixtu
   ``bastion backtest --in-process``).  Installed plugins (the ``bastion``
   entry-point group) take part as they would in ``bastion backtest``, so a risk
   plugin's ``check_order`` vetoes orders here too.
-* :class:`SourceConformance` — a base class of tests that check a
-  :class:`bastion.interfaces.Source` against its contract; subclass it in a test
-  module and return your source from ``make_source()``.
+* Conformance suites: base classes of tests that check a plugin's object against
+  its protocol in :mod:`bastion.interfaces`.  Subclass one in a test module (a
+  ``Test...`` class) and say how to make the object; pytest runs every check.
+
+  - :class:`SourceConformance` — a :class:`~bastion.interfaces.Source`: return it
+    from ``make_source()``.
+  - :class:`StoreConformance` — a :class:`~bastion.interfaces.Store` (and a
+    :class:`~bastion.interfaces.ReconcilingStore`, when it is one): override the
+    ``store`` fixture (a new, empty store per test) and ``reopen(store)`` (close it
+    and open the same data again) to have durability checked too.  The built-in
+    SQLite store runs the same suite.
+  - :class:`BrokerConformance` — a :class:`~bastion.interfaces.Broker` (and a
+    :class:`~bastion.interfaces.PushingBroker` or
+    :class:`~bastion.interfaces.ReconcilingBroker`, when it is one): override the
+    ``broker`` fixture (a new broker on a flat account per test) and, for a broker
+    not driven by bars, ``trade(broker, price)`` (move its market) and
+    ``reject_next_order(broker)``.  The simulator and the IBKR broker (against a
+    test gateway) run the same suite.
 
 Everything heavy (the kernel, the sandbox, the store) is imported only when a
 strategy is run, so loading the plugin costs a test session nothing.
@@ -1770,8 +1785,6 @@ class BrokerConformance:
     def _account(
         self, positions: Mapping[str, Decimal] | None = None, cash: Decimal = Decimal(1_000_000)
     ) -> AccountSnapshot:
-        from .models import AccountSnapshot
-
         held = dict(positions or {})
         prices = {symbol: self._last() for symbol in {self.symbol, *held}}
         long = sum((q * prices[s] for s, q in held.items() if q > 0), Decimal(0))
