@@ -1176,12 +1176,13 @@ class StoreConformance:
         signed, unsigned = self._strategies()
         store.begin_run(self._info(), [signed, unsigned])
         store.record_result(_STORE_RUN, unsigned.name, {"trades": 0}, "raised: on_bar: boom")
-        for _ in range(2):
+        for finished in (False, True):
+            if finished:
+                store.finish_run(_STORE_RUN, "completed", None)
             (listed,) = store.list_runs()
             assert dict(listed.quarantined) == {unsigned.name: "raised: on_bar: boom"}
             loaded = store.load_run(_STORE_RUN).row
             assert loaded == listed, f"load_run().row is {loaded!r}, list_runs() {listed!r}"
-            store.finish_run(_STORE_RUN, "completed", None)
 
     def test_list_runs_is_newest_first(self, store: Store) -> None:
         """``list_runs`` orders by start time, newest first, naming each run's strategies in

@@ -151,6 +151,12 @@ def _dec(value: Decimal | None) -> str | None:
     return None if value is None else _num(value)
 
 
+def _aware(ts: datetime) -> datetime:
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise ValueError(f"timestamps must be timezone-aware, got {ts!r}")
+    return ts
+
+
 def _float(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
@@ -666,11 +672,17 @@ class PostgresStore:
         finished = _now()
         with self._write() as conn:
             cursor = conn.execute(
-                "UPDATE runs SET status = %s, finished = %s, error = %s WHERE run_id = %s",
+                "UPDATE runs SET status = %s, finished = %s, error = %s "
+                "WHERE run_id = %s AND status IN ('running', 'stopped')",
                 (status, finished, error, run_id),
             )
             if not cursor.rowcount:
-                raise ValueError(f"no run {run_id!r} in {self.location}")
+                found = conn.execute(
+                    "SELECT status FROM runs WHERE run_id = %s", (run_id,)
+                ).fetchone()
+                if found is None:
+                    raise ValueError(f"no run {run_id!r} in {self.location}")
+                raise ValueError(f"run {run_id!r} is already finished ({found[0]})")
             counts = conn.execute(
                 "SELECT (SELECT count(*) FROM orders WHERE run_id = %s), "
                 "(SELECT count(*) FROM fills WHERE run_id = %s)",
@@ -837,7 +849,7 @@ class PostgresStore:
         with self._write() as conn, conn.cursor() as cursor:
             cursor.executemany(
                 "INSERT INTO equity (run_id, strategy, ts, equity) VALUES (%s, %s, %s, %s)",
-                [(run_id, strategy, ts, float(value)) for ts, value in points],
+                [(run_id, strategy, _aware(ts), float(value)) for ts, value in points],
             )
 
     def record_benchmark(self, run_id: str, points: Sequence[EquityPoint]) -> None:
@@ -845,7 +857,7 @@ class PostgresStore:
         with self._write() as conn, conn.cursor() as cursor:
             cursor.executemany(
                 "INSERT INTO benchmark (run_id, ts, equity) VALUES (%s, %s, %s)",
-                [(run_id, ts, float(value)) for ts, value in points],
+                [(run_id, _aware(ts), float(value)) for ts, value in points],
             )
 
     def record_period_returns(
@@ -1062,6 +1074,7 @@ class PostgresStore:
         row = self._row(
             (run_id, kind, environment, status, started, finished, error, pid, host),
             tuple(s.record.name for s in strategies),
+            {s.record.name: s.quarantined for s in strategies if s.quarantined},
         )
         info = RunInfo(
             run_id=run_id,

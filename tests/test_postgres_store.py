@@ -29,6 +29,7 @@ from bastion.audit import Checkpoints, verify
 from bastion.interfaces import RunInfo, StrategyRecord
 from bastion.plugins.postgres_store import PostgresStore, connection_url
 from bastion.plugins.sqlite_store import SQLiteStore
+from bastion.testing import StoreConformance
 
 from . import postgres
 from .conftest import CLI, REPO, one_error_line
@@ -49,6 +50,22 @@ def examples(tmp_path: Path) -> Path:
 def store(postgres_db: str) -> Iterator[PostgresStore]:
     with PostgresStore.open(postgres_db) as opened:
         yield opened
+
+
+class TestPostgresStoreConformance(StoreConformance):
+    """The storage conformance suite SQLite passes (tests/test_store_conformance.py), run
+    against PostgreSQL: one suite for both stores."""
+
+    @pytest.fixture
+    def store(self, postgres_db: str) -> Iterator[PostgresStore]:
+        store = PostgresStore.open(postgres_db)
+        self._url = postgres_db
+        yield store
+        store.close()
+
+    def reopen(self, store: Any) -> PostgresStore:
+        store.close()
+        return PostgresStore.open(self._url)
 
 
 def _backtest(cli: CLI, home: Path, *args: str) -> dict[str, Any]:
