@@ -1563,8 +1563,8 @@ class StoreConformance:
         records = self._records(store)
         digests = {run_id: self._digest(store, run_id) for run_id in ("run-1", "run-2")}
         again = self._reopen(store)
+        assert again.list_runs() == listed, "the runs are not as they were before reopening"
         assert {run_id: again.load_run(run_id) for run_id in runs} == runs
-        assert again.list_runs() == listed
         assert self._records(again) == records, "the audit log changed across reopening"
         assert {run_id: self._digest(again, run_id) for run_id in digests} == digests
         self._assert_verifies(again)

@@ -5,12 +5,14 @@ built-in brokers: the simulator, and the IBKR broker against the fake TWS
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 
+import attrs
 import pytest
 
 from bastion.interfaces import Broker
-from bastion.models import Fill
+from bastion.models import Bar, Fill, Order
 from bastion.plugins import ibkr
 from bastion.plugins.sim import SimBroker
 from bastion.testing import BrokerConformance
@@ -83,3 +85,65 @@ class TestIBKRBroker(BrokerConformance):
 
     def reject_next_order(self, broker: Broker) -> None:
         self.gateway.reject_next_order(201, "Order rejected - reason:not enough margin")
+
+
+# --------------------------------------------------------------------------- the suite bites
+
+
+LONG_AGO = datetime(2000, 1, 3, tzinfo=UTC)
+
+
+class FlawedSim(SimBroker):
+    """The simulator with one flaw."""
+
+    flaw = ""
+
+    def cancel(self, client_order_id: str) -> Order | None:
+        order = super().cancel(client_order_id)
+        return None if self.flaw == "cancel returns nothing" else order
+
+    def cancel_strategy(self, strategy: str) -> Sequence[Order]:
+        if self.flaw == "cancels liquidations":
+            return [o for o in self.cancel_all("x") if o.strategy == strategy]
+        return super().cancel_strategy(strategy)
+
+    def on_bar(self, bar: Bar) -> Sequence[Fill]:
+        if self.flaw == "looks ahead":
+            for orders in self._working.values():
+                for working in orders:
+                    working.order = attrs.evolve(working.order, created=LONG_AGO)
+        fills = super().on_bar(bar)
+        if self.flaw == "fills without the client order id":
+            return [attrs.evolve(f, order_id="broker-1") for f in fills]
+        if self.flaw == "fills through the limit":
+            return [
+                attrs.evolve(f, price=f.price + 10 if f.side == "buy" else f.price - 10)
+                for f in fills
+            ]
+        return fills
+
+
+@pytest.mark.parametrize(
+    ("flaw", "failing", "args"),
+    [
+        ("cancel returns nothing", "test_a_working_order_can_be_cancelled", ()),
+        ("cancels liquidations", "test_cancel_strategy_spares_others_and_liquidations", ()),
+        ("looks ahead", "test_no_fill_at_a_price_before_the_order", ()),
+        ("fills without the client order id", "test_a_market_order_fills_at_the_market", ("buy",)),
+        (
+            "fills through the limit",
+            "test_a_limit_order_fills_only_at_its_limit_or_better",
+            ("sell",),
+        ),
+    ],
+)
+def test_the_suite_fails_a_broker_that_breaks_the_contract(
+    flaw: str, failing: str, args: tuple[str, ...]
+) -> None:
+    """Each flaw makes its test fail with an AssertionError; without it the test passes."""
+    assert hasattr(BrokerConformance, failing)
+    broken = FlawedSim.open("")
+    broken.flaw = flaw
+    with pytest.raises(AssertionError):
+        getattr(TestSimBroker(), failing)(broken, *args)
+    getattr(TestSimBroker(), failing)(FlawedSim.open(""), *args)
