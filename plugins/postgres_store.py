@@ -13,9 +13,10 @@ without a password.
 Schema
     The tables and columns of the ``sqlite`` store (see docs/reference/files.md):
     money and quantities as exact decimal text, timestamps as ISO-8601 UTC text,
-    except the time series (``equity``, ``benchmark``) whose ``ts`` is
+    except the time series (``bars``, ``equity``, ``benchmark``) whose ``ts`` is
     ``timestamptz`` so that, where the TimescaleDB extension is available, they
-    become hypertables.  Rows are handed to the kernel's audit code
+    become hypertables; bar prices are ``double precision`` (they are floats,
+    and read back as the same floats).  Rows are handed to the kernel's audit code
     (:mod:`bastion.audit`) in the same encoding as SQLite's, so a run's digest is
     computed the same way whichever store holds it.
 
@@ -37,11 +38,12 @@ Durability
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import os
 import socket
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -52,6 +54,7 @@ from urllib.parse import urlsplit, urlunsplit
 from bastion import BastionError, ConfigError, FormatError, __version__, audit, hookimpl
 from bastion.audit import AuditView
 from bastion.interfaces import (
+    BarSeries,
     EquityPoint,
     Offer,
     PluginContext,
@@ -63,14 +66,15 @@ from bastion.interfaces import (
     StrategyRecord,
     StrategyRunData,
 )
-from bastion.models import Fill, Order, OrderIntent, OrderStatus, OrderType, Position, Side
+from bastion.models import Bar, Fill, Order, OrderIntent, OrderStatus, OrderType, Position, Side
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["BATCH_WRITES", "SCHEMA_VERSION", "PostgresStore", "connection_url"]
+__all__ = ["BAR_BATCH", "BATCH_WRITES", "SCHEMA_VERSION", "PostgresStore", "connection_url"]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4  # as SQLite's: 4 added the bar store
+BAR_BATCH: Final = 2000
 BATCH_WRITES: Final = 2000
 PASSWORD_SECRET: Final = "postgres_password"  # noqa: S105 - the secret's name
 
@@ -179,6 +183,12 @@ _ORDER_INSERT: Final = (
 _FILL_INSERT: Final = (
     f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES ({', '.join(['%s'] * 13)}) RETURNING id"  # noqa: S608
 )
+_BAR_UPSERT: Final = (
+    "INSERT INTO bars (symbol, interval, ts, open, high, low, close, volume) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (symbol, interval, ts) DO UPDATE "
+    "SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, "
+    "close = EXCLUDED.close, volume = EXCLUDED.volume"
+)
 _STATUS_AT: Final = 14  # index of status (then reason, filled) in an order row
 
 
@@ -198,6 +208,18 @@ def _fill_from_row(row: Sequence[Any]) -> Fill:
 
 
 # --------------------------------------------------------------------------- schema
+
+_BARS_TABLE: Final = """CREATE TABLE bars (
+    symbol TEXT NOT NULL,
+    interval TEXT NOT NULL,
+    ts TIMESTAMPTZ NOT NULL,
+    open DOUBLE PRECISION NOT NULL,
+    high DOUBLE PRECISION NOT NULL,
+    low DOUBLE PRECISION NOT NULL,
+    close DOUBLE PRECISION NOT NULL,
+    volume DOUBLE PRECISION,
+    PRIMARY KEY (symbol, interval, ts)
+)"""
 
 _SCHEMA: Final = (
     """CREATE TABLE bastion_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -300,6 +322,7 @@ _SCHEMA: Final = (
     value DOUBLE PRECISION,
     PRIMARY KEY (run_id, strategy, period)
 )""",
+    _BARS_TABLE,
     """CREATE TABLE audit (
     id BIGINT PRIMARY KEY,
     ts TEXT NOT NULL,
@@ -342,7 +365,7 @@ END $$""",
 )
 
 #: Tables that become TimescaleDB hypertables (on ``ts``) where the extension exists.
-HYPERTABLES: Final = ("equity", "benchmark")
+HYPERTABLES: Final = ("bars", "equity", "benchmark")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -494,6 +517,13 @@ class PostgresStore:
                 "SELECT value FROM bastion_meta WHERE key = 'schema_version'"
             ).fetchone()
             version = int(row[0]) if row else 0
+            if version < 4:  # schema 4 added the bar store
+                self._conn.execute(_BARS_TABLE)
+                self._conn.execute(
+                    "UPDATE bastion_meta SET value = %s WHERE key = 'schema_version'",
+                    (str(SCHEMA_VERSION),),
+                )
+                version = SCHEMA_VERSION
             if version > SCHEMA_VERSION:
                 raise FormatError(
                     f"{self.location} uses storage schema {version}, but Bastion {__version__} "
@@ -1162,6 +1192,81 @@ class PostgresStore:
             rejections=rejections,
             period_returns=period_returns,
         )
+
+    # ----------------------------------------------------------------- bars
+
+    def write_bars(self, interval: str, bars: Iterable[Bar]) -> int:
+        """Upsert ``bars`` as bars of ``interval`` by ``(symbol, interval, ts)``, in
+        batches of :data:`BAR_BATCH` inside one transaction: all of them or, if
+        iterating ``bars`` or writing fails, none.  Returns how many were given."""
+        written = 0
+        with self._write() as conn, conn.cursor() as cursor:
+            batch: list[tuple[Any, ...]] = []
+            for bar in bars:
+                batch.append(
+                    (bar.symbol, interval, bar.ts, bar.open, bar.high, bar.low, bar.close,
+                     bar.volume)
+                )  # fmt: skip
+                if len(batch) >= BAR_BATCH:
+                    cursor.executemany(_BAR_UPSERT, batch)
+                    written += len(batch)
+                    batch.clear()
+            if batch:
+                cursor.executemany(_BAR_UPSERT, batch)
+                written += len(batch)
+        return written
+
+    def read_bars(
+        self,
+        symbols: Sequence[str],
+        interval: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> Iterator[Bar]:
+        """Stored bars of ``interval`` for ``symbols`` with ``start <= ts <= end``, by
+        ``(ts, symbol)``: each symbol read :data:`BAR_BATCH` rows at a time along the
+        primary key, merged; no transaction is held between batches."""
+        if isinstance(symbols, str):
+            symbols = (symbols,)
+        low = None if start is None else _aware(start)
+        high = None if end is None else _aware(end)
+        streams = [self._bar_stream(symbol, interval, low, high) for symbol in sorted(set(symbols))]
+        if len(streams) == 1:
+            return streams[0]
+        return heapq.merge(*streams, key=lambda bar: (bar.ts, bar.symbol))
+
+    def _bar_stream(
+        self, symbol: str, interval: str, low: datetime | None, high: datetime | None
+    ) -> Iterator[Bar]:
+        after: datetime | None = None
+        while True:
+            with self._read() as conn:
+                rows = conn.execute(
+                    "SELECT ts, open, high, low, close, volume FROM bars "
+                    "WHERE symbol = %s AND interval = %s "
+                    "AND (%s::timestamptz IS NULL OR ts >= %s) "
+                    "AND (%s::timestamptz IS NULL OR ts <= %s) "
+                    "AND (%s::timestamptz IS NULL OR ts > %s) ORDER BY ts LIMIT %s",
+                    (symbol, interval, low, low, high, high, after, after, BAR_BATCH),
+                ).fetchall()
+            for ts, open_, high_, low_, close, volume in rows:
+                yield Bar(symbol, ts, open_, high_, low_, close, volume)
+            if len(rows) < BAR_BATCH:
+                return
+            after = rows[-1][0]
+
+    def bar_series(self) -> list[BarSeries]:
+        """Every stored ``(symbol, interval)`` series with its first and last ts and count."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT symbol, interval, min(ts), max(ts), count(*) FROM bars "
+                "GROUP BY symbol, interval ORDER BY symbol, interval"
+            ).fetchall()
+        return [
+            BarSeries(str(symbol), str(interval), first.astimezone(UTC), last.astimezone(UTC),
+                      int(count))
+            for symbol, interval, first, last, count in rows
+        ]  # fmt: skip
 
     # ----------------------------------------------------------------- closing
 

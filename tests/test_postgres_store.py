@@ -400,3 +400,66 @@ def test_storage_comes_from_the_flag_the_variable_or_bastion_toml(
     assert r.exit_code == 0, r.stderr
     assert [row["run_id"] for row in json.loads(r.stdout)] == [summary["run_id"]]
     assert "hunter2" not in r.stdout + r.stderr
+
+
+def _bars(symbol: str, count: int, start: datetime) -> list[Any]:
+    from datetime import timedelta
+
+    from bastion.models import Bar
+
+    return [
+        Bar(symbol, start + timedelta(minutes=i), 100.1 + i, 101.3 + i, 99.7 + i,
+            99.9 + i + (i % 3) / 7, None if i % 7 == 0 else 1000.0 + i)
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def test_bars_round_trip_exactly_in_time_then_symbol_order(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PostgreSQL store is a BarStore: bars read back as the same floats, UTC times and
+    None volumes, ordered by (ts, symbol) across read batches, bounded inclusively; a
+    second write of the same bars is an upsert that changes nothing; the series list
+    names each (symbol, interval) with its first, last and count."""
+    from datetime import timedelta
+
+    from bastion.interfaces import BarStore
+    from bastion.plugins import postgres_store
+
+    monkeypatch.setattr(postgres_store, "BAR_BATCH", 7)
+    assert isinstance(store, BarStore)
+    t0 = datetime(2024, 3, 1, 14, 30, 0, 250000, tzinfo=UTC)
+    given = _bars("MSFT", 40, t0) + _bars("AAPL", 40, t0)
+    assert store.write_bars("1m", given) == 80
+    assert store.write_bars("1m", reversed(given)) == 80
+    got = list(store.read_bars(["MSFT", "AAPL"], "1m"))
+    assert got == sorted(given, key=lambda bar: (bar.ts, bar.symbol))
+    assert got[0].volume is None and got[0].ts.tzinfo is UTC
+    window = list(
+        store.read_bars(["AAPL"], "1m", t0 + timedelta(minutes=5), t0 + timedelta(minutes=9))
+    )
+    assert [bar.ts for bar in window] == [t0 + timedelta(minutes=m) for m in range(5, 10)]
+    assert list(store.read_bars(["AAPL"], "5m")) == []
+    series = store.bar_series()
+    assert [(s.symbol, s.interval, s.first, s.last, s.count) for s in series] == [
+        (symbol, "1m", t0, t0 + timedelta(minutes=39), 40) for symbol in ("AAPL", "MSFT")
+    ]
+
+
+def test_a_bar_import_failing_half_way_stores_nothing(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """write_bars is all or nothing: bad input after several batches were sent leaves no
+    bar of that call stored."""
+    from bastion.plugins import postgres_store
+
+    monkeypatch.setattr(postgres_store, "BAR_BATCH", 5)
+    t0 = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
+
+    def broken() -> Iterator[Any]:
+        yield from _bars("AAPL", 23, t0)
+        raise ValueError("bad row in data/AAPL.csv:24")
+
+    with pytest.raises(ValueError, match=r"AAPL\.csv:24"):
+        store.write_bars("1m", broken())
+    assert store.bar_series() == []
