@@ -472,7 +472,8 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
         for statement in _SCHEMA_3_TABLES:
             conn.execute(statement)
     if version < 4:
-        conn.execute(_BARS_SQL)
+        # IF NOT EXISTS: a store downgraded by hand (tests do) may have kept the table.
+        conn.execute(_BARS_SQL.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
