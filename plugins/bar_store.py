@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 import click
 from rich.table import Table
@@ -49,6 +50,7 @@ __all__ = ["StoreSource", "parse_store_spec", "register_commands", "register_sou
 
 _KEYS: Final = ("interval", "tz")
 _DAY: Final = timedelta(days=1)
+_UTC: Final = ZoneInfo("UTC")
 _USAGE: Final = "e.g. store:AAPL,MSFT or store:AAPL,interval=5m,tz=America/New_York"
 
 
@@ -280,7 +282,7 @@ def _checked(bars: Iterable[Bar], interval: str, description: str) -> Iterator[B
                     f"(after {_show(before)}); nothing was imported"
                 )
             if days:
-                apart = (trading_date(bar.ts, UTC) - trading_date(before, UTC)).days < days
+                apart = (trading_date(bar.ts, _UTC) - trading_date(before, _UTC)).days < days
             else:
                 apart = bar.ts - before < step
             if apart:
@@ -382,7 +384,7 @@ def import_command(
             count = store.write_bars(interval, bars)
             after = {(r.symbol, r.interval): r.count for r in store.bar_series()}
         finally:
-            store.close()
+            _close(store)
     finally:
         _close(source)
     if not count:
@@ -415,7 +417,7 @@ def list_command(app: App, storage: str, as_json: bool) -> None:
             rows = sorted(store.bar_series(), key=_series_key)
             location = store.location
         finally:
-            store.close()
+            _close(store)
     if as_json:
         data: list[dict[str, Any]] = [
             {
