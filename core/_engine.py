@@ -797,7 +797,14 @@ class Engine:
                 )
         if not self._risk:
             return None
-        return self.kernel.check_order(intent, slot.info, self.config.environment)
+        last = self._last.get(intent.symbol)
+        return self.kernel.check_order(
+            intent,
+            slot.info,
+            self.config.environment,
+            ts,
+            None if last is None else Decimal(repr(last)),
+        )
 
     def _rejected(self, slot: _Slot, order: Order, reason: str, depth: int) -> None:
         if self._order_event is not None:

@@ -11,6 +11,8 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from decimal import Decimal
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -387,7 +389,12 @@ class Kernel:
         return bool(self._calls("check_order"))
 
     def check_order(
-        self, intent: OrderIntent, strategy: StrategyInfo, environment: str
+        self,
+        intent: OrderIntent,
+        strategy: StrategyInfo,
+        environment: str,
+        ts: datetime,
+        last_price: Decimal | None = None,
     ) -> str | None:
         """The first veto reason from a risk plugin, or ``None``.  A check that raises
         vetoes the order (fail closed) and is reported with its plugin's name."""
@@ -395,6 +402,8 @@ class Kernel:
             "intent": intent,
             "strategy": strategy,
             "environment": Environment(environment),
+            "ts": ts,
+            "last_price": last_price,
         }
         for plugin, function, argnames in self._calls("check_order"):
             try:

@@ -21,6 +21,8 @@ behaviour.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -150,7 +152,11 @@ def get_secret(name: str, environment: str) -> str | None:
 
 @hookspec(firstresult=True)
 def check_order(
-    intent: OrderIntent, strategy: StrategyInfo, environment: Environment
+    intent: OrderIntent,
+    strategy: StrategyInfo,
+    environment: Environment,
+    ts: datetime,
+    last_price: Decimal | None,
 ) -> str | None:
     """Veto an order intent before any broker sees it.
 
@@ -165,6 +171,14 @@ def check_order(
         strategy that asked.
     :param environment: the ``bastion.Environment`` (a ``str``: ``"development"``,
         ``"paper"`` or ``"live"``).
+    :param ts: when the intent was made (aware, UTC): the close time of the bar
+        (or event) the strategy was answering — in a backtest the bar's time, not
+        the wall clock — so a trading-hours check judges the market's clock.
+    :param last_price: the last price Bastion saw for ``intent.symbol`` (a bar's
+        close) as a ``Decimal``, or ``None`` before the first one: what a
+        notional check values a market order at.
+
+    Take only the arguments you need (pluggy passes what a function names).
     """
 
 

@@ -332,6 +332,27 @@ def test_risk_plugin_veto_keeps_order_from_broker(ws: WS) -> None:
     h.store.close()
 
 
+def test_risk_plugins_are_given_the_bar_time_and_the_last_price(ws: WS) -> None:
+    """check_order receives the time of the bar the strategy answered (the market's
+    clock, not the wall clock) and the last close seen for the symbol as a Decimal, so a
+    trading-hours or notional check works in a backtest."""
+    seen: list[tuple[Any, Any]] = []
+
+    class Recorder:
+        @hookimpl
+        def check_order(self, intent: Any, ts: Any, last_price: Any) -> str | None:
+            seen.append((ts, last_price))
+            return None
+
+    kernel = Kernel(entry_points=False)
+    kernel.register(Recorder(), "recorder")
+    h = Harness(ws, kernel)
+    s = admit(ws, "buy.py", BUY_FIRST)
+    h.run([s], [bar("AAA", 0, 100.0), bar("AAA", 1, 101.25), bar("AAA", 2, 99.5)])
+    assert seen == [(T0, Decimal("100.0"))]
+    h.store.close()
+
+
 def test_environment_limits(ws: WS, h: Harness) -> None:
     s = admit(ws, "buy3.py", BUY_FIRST)
     h.run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -72,8 +73,9 @@ def test_third_party_entry_point_is_discovered(site: Path) -> None:
     assert rows["bastion-acme"].hooks == ("check_order", "register_brokers")
     context = PluginContext("development", REPO)
     assert kernel.open_broker("acme:x=1", context) == "acme-broker:x=1"  # type: ignore[comparison-overlap]
-    assert kernel.check_order("bad", None, "development") == "acme says no"  # type: ignore[arg-type]
-    assert kernel.check_order("ok", None, "development") is None  # type: ignore[arg-type]
+    now = datetime.now(UTC)
+    assert kernel.check_order("bad", None, "development", now) == "acme says no"  # type: ignore[arg-type]
+    assert kernel.check_order("ok", None, "development", now) is None  # type: ignore[arg-type]
 
 
 def test_plugin_with_unknown_hook_is_a_clear_error(site: Path) -> None:
@@ -159,7 +161,7 @@ def test_crashing_risk_check_vetoes(site: Path) -> None:
             raise ZeroDivisionError("oops")
     """,
     )
-    veto = Kernel().check_order("x", None, "paper")  # type: ignore[arg-type]
+    veto = Kernel().check_order("x", None, "paper", datetime.now(UTC))  # type: ignore[arg-type]
     assert veto is not None and "ZeroDivisionError" in veto
     assert "'bastion-crash'" in veto
 
