@@ -837,11 +837,17 @@ class SQLiteStore:
             try:
                 with self._write() as conn:
                     updated = conn.execute(
-                        "UPDATE runs SET status = ?, finished = ?, error = ? WHERE run_id = ?",
+                        "UPDATE runs SET status = ?, finished = ?, error = ? "
+                        "WHERE run_id = ? AND status IN ('running', 'stopped')",
                         (status, finished, error, run_id),
                     ).rowcount
                     if not updated:
-                        raise ValueError(f"no run {run_id!r} in {self.location}")
+                        found = conn.execute(
+                            "SELECT status FROM runs WHERE run_id = ?", (run_id,)
+                        ).fetchone()
+                        if found is None:
+                            raise ValueError(f"no run {run_id!r} in {self.location}")
+                        raise ValueError(f"run {run_id!r} is already finished ({found[0]})")
                     orders = conn.execute(
                         "SELECT count(*) FROM orders WHERE run_id = ?", (run_id,)
                     ).fetchone()[0]
@@ -1250,6 +1256,7 @@ class SQLiteStore:
         row = self._row(
             (run_id, kind, environment, status, started, finished, error, pid),
             tuple(s.record.name for s in strategies),
+            {s.record.name: s.quarantined for s in strategies if s.quarantined},
         )
         info = RunInfo(
             run_id=run_id,

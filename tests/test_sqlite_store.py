@@ -1507,7 +1507,9 @@ def test_a_schema_1_store_is_migrated_in_place(tmp_path: Path) -> None:
         assert positions[-1] == "mark"
         tables = {r[0] for r in raw(store).execute("SELECT name FROM sqlite_master")}
         assert {"benchmark", "period_returns"} <= tables
-        assert raw(store).execute("PRAGMA user_version").fetchone() == (3,)
+        assert raw(store).execute("PRAGMA user_version").fetchone() == (
+            sqlite_store.SCHEMA_VERSION,
+        )
         test_an_execution_is_stored_once_across_runs(store)
         assert store.verify_audit().ok
     finally:
