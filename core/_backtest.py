@@ -414,6 +414,10 @@ def prepare_backtest(
         context = PluginContext(
             environment, workspace.data_dir, secrets=kernel.secrets(environment, workspace.home)
         )
+    if context.open_store is None:  # what a source may read from: the run's own store
+        context = attrs.evolve(
+            context, open_store=functools.partial(kernel.open_store, request.storage, context)
+        )
     # Unknown or disallowed names fail here, before any strategy is admitted.
     for what, spec in (
         ("source", request.source),

@@ -125,8 +125,11 @@ class PluginContext:
     the environment's :class:`EnvironmentSettings` (host, ports, client-id range,
     approved account, each with where it came from) and the :class:`Secrets` lookup
     (account ids, API keys: never from a strategy, never logged); whether this is a
-    paper or live run rather than a backtest or a read-only command; and the event
-    that is set when the operator stops the run.
+    paper or live run rather than a backtest or a read-only command; the event
+    that is set when the operator stops the run; and ``open_store``, which opens
+    (anew, for the caller to close) the store the run or command uses — its
+    ``--storage`` — so a source can read what that store keeps (``store:`` reads
+    its bars); ``None`` where no storage was chosen.
     """
 
     environment: str
@@ -135,6 +138,7 @@ class PluginContext:
     secrets: Secrets | None = None
     live: bool = False
     stop: threading.Event = attrs.field(factory=threading.Event)
+    open_store: Callable[[], Store] | None = None
 
 
 _T_co = TypeVar("_T_co", covariant=True)

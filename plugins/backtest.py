@@ -83,7 +83,10 @@ def _report_dir(app: App, run_id: str, out: Path | None) -> Path:
     "--source",
     default="csv:sample",
     show_default=True,
-    help="Market data: csv:PATH (file or folder), csv:sample (bundled), synthetic:N.",
+    help=(
+        "Market data: csv:PATH (file or folder), csv:sample (bundled), synthetic:N, "
+        "store:SYMBOLS (bars imported with 'bastion data import')."
+    ),
 )
 @click.option("--from", "start", default=None, help="First day (YYYY-MM-DD), inclusive.")
 @click.option("--to", "end", default=None, help="Last day (YYYY-MM-DD), inclusive.")

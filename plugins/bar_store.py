@@ -40,7 +40,7 @@ from rich.table import Table
 
 from bastion import ConfigError, hookimpl
 from bastion.bars import parse_interval, rollup, trading_date
-from bastion.cli import App, console, pass_app, workspace_options
+from bastion.cli import App, console, pass_app, storage_option, workspace_options
 from bastion.interfaces import BarSeries, BarStore, Offer, PluginContext, select_symbols
 from bastion.models import Bar
 from bastion.plugins.sqlite_store import DB_NAME, SQLiteStore
@@ -199,18 +199,29 @@ class StoreSource:
 
     @classmethod
     def open(cls, spec: str, context: PluginContext) -> StoreSource:
-        """The ``store:`` source on the environment's SQLite store (``bastion.db``)."""
+        """The ``store:`` source on the run's store (``context.open_store``: its
+        ``--storage``), else on the environment's SQLite store (``bastion.db``)."""
         symbols, interval, tz = parse_store_spec(spec)
-        if not (Path(context.data_dir) / DB_NAME).exists():
+        if context.open_store is not None:
+            opened = context.open_store()
+            if not isinstance(opened, BarStore):
+                _close(opened)
+                raise ConfigError(
+                    f"store source: {opened.location} keeps no bars (its storage plugin does "
+                    "not implement BarStore); use a storage that does, e.g. --storage sqlite"
+                )
+            store: BarStore = opened
+        elif not (Path(context.data_dir) / DB_NAME).exists():
             raise ConfigError(
                 f"store source: no bars stored for the {context.environment} environment yet "
                 f"({context.data_dir}); run 'bastion data import' first"
             )
-        store = SQLiteStore.open(context.data_dir)
+        else:
+            store = SQLiteStore.open(context.data_dir)
         try:
             return cls(store, symbols, interval, tz, spec=spec.strip())
         except BaseException:
-            store.close()
+            _close(store)
             raise
 
     def symbols(self) -> tuple[str, ...]:
@@ -296,7 +307,9 @@ def _checked(bars: Iterable[Bar], interval: str, description: str) -> Iterator[B
 
 
 def _context(app: App) -> PluginContext:
-    return PluginContext(str(app.environment), app.workspace.data_dir)
+    environment = str(app.environment)
+    secrets = app.kernel.secrets(environment, app.workspace.home)
+    return PluginContext(environment, app.workspace.data_dir, secrets=secrets)
 
 
 def _bar_store(app: App, storage: str, context: PluginContext) -> BarStore:
@@ -342,7 +355,7 @@ def data_group() -> None:
     show_default=True,
     help="The bars' interval (1m, 5m, 1h, 1d ...); finer bars are refused.",
 )
-@click.option("--storage", default="sqlite", show_default=True)
+@storage_option
 @pass_app
 def import_command(
     app: App,
@@ -351,7 +364,7 @@ def import_command(
     start: str | None,
     end: str | None,
     interval: str,
-    storage: str,
+    storage: str | None,
 ) -> None:
     """Store the bars of source SPEC (csv:PATH, csv:sample, synthetic:N ...) in the
     environment's store, all or nothing; bars already stored are replaced."""
@@ -365,6 +378,7 @@ def import_command(
     if first and last and first > last:
         raise ConfigError("--from is after --to; swap them")
     context = _context(app)
+    storage = app.storage(storage)
     app.kernel.find_offer("source", spec, context.environment)
     app.kernel.find_offer("storage", storage, context.environment)
     source = app.kernel.open_source(spec, context)
@@ -402,12 +416,13 @@ def import_command(
 
 @data_group.command("list")
 @workspace_options
-@click.option("--storage", default="sqlite", show_default=True)
+@storage_option
 @click.option("--json", "as_json", is_flag=True, help="One object per series on stdout.")
 @pass_app
-def list_command(app: App, storage: str, as_json: bool) -> None:
+def list_command(app: App, storage: str | None, as_json: bool) -> None:
     """List the stored bars: symbol, interval, first and last bar, count."""
     context = _context(app)
+    storage = app.storage(storage)
     app.kernel.find_offer("storage", storage, context.environment)
     rows: list[BarSeries] = []
     location = str(Path(context.data_dir) / DB_NAME)

@@ -359,7 +359,7 @@ def test_store_source_errors_are_one_line(cli: CLI, home: Path) -> None:
     store yet: one line naming the problem, exit 2."""
     r = cli("backtest", "--home", home, "--no-report", "--source", "store:ALPHA")
     assert r.exit_code == 2
-    one_error_line(r.stderr, "no bars stored for the development environment yet")
+    one_error_line(r.stderr, "no bars of 'ALPHA'", "'bastion data import' adds them")
     imported(cli, home, "csv:sample", "--symbols", "ALPHA")
     cases = [
         ("store:", "name the symbols"),
