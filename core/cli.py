@@ -33,7 +33,14 @@ from ._errors import BastionError, ConfigError
 from ._kernel import Kernel
 from ._loader import Gate, Refusal, Strategy
 from ._logging import configure_logging
-from ._reference import api_markdown, api_reference, hook_markdown, hook_reference
+from ._reference import (
+    api_markdown,
+    api_reference,
+    command_markdown,
+    command_reference,
+    hook_markdown,
+    hook_reference,
+)
 from ._settings import EnvironmentSettings, environment_settings, masked
 from ._version import __version__
 from ._workspace import Workspace
@@ -395,6 +402,27 @@ def build_cli(kernel: Kernel) -> click.Group:
             for row in rows:
                 table.add_row(row["module"], ", ".join(n["name"] for n in row["names"]))
             console.print(table)
+
+    @cli.command("commands")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @click.option("--markdown", is_flag=True, help="The reference page docs/reference/commands.md.")
+    @click.pass_context
+    def commands_command(ctx: click.Context, as_json: bool, markdown: bool) -> None:
+        """List every command and subcommand, plugins' too, with its options."""
+        group = ctx.find_root().command
+        rows = command_reference(group)
+        if as_json:
+            _print_json(rows)
+            return
+        if markdown:
+            click.echo(command_markdown(rows), nl=False)
+            return
+        table = Table(title="Bastion commands")
+        for column in ("command", "summary"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(row["command"], row["summary"])
+        console.print(table)
 
     @cli.command("hooks")
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

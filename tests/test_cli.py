@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bastion import Kernel
+
 from .conftest import CLI, GOOD_STRATEGY, REPO, WS, one_error_line
 
 # ------------------------------------------------------------------ keys / trust / sign
@@ -346,3 +348,57 @@ def test_strategies_lists_ignored_entries_and_escapes_names(cli: CLI, ws: WS) ->
     assert {r["file"]: r["status"] for r in rows}["__pycache__"] == "ignored"
     table = cli("strategies", "--home", ws.home).stdout
     assert "bad\\x1bname.py" in table and "\x1b" not in table.replace("\x1b[", "")
+
+
+def _sections(reference: str) -> dict[str, str]:
+    """cli.md's ``## `bastion X` `` sections by command path (the heading's first words)."""
+    import re
+
+    sections: dict[str, str] = {}
+    parts = re.split(r"^## ", reference, flags=re.M)
+    for part in parts[1:]:
+        heading, _, body = part.partition("\n")
+        found = re.match(r"`(bastion(?: [a-z-]+)*)", heading)
+        if found:
+            sections[found.group(1)] = body
+    return sections
+
+
+def test_every_command_and_option_is_in_the_cli_reference() -> None:
+    """Every command and subcommand the built-ins offer has its own section in
+    docs/reference/cli.md, and every option it takes (but --help and the workspace
+    options, documented once) is named in that section: the hand-written reference
+    cannot fall behind the command line."""
+    from bastion._reference import command_reference
+    from bastion.cli import build_cli
+
+    reference = (REPO / "docs" / "reference" / "cli.md").read_text()
+    sections = _sections(reference)
+    shared = {"--help", "--home", "--env", "--allow-unsigned"}
+    missing = []
+    for row in command_reference(build_cli(Kernel(entry_points=False))):
+        body = sections.get(row["command"])
+        if body is None:
+            missing.append(row["command"])
+            continue
+        for option in row["options"]:
+            names = [
+                w.split("[")[0].strip(",") for w in option["option"].split() if w.startswith("--")
+            ]
+            for name in (n.split("/")[0] for n in names):
+                if name not in shared and name not in body:
+                    missing.append(f"{row['command']} {name}")
+    assert missing == []
+
+
+def test_commands_page_is_generated_from_the_command_line() -> None:
+    """docs/reference/commands.md is exactly what 'bastion commands --markdown' prints
+    for the built-in commands, so the help reference is the help itself."""
+    from bastion._reference import command_markdown, command_reference
+    from bastion.cli import build_cli
+
+    page = (REPO / "docs" / "reference" / "commands.md").read_text()
+    assert page == command_markdown(command_reference(build_cli(Kernel(entry_points=False)))), (
+        "docs/reference/commands.md is stale: run "
+        "'.venv/bin/bastion commands --markdown > docs/reference/commands.md'"
+    )
