@@ -407,10 +407,25 @@ class Store(Protocol):
     database in ``context.data_dir``).
 
     Order rows are written (``record_order``) before the order is submitted.
-    ``audit`` appends to a hash-chained, append-only log.
+    ``audit`` appends to a hash-chained, append-only log whose records the kernel
+    seals (:func:`bastion.audit.seal`); ``audit_view`` hands the kernel one
+    consistent snapshot to verify (:func:`bastion.audit.verify`).
+
+    The contract every store keeps (``bastion.testing.StoreConformance`` checks it):
+
+    - everything reads back exactly: decimals as the same ``Decimal`` (trailing
+      zeros kept), times as aware UTC datetimes to the microsecond;
+    - a write naming an unknown run, order or strategy, a second run or order with
+      an id already stored, a naive timestamp, an unknown order status, or a second
+      ``finish_run`` of a finished run raises ``ValueError`` (or a
+      :class:`bastion.BastionError`) and stores nothing;
+    - ``load_run`` takes a run id or a unique prefix of one, and raises a one-line
+      :class:`bastion.ConfigError` for an unknown or ambiguous one;
+    - a fill is recorded only for an order already recorded in the same run;
+    - nothing offers to change or delete a finished run or an audit record.
     """
 
-    location: str  # shown to the user, e.g. the database path
+    location: str  # shown to the user, e.g. the database path (never a password)
 
     def begin_run(self, run: RunInfo, strategies: Sequence[StrategyRecord]) -> None: ...
 
