@@ -112,42 +112,56 @@ def test_bastion_plugins_lists_the_installed_package(venv: Venv) -> None:
 
 def test_a_backtest_on_its_source_records_its_vetoes(venv: Venv) -> None:
     """A backtest of a signed example strategy over '--source hours:...' runs on the
-    plugin's bars, and the plugin's risk check vetoes the orders over its limit: the
-    stored rejections carry its reason, in the summary and in 'bastion report --json'."""
-    ran = venv.bastion(
-        "backtest", "sma_cross", "--source", "hours:AAA,BBB,days=15", "--home", venv.home,
-        "--json", "--no-report",
-        env={"MARKET_HOURS_MAX_MARKET_QUANTITY": "50"},
-    )  # fmt: skip
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    summary = json.loads(ran.stdout)
-    (strategy,) = summary["strategies"]
-    reason = "market_hours: a market order for 100 is over the limit of 50"
-    assert strategy["rejected"] > 0
-    assert strategy["last_rejection"].startswith(reason)
-    report = venv.bastion("report", summary["run_id"], "--json", "--home", venv.home)
-    assert report.returncode == 0, report.stdout + report.stderr
-    (stored,) = json.loads(report.stdout)["strategies"]
-    assert stored["rejected"] == strategy["rejected"]
-    assert stored["rejected_orders"]
-    assert all(r["reason"].startswith(reason) for r in stored["rejected_orders"])
-    # Without the lowered limit the same run trades: the vetoes were the plugin's.
+    plugin's bars, and the plugin's risk check judges each order by its bar's time and
+    values its market orders at the last close: the orders answering a day's last bar
+    (16:00 New York, the close) are vetoed as made while the market is closed, and with
+    the notional limit lowered the rest are vetoed as over it.  The stored rejections
+    carry its reasons, in the summary and in 'bastion report --json'."""
+    closed = "market_hours: the market is closed at "
     free = venv.bastion(
         "backtest", "sma_cross", "--source", "hours:AAA,BBB,days=15", "--home", venv.home,
         "--json", "--no-report",
     )  # fmt: skip
     assert free.returncode == 0, free.stdout + free.stderr
     (traded,) = json.loads(free.stdout)["strategies"]
-    assert traded["rejected"] == 0 and traded["fills"] > 0
+    assert traded["fills"] > 0 and 0 < traded["rejected"] < traded["orders"]
+    assert traded["last_rejection"].startswith(closed)
+    assert " 16:00 EST (open 09:30-16:00 America/New_York" in traded["last_rejection"]
+
+    ran = venv.bastion(
+        "backtest", "sma_cross", "--source", "hours:AAA,BBB,days=15", "--home", venv.home,
+        "--json", "--no-report",
+        env={"MARKET_HOURS_MAX_NOTIONAL": "10000"},
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    summary = json.loads(ran.stdout)
+    (strategy,) = summary["strategies"]
+    assert strategy["fills"] == 0 and strategy["rejected"] == strategy["orders"] > 0
+    assert strategy["last_rejection"].startswith("market_hours: ")
+    report = venv.bastion("report", summary["run_id"], "--json", "--home", venv.home)
+    assert report.returncode == 0, report.stdout + report.stderr
+    (stored,) = json.loads(report.stdout)["strategies"]
+    assert stored["rejected"] == strategy["rejected"]
+    reasons = [r["reason"] for r in stored["rejected_orders"]]
+    assert len(reasons) == strategy["rejected"]
+    over = [r for r in reasons if not r.startswith(closed)]
+    assert over and len(over) < len(reasons)  # both kinds of veto
+    assert all(
+        r.startswith("market_hours: notional ")
+        and " at the last price " in r  # sma_cross sends market orders
+        and r.endswith(" is over the limit of 10,000.00")
+        for r in over
+    )
 
 
 def test_the_packages_own_tests_pass(venv: Venv) -> None:
     """The package's tests (bastion.testing's SourceConformance and bastion_run, the
-    risk check alone and through the kernel) pass under pytest in that environment."""
+    risk check alone, through the kernel and in backtests) pass under pytest in that
+    environment."""
     tests = venv.run(venv.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=venv.package)
     assert tests.returncode == 0, tests.stdout + tests.stderr
     last = tests.stdout.strip().splitlines()[-1]
-    assert last.startswith("31 passed"), tests.stdout  # none skipped, none left uncollected
+    assert last.startswith("50 passed"), tests.stdout  # none skipped, none left uncollected
 
 
 def test_bastion_disable_plugins_hides_it(venv: Venv) -> None:

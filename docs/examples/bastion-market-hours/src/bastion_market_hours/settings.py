@@ -17,13 +17,11 @@ from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 MAX_NOTIONAL_VAR = "MARKET_HOURS_MAX_NOTIONAL"
-MAX_MARKET_QUANTITY_VAR = "MARKET_HOURS_MAX_MARKET_QUANTITY"
 SESSION_VAR = "MARKET_HOURS_SESSION"
 ZONE_VAR = "MARKET_HOURS_ZONE"
 
 DEFAULTS = {
     MAX_NOTIONAL_VAR: "50000",
-    MAX_MARKET_QUANTITY_VAR: "1000",
     SESSION_VAR: "09:30-16:00",
     ZONE_VAR: "America/New_York",
 }
@@ -54,7 +52,6 @@ class Limits:
     """What ``check_order`` enforces."""
 
     max_notional: Decimal
-    max_market_quantity: Decimal
     session: Session
 
 
@@ -103,6 +100,5 @@ def limits(env: Mapping[str, str] | None = None) -> Limits:
     env = os.environ if env is None else env
     return Limits(
         max_notional=_amount(env, MAX_NOTIONAL_VAR),
-        max_market_quantity=_amount(env, MAX_MARKET_QUANTITY_VAR),
         session=session(env),
     )
