@@ -150,8 +150,8 @@ A [Bastion](https://pypi.org/project/bastion-kernel/) plugin, written by
 - `plugin.py`: the hook implementations Bastion registers through the entry
   point in `pyproject.toml`:
   - `check_order`, a risk check that vetoes any order whose notional
-    (quantity times its limit or stop price) is over `MAX_NOTIONAL`, and any
-    market order (which carries no price) for more than `MAX_MARKET_QUANTITY`;
+    (quantity times its limit or stop price, or for a market order the last
+    price Bastion saw) is over `MAX_NOTIONAL`;
   - `register_sources`, which offers the market-data source `{module}`.
 - `source.py`: that source, daily bars of made-up prices (`--source {module}:AAA,BBB`).
   Replace it with your own feed, or delete it and its hook.
@@ -220,33 +220,31 @@ from .source import WaveSource
 #: to load the plugin under another one, with a message saying so.
 BASTION_API = {api}
 
-#: Orders worth more than this (quantity x limit or stop price) are vetoed.
+#: Orders worth more than this are vetoed: quantity x the limit or stop price, or for
+#: a market order x the last price Bastion saw for the symbol.
 MAX_NOTIONAL = Decimal(50_000)
-#: A market order carries no price; it is held to this quantity instead.
-MAX_MARKET_QUANTITY = Decimal(1_000)
 
 
 @hookimpl
 def check_order(
-    intent: OrderIntent, strategy: StrategyInfo, environment: Environment
+    intent: OrderIntent,
+    strategy: StrategyInfo,
+    environment: Environment,
+    last_price: Decimal | None,
 ) -> str | None:
-    """Veto an order over the limits with a one-line reason, or let it pass (None).
+    """Veto an order over the limit with a one-line reason, or let it pass (None).
 
     Called for every order intent of every strategy, in backtests, paper and live,
-    after the environment's own order limits (bastion.toml [limits.ENV]).
+    after the environment's own order limits (bastion.toml [limits.ENV]).  Bastion
+    passes the arguments a hook names: ``ts`` (the bar's time) is there too.
     """
-    price = intent.limit_price or intent.stop_price
-    if price is not None:
-        notional = intent.quantity * price
-        if notional > MAX_NOTIONAL:
-            return (
-                f"{module}: notional {{notional:,.2f}} is over the limit of "
-                f"{{MAX_NOTIONAL:,.2f}}"
-            )
-    elif intent.quantity > MAX_MARKET_QUANTITY:
+    price = intent.limit_price or intent.stop_price or last_price
+    if price is None:
+        return f"{module}: no price seen yet for {{intent.symbol}}; cannot value the order"
+    notional = intent.quantity * price
+    if notional > MAX_NOTIONAL:
         return (
-            f"{module}: a market order for {{intent.quantity}} is over the limit of "
-            f"{{MAX_MARKET_QUANTITY}} (a market order carries no price)"
+            f"{module}: notional {{notional:,.2f}} is over the limit of {{MAX_NOTIONAL:,.2f}}"
         )
     return None
 
@@ -375,8 +373,10 @@ from {module} import plugin
 STRATEGIES = Path(__file__).parent / "strategies"
 
 
-def check(intent):
-    return plugin.check_order(intent=intent, strategy=None, environment="development")
+def check(intent, last_price=Decimal(100)):
+    return plugin.check_order(
+        intent=intent, strategy=None, environment="development", last_price=last_price
+    )
 
 
 def test_orders_over_the_notional_are_vetoed():
@@ -386,10 +386,19 @@ def test_orders_over_the_notional_are_vetoed():
 
 
 def test_orders_within_the_limits_pass():
-    """Smaller priced orders, and market orders up to MAX_MARKET_QUANTITY, pass."""
+    """Smaller priced orders pass; a market order is valued at the last price."""
     assert check(OrderIntent("AAA", "buy", 10, type="limit", limit_price=100)) is None
-    assert check(OrderIntent("AAA", "sell", plugin.MAX_MARKET_QUANTITY)) is None
-    assert check(OrderIntent("AAA", "sell", plugin.MAX_MARKET_QUANTITY + 1)) is not None
+    assert check(OrderIntent("AAA", "sell", 500)) is None
+    assert check(OrderIntent("AAA", "sell", 501)) == (
+        "{module}: notional 50,100.00 is over the limit of 50,000.00"
+    )
+
+
+def test_a_market_order_before_any_price_is_vetoed():
+    """Before the first bar there is no price to value a market order at: vetoed."""
+    assert check(OrderIntent("AAA", "buy", 1), last_price=None) == (
+        "{module}: no price seen yet for AAA; cannot value the order"
+    )
 
 
 def test_bastion_finds_the_plugin():

@@ -215,7 +215,7 @@ def test_a_scaffolded_plugin_installs_passes_its_own_tests_and_uninstalls(
     tests = _run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=package)
     assert tests.returncode == 0, tests.stdout + tests.stderr
     last = tests.stdout.strip().splitlines()[-1]
-    assert last.startswith("13 passed"), tests.stdout
+    assert last.startswith("14 passed"), tests.stdout
 
     removed = _run(python, "-m", "pip", "uninstall", "--yes", "acme-risk")
     assert removed.returncode == 0, removed.stdout + removed.stderr
