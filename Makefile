@@ -19,9 +19,12 @@ demo: $(STAMP)
 	$(BIN)/bastion verify
 	$(BIN)/bastion backtest --source csv:sample
 
+# make bench BENCH_ARGS='--rss-20m --repeat 1' adds the 20M-bar peak RSS (minutes);
+# vectorbt joins --compare when installed (.venv/bin/pip install vectorbt: heavy, optional).
+BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python tests/benchmarks/bench_engine.py --split
+	$(BIN)/python tests/benchmarks/bench_engine.py --all $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
