@@ -49,6 +49,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "bastion.plugins.ibkr",
     "bastion.plugins.run",
     "bastion.plugins.scaffold",
+    "bastion.plugins.sweep",
 )
 
 
