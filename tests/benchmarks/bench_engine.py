@@ -420,7 +420,11 @@ def print_tables(report: dict[str, Any]) -> None:
     for column in ("", "bars/s", "relative"):
         speed.add_column(column, justify="right" if column == "bars/s" else "left")
     bt = report.get("backtrader_bars_per_s")
-    speed.add_row("bare Python loop", fmt(report["bare_loop_bars_per_s"]), "—")
+    speed.add_row(
+        "bare Python loop",
+        fmt(report["bare_loop_bars_per_s"]),
+        f"{report['engine_vs_bare_loop_slowdown']}x the engine (in-process)",
+    )
     speed.add_row(
         "engine, in-process, 1 strategy",
         fmt(report["engine_bars_per_s"]),
