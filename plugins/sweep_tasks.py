@@ -505,6 +505,7 @@ class SweepTask:
     version: str = __version__
     want_equity: bool = False  # return the equity curve (walk-forward test windows)
     stop_event: str | None = None  # a Dask cluster: the name of the sweep's stop Event
+    crowded: bool = False  # other runs share this machine's cores: sandbox channels block
 
     def to_wire(self) -> dict[str, Any]:
         """The task as a dict of text, numbers, bytes and lists (what travels)."""
@@ -577,7 +578,40 @@ def _safe_name(name: str) -> str:
     return name
 
 
-def _materialise(bundle: Bundle, home: Path) -> None:
+def crowded_config(config: bytes | None) -> bytes | None:
+    """``bastion.toml`` with ``[sandbox] spin = 0`` unless it sets ``spin`` itself.
+
+    A run's sandbox spins on its channel while it has a core to spare, judged by the
+    cores and that run's own workers; in a parallel sweep the other runs take those
+    cores, and spinning would only steal them.  Blocking changes when a worker wakes,
+    never what it computes.  The file is left as it is if the edit would not parse."""
+    import re
+    import tomllib
+
+    text = (config or b"").decode("utf-8", "replace")
+    try:
+        table = tomllib.loads(text).get("sandbox", {})
+    except tomllib.TOMLDecodeError:
+        return config
+    if (
+        not isinstance(table, dict)
+        or "spin" in table
+        or any(isinstance(v, dict) and "spin" in v for v in table.values())
+    ):
+        return config
+    header = re.search(r"^[ \t]*\[[ \t]*sandbox[ \t]*\][^\n]*\n?", text, re.M)
+    if header is not None:
+        edited = text[: header.end()] + "\nspin = 0\n" + text[header.end() :]
+    else:
+        edited = "sandbox.spin = 0\n" + text
+    try:
+        tomllib.loads(edited)
+    except tomllib.TOMLDecodeError:
+        return config
+    return edited.encode("utf-8")
+
+
+def _materialise(bundle: Bundle, home: Path, *, crowded: bool = False) -> None:
     """A workspace in ``home`` holding exactly the bundle's files."""
     name = _safe_name(bundle.name)
     _write(home / "strategies" / name, bundle.source)
@@ -589,7 +623,7 @@ def _materialise(bundle: Bundle, home: Path) -> None:
     _write(signatures / "revoked.json", bundle.revoked)
     for key_name, data in bundle.keys:
         _write(signatures / "keys" / _safe_name(key_name), data)
-    _write(home / "bastion.toml", bundle.config)
+    _write(home / "bastion.toml", crowded_config(bundle.config) if crowded else bundle.config)
 
 
 def run_task(
@@ -630,7 +664,7 @@ def run_task(
     with tempfile.TemporaryDirectory(prefix="bastion-sweep-") as temp:
         home = Path(temp) / "home"
         try:
-            _materialise(task.bundle, home)
+            _materialise(task.bundle, home, crowded=task.crowded)
         except (BastionError, OSError) as exc:
             return base | {"status": "refused", "error": str(exc)}
         workspace = Workspace(home, environment)
@@ -793,7 +827,8 @@ class LocalPool:
         self.description = f"{workers} local worker processes"
 
     def submit(self, task: SweepTask) -> Handle:
-        return self._pool.submit(run_task, task.to_wire())
+        crowded = self.capacity > 1
+        return self._pool.submit(run_task, attrs.evolve(task, crowded=crowded).to_wire())
 
     def stop(self) -> None:
         self._event.set()
@@ -827,7 +862,7 @@ class DaskRunner:
         self._futures: list[Any] = []
 
     def submit(self, task: SweepTask) -> Handle:
-        wire = attrs.evolve(task, stop_event=self.stop_name).to_wire()
+        wire = attrs.evolve(task, stop_event=self.stop_name, crowded=True).to_wire()
         future = self._client.submit(
             run_task, wire, key=f"bastion-sweep-{task.sweep_id}-{task.index}", pure=False
         )
