@@ -230,6 +230,7 @@ class Engine:
         self._executions: set[str] = set()  # broker execution ids already booked
         self.unknown_fills: list[Fill] = []  # fills of orders this run did not place
         self._recent: deque[datetime] = deque()  # when the orders of the last minute were placed
+        self._per_minute = config.limits.max_orders_per_minute is not None
         self._day: tuple[date, float, float] | None = None  # day, its start equity, latest
         self._halted: tuple[date, str] | None = None  # the day trading is halted, and why
         self._operator_halt: str | None = None  # 'bastion halt' is in force
@@ -258,6 +259,7 @@ class Engine:
         self._started = time.perf_counter()
         self._running: list[tuple[_Slot, Callable[[Bar], None], Callable[[], Reply | None]]] = []
         self._waiting: frozenset[str] = frozenset()
+        self._roster_changed = True  # a quarantine: _running is rebuilt by _refresh
         self._order_event = kernel.notifier("order_event")
         self._fill_event = kernel.notifier("fill_event")
         self._risk = kernel.has_risk_checks()
@@ -341,8 +343,11 @@ class Engine:
     def _refresh(self) -> None:
         # The strategies still running, and the symbols with working orders: these
         # change only through calls made here (submit, fills, cancels, margin calls,
-        # quarantines), so they are asked again after each.
-        self._running = self._active()
+        # quarantines), so they are asked again after each.  The roster is rebuilt
+        # only after a quarantine changed it (an order's round trip does not).
+        if self._roster_changed:
+            self._running = self._active()
+            self._roster_changed = False
         self._waiting = self.broker.working_symbols()
 
     def _active(
@@ -524,13 +529,6 @@ class Engine:
 
     # -- orders --------------------------------------------------------------------------
 
-    def _call(self, slot: _Slot, post: Callable[[StrategyHost], None], ts: datetime | None) -> None:
-        """Hand one event to one strategy and act on its answer."""
-        if slot.quarantined is not None:
-            return
-        post(slot.host)
-        self._gather(slot, ts)
-
     def _gather(self, slot: _Slot, ts: datetime | None, depth: int = 0) -> None:
         if slot.quarantined is not None:
             return
@@ -611,10 +609,12 @@ class Engine:
             order = self._new_order(slot, intent, ts)
             if reason is not None:
                 self.store.record_order(self.config.run_id, order, OrderStatus.REJECTED, reason)
+                self._forget(order)
                 self._rejected(slot, order, reason, depth)
                 continue
             self.store.record_order(self.config.run_id, order, OrderStatus.PENDING, None)
-            self._recent.append(ts)
+            if self._per_minute:  # only read by that limit: kept only for it
+                self._recent.append(ts)
             if self._lifecycle is not None:
                 self._submitted(order)
             if self._order_event is not None:
@@ -626,6 +626,7 @@ class Engine:
             )
             reason = self.broker.submit(order, account)
             if reason is not None:
+                self._forget(order)
                 self.store.update_order(
                     self.config.run_id,
                     order.client_order_id,
@@ -742,6 +743,10 @@ class Engine:
         self._orders[order.client_order_id] = order
         self._filled[order.client_order_id] = ZERO
         return order
+
+    def _forget(self, order: Order) -> None:
+        """An order no broker holds (refused before or at submission): not kept."""
+        del self._orders[order.client_order_id], self._filled[order.client_order_id]
 
     def _pre_check(self, slot: _Slot, intent: OrderIntent, ts: datetime) -> str | None:
         if intent.symbol not in self.config.symbols:
@@ -871,6 +876,8 @@ class Engine:
         self._filled[cid] = filled
         if filled >= order.quantity:
             status, reason = OrderStatus.FILLED, None
+            # Done: only working orders are kept (memory flat in the run's length).
+            del self._orders[cid], self._filled[cid]
         elif cancelled is not None:
             status, reason = OrderStatus.CANCELLED, cancelled
         else:
@@ -910,8 +917,9 @@ class Engine:
             and slot.equity_f < margin * slot.gross_f
         ):
             self._margin_call(slot, fill.ts)  # a fill can leave the account under water too
-        account = slot.portfolio.snapshot(self._last)
-        self._call(slot, lambda host: host.post_fill(fill, account), fill.ts)
+        if slot.quarantined is None:
+            slot.host.post_fill(fill, slot.portfolio.snapshot(self._last))
+            self._gather(slot, fill.ts)
 
     def _unknown_fill(self, fill: Fill) -> None:
         """A fill for an order this run did not place (a manual trade, an order from
@@ -1087,6 +1095,7 @@ class Engine:
         if slot.quarantined is not None:
             return
         slot.quarantined = failure.text()
+        self._roster_changed = True
         slot.host.close()  # a worker is killed: it gets no more events
         self._log.error(
             "strategy_quarantined",

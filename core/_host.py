@@ -252,7 +252,13 @@ class InProcessHost:
     def post_fill(self, fill: Fill, account: AccountSnapshot) -> None:
         runner = self._runner
         assert runner is not None
-        self._answer(lambda: runner.fill(fill, account))
+        try:
+            intents = runner.fill(fill, account)
+        except StrategyError as exc:
+            self._reply = self._failed(exc)
+            return
+        logs = runner.take_logs() if runner.logs else ()
+        self._reply = Reply(tuple(intents), tuple(logs)) if (intents or logs) else None
 
     def post_reject(self, intent: OrderIntent, reason: str) -> None:
         runner = self._runner

@@ -440,6 +440,8 @@ class SimBroker:
                 return None
         else:
             base = open_
+        if not self._slip:
+            return base  # the open, or a triggered stop's price: inside the bar's range
         price = self._slipped(base, buy)
         if buy:
             return min(price, max(base, Decimal(repr(bar.high))))

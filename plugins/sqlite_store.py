@@ -116,6 +116,25 @@ def _open(spec: str, context: PluginContext) -> SQLiteStore:
 
 
 _ts = audit.format_ts
+
+
+class _LastTs:
+    """:func:`_ts` remembering its last answer: a backtest's orders and fills come in
+    runs stamped with the same bar time."""
+
+    __slots__ = ("text", "value")
+
+    def __init__(self) -> None:
+        self.value: datetime | None = None
+        self.text = ""
+
+    def __call__(self, value: datetime) -> str:
+        if value is not self.value:
+            self.text = _ts(value)
+            self.value = value
+        return self.text
+
+
 _dumps = audit.canonical_json
 
 
@@ -535,6 +554,8 @@ class SQLiteStore:
         self._pending_orders: dict[str, list[Any]] = {}
         self._pending_fills: list[tuple[Any, ...]] = []
         self._batch_ids: set[str] = set()  # every order id the batched run has recorded
+        self._order_ts = _LastTs()
+        self._fill_ts = _LastTs()
 
     # ----------------------------------------------------------------- opening
 
@@ -893,7 +914,7 @@ class SQLiteStore:
             _dec(intent.limit_price),
             _dec(intent.stop_price),
             intent.tag,
-            _ts(order.created),
+            self._order_ts(order.created),
             int(order.liquidation),
             status,
             reason,
@@ -979,7 +1000,7 @@ class SQLiteStore:
             _num(fill.quantity),
             _num(fill.price),
             _num(fill.commission),
-            _ts(fill.ts),
+            self._fill_ts(fill.ts),
             fill.exec_id,
             fill.broker_order_id,
         )

@@ -36,7 +36,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from bastion import Kernel, Strategy
 from bastion._engine import Engine, EngineConfig
 from bastion.interfaces import RunInfo, StrategyRecord
-from bastion.models import Bar, Fill
+from bastion.models import AccountSnapshot, Bar, Fill, Order
 from bastion.plugins.sim import SimBroker
 from bastion.plugins.sqlite_store import SQLiteStore
 
@@ -50,9 +50,18 @@ SYMBOLS = ("AAA", "BBB")
 
 
 class WatchedSim(SimBroker):
-    """The real simulator; every fill it reports is kept with the bar that made it."""
+    """The real simulator; every fill it reports is kept with the bar that made it, and
+    every order it accepted with the time it was asked for (the engine keeps only
+    working orders)."""
 
     reported: list[tuple[Fill, datetime]]
+    created: dict[str, datetime]
+
+    def submit(self, order: Order, account: AccountSnapshot) -> str | None:
+        reason = super().submit(order, account)
+        if reason is None:
+            self.created[order.client_order_id] = order.created
+        return reason
 
     def on_bar(self, bar: Bar) -> Sequence[Fill]:
         fills = super().on_bar(bar)
@@ -78,6 +87,7 @@ class EngineMachine(RuleBasedStateMachine):
         )
         self.broker = WatchedSim.open("commission=per-share:0.005:1,slippage=5,maintenance=0.25")
         self.broker.reported = []
+        self.broker.created = {}
         self.engine = Engine(
             Kernel(entry_points=False),
             self.broker,
@@ -166,7 +176,7 @@ class EngineMachine(RuleBasedStateMachine):
         if not hasattr(self, "engine"):
             return
         for fill, when in self.broker.reported:
-            assert self.engine._orders[fill.order_id].created < when
+            assert self.broker.created[fill.order_id] < when
 
     @invariant()
     def margin_calls_end(self) -> None:
