@@ -373,7 +373,7 @@ def _execute(plan: Plan, runner: Runner, *, quiet: bool) -> tuple[Outcome, float
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
-        disable=quiet,
+        disable=quiet or not err_console.is_terminal,  # a log gets no stray blank line
     )
     stop = runner.event if isinstance(runner, Sequential) else threading.Event()
     began = time.perf_counter()
