@@ -29,15 +29,9 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from matplotlib.artist import Artist
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.ticker import StrMethodFormatter
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
@@ -49,6 +43,9 @@ from bastion.interfaces import RunData, StrategyRunData
 from bastion.log import get_logger
 from bastion.metrics import RoundTrip, downsample, drawdown_series, round_trips
 from bastion.trust import is_example_key
+
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
 
 __all__ = [
     "HTML_NAME",
@@ -280,6 +277,14 @@ def render_chart(run: RunData) -> bytes:
     Each series is down-sampled (keeping every bucket's minimum and maximum, so
     drawdowns stay visible); drawdowns are computed before down-sampling.
     """
+    # matplotlib is imported here, when a chart is drawn: a run that draws none
+    # (``--no-report``, ``--json``) does not pay its start-up time.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import StrMethodFormatter
+
     figure = Figure(figsize=(11, 7), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(figure)
     equity_axes, drawdown_axes = figure.subplots(

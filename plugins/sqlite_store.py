@@ -43,9 +43,11 @@ from __future__ import annotations
 import enum
 import functools
 import heapq
+import importlib
 import json
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -53,10 +55,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
-import sqlite_utils
 
 from bastion import BastionError, ConfigError, FormatError, __version__, audit, hookimpl
 from bastion.audit import AuditView
@@ -75,6 +76,25 @@ from bastion.interfaces import (
     StrategyRunData,
 )
 from bastion.models import Bar, Fill, Order, OrderIntent, OrderStatus, OrderType, Position, Side
+
+
+def _import_sqlite_utils() -> Any:
+    """sqlite-utils, imported without pandas: it imports pandas (~100 ms) whenever it is
+    installed, only to map DataFrame types this store never writes.  Where pandas is
+    already imported, sqlite-utils gets it as usual."""
+    if "sqlite_utils" in sys.modules or "pandas" in sys.modules:
+        return importlib.import_module("sqlite_utils")
+    sys.modules["pandas"] = None  # type: ignore[assignment]  # import pandas: ImportError
+    try:
+        return importlib.import_module("sqlite_utils")
+    finally:
+        del sys.modules["pandas"]
+
+
+if TYPE_CHECKING:
+    import sqlite_utils
+else:
+    sqlite_utils = _import_sqlite_utils()
 
 __all__ = ["BAR_BATCH", "DB_NAME", "SCHEMA_VERSION", "SQLiteStore"]
 
