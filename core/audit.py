@@ -37,7 +37,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -215,20 +215,31 @@ def _covers(form: int) -> str:
     return "orders, fills, equity, positions or results" if form >= 3 else "orders or fills"
 
 
-def run_digest(rows: Callable[[str, str, str], Sequence[Sequence[object]]], form: int) -> str:
+def run_digest(rows: Callable[[str, str, str], Iterable[Sequence[object]]], form: int) -> str:
     """SHA-256 over one run's rows: for each ``(table, columns, order)`` of
     :data:`DIGEST_TABLES` ``[form]``, the table's name, then ``rows(table, columns,
-    order)`` as one compact JSON array (form 1: one JSON line per row)."""
+    order)`` as one compact JSON array (form 1: one JSON line per row).
+
+    The rows are streamed: the array is hashed piece by piece (``[``, each row's
+    compact JSON joined by ``,``, ``]``: the same bytes ``json.dumps`` writes for the
+    whole list), so a run of millions of rows is digested in constant memory."""
     digest = hashlib.sha256()
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
     for table, columns, order in DIGEST_TABLES[form]:
         digest.update(table.encode())
-        got = [list(row) for row in rows(table, columns, order)]
         if form == 1:
-            for row in got:
-                digest.update(json.dumps(row, separators=(",", ":")).encode())
+            for row in rows(table, columns, order):
+                digest.update(dumps(list(row)).encode())
                 digest.update(b"\n")
-        else:
-            digest.update(json.dumps(got, separators=(",", ":")).encode())
+            continue
+        digest.update(b"[")
+        first = True
+        for row in rows(table, columns, order):
+            if not first:
+                digest.update(b",")
+            first = False
+            digest.update(dumps(list(row)).encode())
+        digest.update(b"]")
     return digest.hexdigest()
 
 
@@ -273,7 +284,7 @@ def run_finished_payload(
     error: str | None,
     finished: str,
     counts: tuple[int, int],
-    rows: Callable[[str, str, str], Sequence[Sequence[object]]],
+    rows: Callable[[str, str, str], Iterable[Sequence[object]]],
 ) -> dict[str, Any]:
     """The ``run_finished`` record of a run: its final status and the digest of
     everything stored for it (``rows`` as for :func:`run_digest`)."""
@@ -318,9 +329,9 @@ class AuditView(Protocol):
         ``whitelist_version``, ``unsigned``."""
         ...
 
-    def rows(self, run_id: str, table: str, columns: str, order: str) -> Sequence[Sequence[object]]:
+    def rows(self, run_id: str, table: str, columns: str, order: str) -> Iterable[Sequence[object]]:
         """``SELECT columns FROM table WHERE run_id = ? ORDER BY order`` (``id``:
-        insertion order), values as stored."""
+        insertion order), values as stored; may be streamed (iterated once)."""
         ...
 
 
@@ -455,7 +466,7 @@ def _runs_problem(view: AuditView) -> tuple[int | None, str] | None:
 
         def rows(
             table: str, columns: str, order: str, run_id: str = run_id
-        ) -> Sequence[Sequence[object]]:
+        ) -> Iterable[Sequence[object]]:
             return view.rows(run_id, table, columns, order)
 
         if digest != run_digest(rows, form):

@@ -1413,11 +1413,14 @@ class StoreConformance:
         assert done["trades_sha256"] == self._digest(store, _STORE_RUN), (
             "run_finished's digest is not bastion.audit.run_digest over audit_view().rows"
         )
-        with store.audit_view() as view:
-            orders = view.rows(
-                _STORE_RUN, "orders", "client_order_id, status, filled", "client_order_id"
-            )
-        assert [list(r) for r in orders] == [
+        with store.audit_view() as view:  # rows may be streamed: read them inside the view
+            orders = [
+                list(r)
+                for r in view.rows(
+                    _STORE_RUN, "orders", "client_order_id, status, filled", "client_order_id"
+                )
+            ]
+        assert orders == [
             [f"{_STORE_RUN}-1", "filled", "10"],
             [f"{_STORE_RUN}-2", "cancelled", "0"],
         ], "rows() must return the stored values as text, decimals exact"

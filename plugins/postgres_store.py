@@ -426,22 +426,24 @@ class _AuditView:
             out.setdefault(str(run_id), {})[str(name)] = dict(zip(names, values, strict=True))
         return out
 
-    def rows(self, run_id: str, table: str, columns: str, order: str) -> list[tuple[Any, ...]]:
+    def rows(self, run_id: str, table: str, columns: str, order: str) -> Iterator[tuple[Any, ...]]:
+        """The run's rows, streamed through a server-side cursor (the caller holds a
+        transaction), timestamps as the text SQLite stores."""
         names = columns.split(", ")
         stamps = [i for i, name in enumerate(names) if (table, name) in self._TIMESTAMPS]
-        rows = self._conn.execute(
-            f"SELECT {columns} FROM {table} WHERE run_id = %s ORDER BY {order}",  # noqa: S608
-            (run_id,),
-        ).fetchall()
-        if not stamps:
-            return [tuple(row) for row in rows]
-        out = []
-        for row in rows:
-            values = list(row)
-            for i in stamps:
-                values[i] = _ts(values[i])
-            out.append(tuple(values))
-        return out
+        with self._conn.cursor(name=f"bastion_rows_{table}") as cursor:
+            cursor.itersize = 5000
+            cursor.execute(
+                f"SELECT {columns} FROM {table} WHERE run_id = %s ORDER BY {order}",  # noqa: S608
+                (run_id,),
+            )
+            for row in cursor:
+                if stamps:
+                    values = list(row)
+                    for i in stamps:
+                        values[i] = _ts(values[i])
+                    row = tuple(values)
+                yield tuple(row)
 
 
 # --------------------------------------------------------------------------- the store

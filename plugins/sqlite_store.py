@@ -304,13 +304,14 @@ class _AuditView:
             out.setdefault(str(run_id), {})[str(name)] = dict(zip(names, values, strict=True))
         return out
 
-    def rows(self, run_id: str, table: str, columns: str, order: str) -> list[tuple[Any, ...]]:
+    def rows(self, run_id: str, table: str, columns: str, order: str) -> Iterator[tuple[Any, ...]]:
+        """The run's rows, streamed from the cursor (a run may have millions)."""
         # "id" orders by insertion: SQLite's rowid (the fills' id is that rowid).
         order = ", ".join("rowid" if part == "id" else part for part in order.split(", "))
         return self._conn.execute(
             f"SELECT {columns} FROM {table} WHERE run_id = ? ORDER BY {order}",  # noqa: S608
             (run_id,),
-        ).fetchall()
+        )
 
 
 # --------------------------------------------------------------------------- schema
