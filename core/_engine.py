@@ -38,10 +38,13 @@ from ._kernel import Kernel
 from ._loader import Strategy, StrategyInfo
 from ._logging import get_logger
 from ._metrics import (
-    benchmark_comparison,
-    downsample_columns,
-    metrics_from_columns,
-    period_returns,
+    CHUNK,
+    Column,
+    column_benchmark_comparison,
+    column_downsample,
+    column_metrics,
+    column_period_returns,
+    to_micros,
 )
 from ._portfolio import Portfolio
 from ._settings import Limits
@@ -191,11 +194,12 @@ class _Slot:
         self.skips = 0
         self.rejections = 0  # rejections from the event being handled
         self.signals = 0  # intents recorded as signals (signal-only)
-        self.portfolio = Portfolio(strategy.name, cash)
+        self.portfolio = Portfolio(strategy.name, cash, keep_trades=False)
         self.equity_f = float(cash)
         self.start_equity = self.equity_f  # with what it carried in (paper, live)
         self.gross_f = 0.0
-        self.values: list[float] = []
+        # Its equity at each timestamp: 8 bytes a point, spilled to a temporary file.
+        self.values = Column("d")
         self.exposure = 0
         self.quarantined: str | None = None
         self.margin_call = False  # liquidating after a margin call
@@ -235,7 +239,8 @@ class Engine:
         self._halted: tuple[date, str] | None = None  # the day trading is halted, and why
         self._operator_halt: str | None = None  # 'bastion halt' is in force
         self._last: dict[str, float] = {}
-        self._ts: list[datetime] = []
+        # The timestamps of the equity curves, as epoch microseconds (see _close_timestamp).
+        self._times = Column("q")
         self._seq = 0
         self._log = get_logger("system", run_id=config.run_id)
         self._strategy_log = get_logger("strategy", run_id=config.run_id)
@@ -253,7 +258,7 @@ class Engine:
         self._bench_value = float(config.cash)
         self._bench_units: dict[str, float] = {}
         self._bench_seen = 0  # how many priced symbols the benchmark has looked at
-        self._bench: list[float] = []
+        self._bench = Column("d")
         self._current: datetime | None = None  # the timestamp whose bars are being handled
         self._count = 0  # bars handled
         self._started = time.perf_counter()
@@ -276,7 +281,7 @@ class Engine:
             self._last[fill.symbol] = float(fill.price)
             if fill.exec_id is not None:
                 self._executions.add(fill.exec_id)
-        portfolio.trades.clear()
+        portfolio.forget_trades()
         self._resync(slot)
         slot.start_equity = slot.equity_f
 
@@ -320,16 +325,20 @@ class Engine:
 
     def result(self) -> RunResult:
         """Store each strategy's metrics, equity and positions; the run's result."""
-        self.store.record_benchmark(
-            self.config.run_id,
-            downsample_columns(self._ts, self._bench, self.config.stored_equity_points),
-        )
-        return RunResult(
-            run_id=self.config.run_id,
-            bars=self._count,
-            seconds=time.perf_counter() - self._started,
-            strategies=tuple(self._result(slot) for slot in self._slots),
-        )
+        try:
+            self.store.record_benchmark(
+                self.config.run_id,
+                column_downsample(self._times, self._bench, self.config.stored_equity_points),
+            )
+            return RunResult(
+                run_id=self.config.run_id,
+                bars=self._count,
+                seconds=time.perf_counter() - self._started,
+                strategies=tuple(self._result(slot) for slot in self._slots),
+            )
+        finally:
+            for column in (self._times, self._bench, *(slot.values for slot in self._slots)):
+                column.close()
 
     def handle(self, event: Bar | Fill | OrderUpdate | Tick) -> None:
         """One event: a bar, a fill or order update the broker pushed, or a timer tick."""
@@ -452,8 +461,9 @@ class Engine:
 
     def _close_timestamp(self, ts: datetime) -> None:
         """Every bar of ``ts`` is processed: one equity point (and exposure) per strategy,
-        and the benchmark's value."""
-        self._ts.append(ts)
+        and the benchmark's value (spilled to their temporary files every CHUNK points)."""
+        times = self._times.buffer
+        times.append(to_micros(ts))
         if len(self._last) != self._bench_seen:
             # A symbol's first close: its slice of the cash buys it there (the value
             # does not change), and its moves count from now on.
@@ -462,11 +472,16 @@ class Engine:
                 if symbol not in units and symbol in self.config.symbols and price > 0:
                     units[symbol] = self._bench_slice / price
             self._bench_seen = len(self._last)
-        self._bench.append(self._bench_value)
+        self._bench.buffer.append(self._bench_value)
         for slot in self._slots:
-            slot.values.append(slot.equity_f)
+            slot.values.buffer.append(slot.equity_f)
             if slot.portfolio.quantities_f:
                 slot.exposure += 1
+        if len(times) >= CHUNK:
+            self._times.spill()
+            self._bench.spill()
+            for slot in self._slots:
+                slot.values.spill()
         if self.config.limits.max_daily_loss is not None:
             self._check_daily_loss(ts)
 
@@ -1142,20 +1157,22 @@ class Engine:
             self._answer(slot, reply, None, 0)
 
     def _result(self, slot: _Slot) -> StrategyResult:
-        metrics = metrics_from_columns(
-            self._ts,
+        portfolio = slot.portfolio
+        metrics = column_metrics(
+            self._times,
             slot.values,
-            slot.portfolio.trades,
+            portfolio.round_trips,
+            portfolio.winning_trips,
             exposure_bars=slot.exposure,
             total_bars=len(slot.values),
             starting_equity=slot.start_equity,
         )
-        metrics.update(benchmark_comparison(slot.values, self._bench, slot.start_equity))
+        metrics.update(column_benchmark_comparison(slot.values, self._bench, slot.start_equity))
         run_id, name = self.config.run_id, slot.info.name
         self.store.record_period_returns(
-            run_id, name, period_returns(self._ts, slot.values, slot.start_equity)
+            run_id, name, column_period_returns(self._times, slot.values, slot.start_equity)
         )
-        points = downsample_columns(self._ts, slot.values, self.config.stored_equity_points)
+        points = column_downsample(self._times, slot.values, self.config.stored_equity_points)
         self.store.record_equity(run_id, name, points)
         marks = self._last
         self.store.record_positions(

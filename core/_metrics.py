@@ -38,25 +38,38 @@ import contextlib
 import itertools
 import math
 import operator
-from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
+import os
+import tempfile
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import IO, Any
 
 import attrs
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "CHUNK",
     "DAYS_PER_YEAR",
+    "Column",
     "TradeRecord",
     "benchmark_comparison",
+    "column_benchmark_comparison",
+    "column_downsample",
+    "column_metrics",
+    "column_period_returns",
     "compute_metrics",
     "downsample",
     "downsample_columns",
     "drawdown_series",
+    "from_micros",
     "metrics_from_columns",
     "period_returns",
     "periods_per_year",
+    "to_micros",
 ]
 
 EquitySeries = Sequence[tuple[datetime, float]]
@@ -155,6 +168,11 @@ def periods_per_year(timestamps: Sequence[datetime]) -> float | None:
         median: float = gaps[middle].total_seconds()
     else:
         median = (gaps[middle - 1].total_seconds() + gaps[middle].total_seconds()) / 2
+    return _per_year(median)
+
+
+def _per_year(median: float) -> float:
+    """Periods per year for a median spacing of ``median`` seconds (see module doc)."""
     if median < _INTRADAY_BELOW:
         return TRADING_DAYS_PER_YEAR * max(1.0, TRADING_SECONDS_PER_DAY / median)
     if median < _DAILY_BELOW:
@@ -445,6 +463,13 @@ def period_returns(
     months: dict[tuple[int, int], float] = {}  # (year, month) -> its last value
     for ts, value in zip(timestamps, values, strict=True):
         months[ts.year, ts.month] = value  # later points overwrite: the last one stays
+    return _period_returns(months, starting_equity)
+
+
+def _period_returns(
+    months: Mapping[tuple[int, int], float], starting_equity: float
+) -> dict[str, float | None]:
+    """:func:`period_returns` from each month's last value, months in time order."""
     out: dict[str, float | None] = {}
     previous_month = previous_year = float(starting_equity)
     year_end: float | None = None
@@ -516,4 +541,426 @@ def benchmark_comparison(
         out["beta"] = cov / var_b
         if var_s > _ZERO_STDEV**2:
             out["correlation"] = cov / math.sqrt(var_s * var_b)
+    return out
+
+
+# --------------------------------------------------------------------------- long runs
+#
+# A run of millions of bars cannot keep a ``datetime`` and a ``float`` per bar (~120
+# bytes a point for the timestamps, the benchmark and one strategy).  The engine keeps
+# its curve as :class:`Column` s instead: 8 bytes a point in a small in-memory
+# buffer, spilled to an anonymous temporary file every ``CHUNK`` points, and the
+# functions below compute from them, a chunk at a time, exactly the numbers the
+# whole-list functions above compute (the same IEEE operations on the same values;
+# every sum that was a ``math.fsum`` or a builtin ``sum`` over a list is the same call
+# over a generator of the same floats, which is streaming and gives the same result).
+
+CHUNK = 1 << 16
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+_US_PER_SECOND = 1_000_000
+
+
+def to_micros(ts: datetime) -> int:
+    """An aware time as integer microseconds since the Unix epoch (exact)."""
+    return (ts - EPOCH) // MICROSECOND
+
+
+def from_micros(us: int) -> datetime:
+    """The inverse of :func:`to_micros`, in UTC."""
+    return EPOCH + timedelta(microseconds=int(us))
+
+
+class Column:
+    """A column of int64 (``"q"``) or float64 (``"d"``) numbers that grows by
+    :meth:`append`-ing to :attr:`buffer`; :meth:`spill` moves the buffer to an
+    anonymous temporary file (deleted when closed or when the process ends)."""
+
+    __slots__ = ("_dtype", "_file", "_spilled", "buffer")
+
+    def __init__(self, typecode: str) -> None:
+        if typecode not in ("q", "d"):
+            raise ValueError(f"typecode must be 'q' or 'd', got {typecode!r}")
+        self.buffer = array(typecode)
+        self._dtype = np.dtype(np.int64 if typecode == "q" else np.float64)
+        self._file: IO[bytes] | None = None
+        self._spilled = 0
+
+    def __len__(self) -> int:
+        return self._spilled + len(self.buffer)
+
+    def extend(self, values: Iterable[float]) -> None:
+        self.buffer.extend(values)  # type: ignore[arg-type]
+
+    def spill(self) -> None:
+        if not self.buffer:
+            return
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="bastion-curve-")  # noqa: SIM115
+        self._file.seek(0, os.SEEK_END)
+        self.buffer.tofile(self._file)
+        self._spilled += len(self.buffer)
+        del self.buffer[:]
+
+    def read(self, start: int, stop: int) -> npt.NDArray[Any]:
+        """The values ``start`` to ``stop`` (clipped to the column) as a numpy array."""
+        stop = min(stop, len(self))
+        start = max(0, min(start, stop))
+        parts = []
+        if start < self._spilled:
+            assert self._file is not None
+            end = min(stop, self._spilled)
+            size = self._dtype.itemsize
+            self._file.seek(start * size)
+            parts.append(np.frombuffer(self._file.read((end - start) * size), self._dtype))
+        if stop > self._spilled:
+            lo, hi = max(start, self._spilled) - self._spilled, stop - self._spilled
+            parts.append(np.array(self.buffer[lo:hi], self._dtype))
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.empty(0, self._dtype)
+
+    def __getitem__(self, index: int) -> Any:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("column index out of range")
+        return self.read(index, index + 1)[0].item()
+
+    def chunks(self, size: int = CHUNK) -> Iterator[npt.NDArray[Any]]:
+        for start in range(0, len(self), size):
+            yield self.read(start, start + size)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._spilled = 0
+        del self.buffer[:]
+
+
+def _pairs(
+    times: Column, values: Column, size: int = CHUNK
+) -> Iterator[tuple[npt.NDArray[np.int64], FloatArray]]:
+    if len(times) != len(values):
+        raise ValueError(f"{len(times)} timestamps but {len(values)} values")
+    for start in range(0, len(values), size):
+        yield times.read(start, start + size), values.read(start, start + size)
+
+
+def _returns_chunks(values: Column, size: int = CHUNK) -> Iterator[FloatArray]:
+    """:func:`_returns` of the whole column, a chunk at a time (each element the same)."""
+    previous: float | None = None
+    for chunk in values.chunks(size):
+        if previous is None:
+            before, after = chunk[:-1], chunk[1:]
+        else:
+            before = np.concatenate(([previous], chunk[:-1]))
+            after = chunk
+        previous = float(chunk[-1])
+        kept = before > 0
+        with np.errstate(all="ignore"):
+            yield after[kept] / before[kept] - 1.0
+
+
+def _floats(chunks: Iterable[FloatArray]) -> Iterator[float]:
+    for chunk in chunks:
+        yield from chunk.tolist()
+
+
+def _validate_column(times: Column, values: Column, size: int = CHUNK) -> None:
+    """The errors :func:`metrics_from_columns` raises for a bad series, worded alike."""
+    previous: int | None = None
+    offset = 0
+    for ts, chunk in _pairs(times, values, size):
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            index = int(np.flatnonzero(~finite)[0])
+            raise ValueError(
+                f"equity point {offset + index} ({from_micros(int(ts[index]))}): equity must "
+                f"be finite, got {float(chunk[index])!r}"
+            )
+        before = ts if previous is None else np.concatenate(([previous], ts))
+        backwards = np.flatnonzero(np.diff(before) < 0)
+        if len(backwards):
+            index = int(backwards[0]) + (0 if previous is None else -1) + 1
+            raise ValueError(
+                f"equity point {offset + index} ({from_micros(int(ts[index]))}) is earlier "
+                "than the point before it"
+            )
+        previous = int(ts[-1])
+        offset += len(chunk)
+
+
+def column_metrics(
+    times: Column,
+    values: Column,
+    trades: int,
+    wins: int,
+    exposure_bars: int,
+    total_bars: int,
+    starting_equity: float,
+    size: int = CHUNK,
+) -> dict[str, float | int | None]:
+    """:func:`metrics_from_columns` for a curve kept as :class:`Column` s (epoch
+    microseconds and floats), with the closed round trips given as ``trades`` of which
+    ``wins`` had ``pnl > 0``.  The same keys, rules, errors and numbers, to the last
+    digit; memory does not grow with the length of the curve."""
+    _validate_column(times, values, size)
+    if isinstance(starting_equity, bool) or not isinstance(starting_equity, (int, float, Decimal)):
+        raise ValueError(f"starting_equity must be a number, got {starting_equity!r}")
+    start = float(starting_equity)
+    if not (math.isfinite(start) and start > 0):
+        raise ValueError(f"starting_equity must be finite and positive, got {starting_equity!r}")
+    if not (0 <= exposure_bars <= total_bars):
+        raise ValueError(
+            f"need 0 <= exposure_bars <= total_bars, got {exposure_bars} and {total_bars}"
+        )
+    if not 0 <= wins <= trades:
+        raise ValueError(f"need 0 <= wins <= trades, got {wins} and {trades}")
+    count = len(values)
+    end = float(values[-1]) if count else start
+
+    cagr: float | None = None
+    if count >= 2 and end > 0:
+        span = (int(times[-1]) - int(times[0])) / _US_PER_SECOND  # as timedelta.total_seconds
+        if span >= _SECONDS_PER_DAY:
+            years = span / (DAYS_PER_YEAR * _SECONDS_PER_DAY)
+            log_growth = (math.log(end) - math.log(start)) / years
+            try:
+                cagr = math.expm1(log_growth)
+            except OverflowError:
+                cagr = None
+
+    # One pass for the counts, the spacings and the drawdowns ...
+    gaps: Counter[int] = Counter()
+    returns = 0
+    drawdown = _Drawdown()
+    previous: int | None = None
+    for ts, chunk in _pairs(times, values, size):
+        spacing = np.diff(ts if previous is None else np.concatenate(([previous], ts)))
+        distinct, counts = np.unique(spacing[spacing > 0], return_counts=True)
+        gaps.update(dict(zip(distinct.tolist(), counts.tolist(), strict=True)))
+        previous = int(ts[-1])
+        drawdown.add(ts, chunk)
+    for chunk in _returns_chunks(values, size):
+        returns += len(chunk)
+
+    sharpe: float | None = None
+    volatility: float | None = None
+    per_year = _per_year_from_gaps(gaps)
+    # ... then the sums, each over the whole series as the whole-list function sums it.
+    if (
+        returns >= 2
+        and per_year is not None
+        and math.isfinite(sum(_floats(_returns_chunks(values, size))))
+    ):
+        mean = math.fsum(_floats(_returns_chunks(values, size))) / returns
+
+        def squares() -> Iterator[FloatArray]:
+            for chunk in _returns_chunks(values, size):
+                with np.errstate(all="ignore"):
+                    deviations = chunk - mean
+                    yield deviations * deviations
+
+        stdev = math.sqrt(math.fsum(_floats(squares())) / (returns - 1))
+        volatility = stdev * math.sqrt(per_year)
+        if stdev > _ZERO_STDEV:
+            sharpe = mean / stdev * math.sqrt(per_year)
+        else:
+            volatility = 0.0
+
+    max_drawdown, duration_us = drawdown.result()
+    return {
+        "start_equity": start,
+        "end_equity": end,
+        "total_return": end / start - 1.0,
+        "cagr": cagr,
+        "sharpe": sharpe,
+        "volatility": volatility,
+        "max_drawdown": max_drawdown,
+        "max_drawdown_duration_days": duration_us / _US_PER_SECOND / _SECONDS_PER_DAY,
+        "trades": trades,
+        "win_rate": wins / trades if trades else None,
+        "exposure": exposure_bars / total_bars if total_bars else None,
+    }
+
+
+def _per_year_from_gaps(gaps: Mapping[int, int]) -> float | None:
+    """:func:`periods_per_year` from the positive spacings (microseconds -> how many)."""
+    total = sum(gaps.values())
+    if not total:
+        return None
+    middle = total // 2
+    wanted = [middle] if total % 2 else [middle - 1, middle]
+    found: list[float] = []
+    seen = 0
+    for gap in sorted(gaps):
+        seen += gaps[gap]
+        while wanted and wanted[0] < seen:
+            found.append(gap / _US_PER_SECOND)  # as timedelta.total_seconds()
+            wanted.pop(0)
+        if not wanted:
+            break
+    median = found[0] if len(found) == 1 else (found[0] + found[1]) / 2
+    return _per_year(median)
+
+
+class _Drawdown:
+    """:func:`_drawdown_stats`, fed a chunk at a time (the duration in microseconds)."""
+
+    __slots__ = ("count", "last_peak", "last_peak_ts", "last_ts", "longest", "lowest", "peak")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.peak: float | None = None  # the running peak so far
+        self.lowest: float | None = None  # the lowest point / peak where the peak is > 0
+        self.last_peak = -1  # index and time of the latest point at its peak
+        self.last_peak_ts = 0
+        self.last_ts = 0
+        self.longest = 0
+
+    def add(self, ts: npt.NDArray[np.int64], chunk: FloatArray) -> None:
+        if not len(chunk):
+            return
+        peaks = np.maximum.accumulate(chunk)
+        if self.peak is not None:
+            peaks = np.maximum(peaks, self.peak)
+        positive = peaks > 0
+        with np.errstate(all="ignore"):
+            ratios = chunk[positive] / peaks[positive]
+        if len(ratios):
+            low = float(ratios.min())
+            self.lowest = low if self.lowest is None else min(self.lowest, low)
+        at_peak = np.flatnonzero(chunk == peaks)  # (1 - x is monotone: max fall = 1 - min x)
+        indices = at_peak + self.count
+        stamps = ts[at_peak]
+        if self.last_peak >= 0:
+            indices = np.concatenate(([self.last_peak], indices))
+            stamps = np.concatenate(([self.last_peak_ts], stamps))
+        episodes = np.flatnonzero(np.diff(indices) > 1)
+        if len(episodes):
+            self.longest = max(self.longest, int((stamps[episodes + 1] - stamps[episodes]).max()))
+        if len(at_peak):
+            self.last_peak, self.last_peak_ts = int(indices[-1]), int(stamps[-1])
+        self.peak = float(peaks[-1])
+        self.count += len(chunk)
+        self.last_ts = int(ts[-1])
+
+    def result(self) -> tuple[float, int]:
+        if not self.count:
+            return 0.0, 0
+        worst = max(0.0, 1.0 - self.lowest) if self.lowest is not None else 0.0
+        longest = self.longest
+        if self.last_peak < self.count - 1:
+            longest = max(longest, self.last_ts - self.last_peak_ts)
+        return worst, longest
+
+
+def column_period_returns(
+    times: Column, values: Column, starting_equity: float, size: int = CHUNK
+) -> dict[str, float | None]:
+    """:func:`period_returns` for a curve kept as :class:`Column` s (UTC)."""
+    months: dict[tuple[int, int], float] = {}
+    for ts, chunk in _pairs(times, values, size):
+        month = ts.astype("datetime64[us]").astype("datetime64[M]").astype(np.int64)
+        ends = np.append(np.flatnonzero(np.diff(month)), len(month) - 1)
+        for number, value in zip(month[ends].tolist(), chunk[ends].tolist(), strict=True):
+            months[1970 + number // 12, number % 12 + 1] = value
+    return _period_returns(months, starting_equity)
+
+
+def column_benchmark_comparison(
+    values: Column, benchmark: Column, starting_equity: float, size: int = CHUNK
+) -> dict[str, float | None]:
+    """:func:`benchmark_comparison` for columns: the same numbers, the same ``math.fsum``
+    sums over the same per-period returns, streamed from the columns."""
+    if len(values) != len(benchmark):
+        raise ValueError(f"{len(values)} equity points but {len(benchmark)} benchmark points")
+    out: dict[str, float | None] = {
+        "benchmark_return": None,
+        "excess_return": None,
+        "beta": None,
+        "correlation": None,
+    }
+    if not len(benchmark) or benchmark[0] <= 0:
+        return out
+    held = benchmark[-1] / benchmark[0] - 1.0
+    out["benchmark_return"] = held
+    if len(values) and starting_equity > 0:
+        out["excess_return"] = values[-1] / starting_equity - 1.0 - held
+
+    def returns() -> Iterator[tuple[FloatArray, FloatArray]]:
+        last: tuple[float, float] | None = None
+        for start in range(0, len(values), size):
+            strategy = values.read(start, start + size)
+            bench = benchmark.read(start, start + size)
+            if last is None:
+                s_before, s_after = strategy[:-1], strategy[1:]
+                b_before, b_after = bench[:-1], bench[1:]
+            else:
+                s_before, s_after = np.concatenate(([last[0]], strategy[:-1])), strategy
+                b_before, b_after = np.concatenate(([last[1]], bench[:-1])), bench
+            last = float(strategy[-1]), float(bench[-1])
+            usable = (s_before > 0) & (b_before > 0)
+            with np.errstate(all="ignore"):
+                yield (
+                    s_after[usable] / s_before[usable] - 1.0,
+                    b_after[usable] / b_before[usable] - 1.0,
+                )
+
+    n = 0
+    finite = True
+    for s, b in returns():
+        n += len(s)
+        finite = finite and bool(np.isfinite(s).all() and np.isfinite(b).all())
+    if n < 2 or not finite:
+        return out
+    mean_s = math.fsum(_floats(s for s, _ in returns())) / n
+    mean_b = math.fsum(_floats(b for _, b in returns())) / n
+
+    def products(which: str) -> Iterator[FloatArray]:
+        for s, b in returns():
+            ds, db = s - mean_s, b - mean_b
+            yield ds * db if which == "sb" else ds * ds if which == "ss" else db * db
+
+    cov = math.fsum(_floats(products("sb"))) / (n - 1)
+    var_s = math.fsum(_floats(products("ss"))) / (n - 1)
+    var_b = math.fsum(_floats(products("bb"))) / (n - 1)
+    if var_b > _ZERO_STDEV**2:
+        out["beta"] = cov / var_b
+        if var_s > _ZERO_STDEV**2:
+            out["correlation"] = cov / math.sqrt(var_s * var_b)
+    return out
+
+
+def column_downsample(
+    times: Column, values: Column, max_points: int = 5000
+) -> list[tuple[datetime, float]]:
+    """:func:`downsample_columns` for :class:`Column` s: the same points, read a bucket
+    at a time (timestamps as UTC datetimes)."""
+    if max_points < 4:
+        raise ValueError(f"max_points must be at least 4, got {max_points}")
+    if len(times) != len(values):
+        raise ValueError(f"{len(times)} timestamps but {len(values)} values")
+    total = len(values)
+    if total <= max_points:
+        stamps, numbers = times.read(0, total).tolist(), values.read(0, total).tolist()
+        return [(from_micros(t), v) for t, v in zip(stamps, numbers, strict=True)]
+    n = total - 2
+    buckets = (max_points - 2) // 2
+    out = [(from_micros(times[0]), float(values[0]))]
+    for b in range(buckets):
+        lo, hi = 1 + b * n // buckets, 1 + (b + 1) * n // buckets
+        bucket = values.read(lo, hi)
+        if np.isnan(bucket).any():  # as the whole-series function does for a NaN
+            listed = bucket.tolist()
+            lowest = min(range(len(listed)), key=listed.__getitem__)
+            highest = max(range(len(listed)), key=listed.__getitem__)
+        else:
+            lowest, highest = int(bucket.argmin()), int(bucket.argmax())
+        stamps = times.read(lo, hi)
+        for i in sorted({lowest, highest}):
+            out.append((from_micros(int(stamps[i])), float(bucket[i])))
+    out.append((from_micros(times[-1]), float(values[-1])))
     return out

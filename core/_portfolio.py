@@ -6,7 +6,9 @@ Average-cost accounting.  For any sequence of fills the ledger satisfies::
         starting cash + realised P&L + unrealised P&L - commissions
 
 where unrealised P&L is ``sum(quantity * (price - avg_price))``.  Round trips
-(flat -> position -> flat) are recorded as trades for the win rate.
+(flat -> position -> flat) are counted as trades for the win rate, and kept as
+:class:`TradeRecord` s unless the portfolio is told not to (the engine counts them
+only, so that a run's memory does not grow with its round trips).
 """
 
 from __future__ import annotations
@@ -54,14 +56,17 @@ class Portfolio:
     market value, to the last digit.
     """
 
-    def __init__(self, name: str, cash: Decimal) -> None:
+    def __init__(self, name: str, cash: Decimal, *, keep_trades: bool = True) -> None:
         self.name = name
         self.starting_cash = cash
         self.cash = cash
         self.commissions = ZERO
         self.realized = ZERO
         self.holdings: dict[str, _Holding] = {}
-        self.trades: list[TradeRecord] = []
+        self.trades: list[TradeRecord] = []  # stays empty without keep_trades
+        self.keep_trades = keep_trades
+        self.round_trips = 0  # closed round trips, kept or not
+        self.winning_trips = 0  # those with pnl > 0
         # Float mirrors of the ledger for fast marking on the bar path.
         self.quantities_f: dict[str, float] = {}
         self.cash_f = float(cash)
@@ -100,14 +105,18 @@ class Portfolio:
             holding.trade_pnl += pnl
             if new == 0 or (new > 0) != (old > 0):
                 assert holding.trade_opened is not None
-                self.trades.append(
-                    TradeRecord(
-                        symbol=fill.symbol,
-                        opened=holding.trade_opened,
-                        closed=fill.ts,
-                        pnl=holding.trade_pnl,
+                self.round_trips += 1
+                if holding.trade_pnl > 0:
+                    self.winning_trips += 1
+                if self.keep_trades:
+                    self.trades.append(
+                        TradeRecord(
+                            symbol=fill.symbol,
+                            opened=holding.trade_opened,
+                            closed=fill.ts,
+                            pnl=holding.trade_pnl,
+                        )
                     )
-                )
                 holding.trade_opened = fill.ts if new != 0 else None
                 holding.trade_pnl = ZERO
                 holding.cost = new * price  # a flip opens the remainder at this price
@@ -117,6 +126,11 @@ class Portfolio:
         else:
             self.quantities_f.pop(fill.symbol, None)
         self.cash_f = float(self.cash)
+
+    def forget_trades(self) -> None:
+        """Start counting round trips afresh (those before are not this run's)."""
+        self.trades.clear()
+        self.round_trips = self.winning_trips = 0
 
     # -- views ---------------------------------------------------------------------------
 

@@ -166,7 +166,8 @@ def test_the_ledger_equals_the_reference_after_every_fill(
     assert sum(ref.closed_trades, Fraction(0)) == ref.realized - ref.commissions
     ledger_trades = sum((Fraction(t.pnl) for t in ledger.trades), Fraction(0))
     assert ledger_trades == Fraction(ledger.realized - ledger.commissions)
-    assert len(ledger.trades) == len(ref.closed_trades)
+    assert len(ledger.trades) == len(ref.closed_trades) == ledger.round_trips
+    assert ledger.winning_trips == sum(1 for t in ledger.trades if t.pnl > 0)
     assert abs(ledger_trades - sum(ref.closed_trades, Fraction(0))) <= ref.partial_closes * STEP
 
 

@@ -16,13 +16,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion._metrics import (
+    Column,
     TradeRecord,
+    column_benchmark_comparison,
+    column_downsample,
+    column_metrics,
+    column_period_returns,
     compute_metrics,
     downsample,
     downsample_columns,
     drawdown_series,
+    from_micros,
     metrics_from_columns,
     periods_per_year,
+    to_micros,
 )
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -977,3 +984,121 @@ def test_a_negative_starting_equity_is_refused() -> None:
     """Returns need a positive start."""
     with pytest.raises(ValueError, match="starting_equity must be finite and positive"):
         compute_metrics(daily([100, 101]), (), 0, 2, -5.0)
+
+
+# --------------------------------------------------------------------------- columns (long runs)
+
+
+def as_columns(
+    timestamps: Sequence[datetime], values: Sequence[float], spill_every: int
+) -> tuple[Column, Column]:
+    """The series as the engine keeps it: epoch microseconds and floats, spilled to the
+    temporary file every ``spill_every`` points (0: never), the rest in the buffer."""
+    times, column = Column("q"), Column("d")
+    for i, (ts, value) in enumerate(zip(timestamps, values, strict=True)):
+        times.buffer.append(to_micros(ts))
+        column.buffer.append(value)
+        if spill_every and (i + 1) % spill_every == 0:
+            times.spill()
+            column.spill()
+    return times, column
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    equity_columns(),
+    st.lists(st.decimals(min_value=-10, max_value=10, allow_nan=False, places=1), max_size=8),
+    bar_counts(),
+    st.integers(min_value=0, max_value=40),
+    st.integers(min_value=1, max_value=50),
+    st.integers(min_value=4, max_value=60),
+)
+def test_column_functions_give_the_whole_list_numbers_exactly(
+    columns: tuple[list[datetime], list[float]],
+    pnls: list[Decimal],
+    bars: tuple[int, int],
+    spill_every: int,
+    chunk: int,
+    max_points: int,
+) -> None:
+    """Metrics, period returns, the benchmark comparison and the down-sampled curve from
+    spilled columns read in chunks equal the whole-list functions' to the last bit (==,
+    not approx), whatever the chunk size and wherever the spills fall."""
+    timestamps, values = columns
+    timestamps = [ts.astimezone(UTC) for ts in timestamps]  # the engine's bars are UTC
+    start = values[0] if values and 1e-6 <= values[0] <= 1e9 else 100.0
+    trades = [TradeRecord("AAPL", T0, T0 + timedelta(days=1), pnl) for pnl in pnls]
+    times, column = as_columns(timestamps, values, spill_every)
+    bench_times, bench_column = as_columns(timestamps, list(reversed(values)), spill_every)
+    try:
+        check_columns(
+            timestamps, values, trades, bars, start, chunk, max_points, times, column, bench_column
+        )
+    finally:
+        for each in (times, column, bench_times, bench_column):
+            each.close()
+
+
+def check_columns(
+    timestamps: list[datetime],
+    values: list[float],
+    trades: list[TradeRecord],
+    bars: tuple[int, int],
+    start: float,
+    chunk: int,
+    max_points: int,
+    times: Column,
+    column: Column,
+    bench_column: Column,
+) -> None:
+    from bastion._metrics import benchmark_comparison, period_returns
+
+    exposure_bars, total_bars = bars
+    expected = metrics_from_columns(timestamps, values, trades, exposure_bars, total_bars, start)
+    wins = sum(1 for t in trades if t.pnl > 0)
+    got = column_metrics(times, column, len(trades), wins, exposure_bars, total_bars, start, chunk)
+    assert list(got.items()) == list(expected.items())
+    assert column_period_returns(times, column, start, chunk) == period_returns(
+        timestamps, values, start
+    )
+    bench = list(reversed(values))
+    assert column_benchmark_comparison(column, bench_column, start, chunk) == (
+        benchmark_comparison(values, bench, start)
+    )
+    assert column_downsample(times, column, max_points) == downsample_columns(
+        timestamps, values, max_points
+    )
+
+
+def test_column_metrics_refuse_what_metrics_from_columns_refuses() -> None:
+    """Non-finite equity and times out of order raise the same errors from columns."""
+    stamps = [T0 + timedelta(days=i) for i in range(5)]
+    for spill_every in (0, 2):
+        times, column = as_columns(stamps, [1.0, 2.0, math.inf, 3.0, 4.0], spill_every)
+        with pytest.raises(ValueError, match=r"equity point 2 .*must be finite"):
+            column_metrics(times, column, 0, 0, 0, 5, 1.0, 2)
+        times.close(), column.close()
+        backwards = [*stamps[:3], stamps[0], stamps[4]]
+        times, column = as_columns(backwards, [1.0] * 5, spill_every)
+        with pytest.raises(ValueError, match=r"equity point 3 .* is earlier"):
+            column_metrics(times, column, 0, 0, 0, 5, 1.0, 2)
+        times.close(), column.close()
+    times, column = as_columns(stamps, [1.0] * 5, 0)
+    with pytest.raises(ValueError, match="wins"):
+        column_metrics(times, column, 1, 2, 0, 5, 1.0)
+
+
+def test_a_column_reads_back_across_its_spills() -> None:
+    column = Column("d")
+    column.extend([0.5, 1.5])
+    column.spill()
+    column.extend([2.5, 3.5, 4.5])
+    column.spill()
+    column.extend([5.5])
+    assert len(column) == 6
+    assert column.read(1, 6).tolist() == [1.5, 2.5, 3.5, 4.5, 5.5]
+    assert column[0] == 0.5 and column[-1] == 5.5
+    assert [c.tolist() for c in column.chunks(4)] == [[0.5, 1.5, 2.5, 3.5], [4.5, 5.5]]
+    assert to_micros(from_micros(-1)) == -1 and from_micros(0) == datetime(1970, 1, 1, tzinfo=UTC)
+    column.close()
+    assert len(column) == 0
