@@ -581,7 +581,7 @@ class Column:
     def __init__(self, typecode: str) -> None:
         if typecode not in ("q", "d"):
             raise ValueError(f"typecode must be 'q' or 'd', got {typecode!r}")
-        self.buffer = array(typecode)
+        self.buffer: array[Any] = array(typecode)
         self._dtype = np.dtype(np.int64 if typecode == "q" else np.float64)
         self._file: IO[bytes] | None = None
         self._spilled = 0
@@ -590,7 +590,7 @@ class Column:
         return self._spilled + len(self.buffer)
 
     def extend(self, values: Iterable[float]) -> None:
-        self.buffer.extend(values)  # type: ignore[arg-type]
+        self.buffer.extend(values)
 
     def spill(self) -> None:
         if not self.buffer:
