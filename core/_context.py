@@ -24,7 +24,16 @@ from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
 
-from .models import AccountSnapshot, Bar, Fill, OrderIntent, OrderType, Side
+from .models import (
+    AccountSnapshot,
+    Bar,
+    Fill,
+    OrderIntent,
+    OrderType,
+    Side,
+    _decimal,
+    _trusted_intent,
+)
 
 __all__ = [
     "HISTORY_BARS",
@@ -228,7 +237,13 @@ class StrategyContext:
                 f"order symbol {str(symbol)[:70]!r} must be printable text of 1 to 64 characters"
             )
         try:
-            qty = quantity if isinstance(quantity, Decimal) else Decimal(str(quantity))
+            qty = (
+                quantity
+                if isinstance(quantity, Decimal)
+                else Decimal(quantity)  # an int is exact as it is
+                if type(quantity) is int
+                else Decimal(str(quantity))
+            )
         except InvalidOperation:
             qty = Decimal("NaN")
         if isinstance(quantity, bool) or not qty.is_finite():
@@ -237,24 +252,36 @@ class StrategyContext:
             return
         if len(self._intents) >= MAX_INTENTS_PER_EVENT:
             raise RuntimeError(f"more than {MAX_INTENTS_PER_EVENT} orders in one event")
-        kind = (
-            OrderType.LIMIT
-            if limit is not None
-            else OrderType.STOP
-            if stop is not None
-            else (OrderType.MARKET)
-        )
         if limit is not None and stop is not None:
             raise ValueError("an order takes limit= or stop=, not both")
+        # Validated here, field by field, as OrderIntent's converters and checks
+        # would (the same errors), then built without running them a second time:
+        # a Side, an exact positive Decimal quantity, a finite Decimal price > 0
+        # for a limit or stop order, a str tag.  models._trusted_intent says why.
+        if limit is not None:
+            kind = OrderType.LIMIT
+            limit_price = _decimal(limit)
+            if limit_price <= 0:
+                raise ValueError("a limit order needs a positive limit_price")
+            stop_price = None
+        elif stop is not None:
+            kind = OrderType.STOP
+            stop_price = _decimal(stop)
+            if stop_price <= 0:
+                raise ValueError("a stop order needs a positive stop_price")
+            limit_price = None
+        else:
+            kind = OrderType.MARKET
+            limit_price = stop_price = None
         self._intents.append(
-            OrderIntent(
-                symbol=symbol,
-                side=Side.BUY if qty > 0 else Side.SELL,
-                quantity=qty.copy_abs(),  # exact: abs() would round to 28 digits
-                type=kind,
-                limit_price=limit,
-                stop_price=stop,
-                tag=str(tag)[:64],
+            _trusted_intent(
+                symbol,
+                Side.BUY if qty > 0 else Side.SELL,
+                qty.copy_abs(),  # exact: abs() would round to 28 digits
+                kind,
+                limit_price,
+                stop_price,
+                str(tag)[:64],
             )
         )
 
@@ -353,7 +380,10 @@ class StrategyRunner:
             return None
 
     def _collect(self) -> list[OrderIntent]:
-        intents, logs = self.ctx._drain()
+        ctx = self.ctx
+        if not (ctx._intents or ctx._logs or ctx.log._dropped):
+            return []  # the usual answer to a fill: nothing asked, nothing logged
+        intents, logs = ctx._drain()
         if logs:
             self.logs.extend(logs)
         return intents

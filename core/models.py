@@ -99,6 +99,16 @@ class OrderStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+def _side(value: str) -> Side:
+    """``Side(value)``, without the enum's lookup when ``value`` already is one."""
+    return value if type(value) is Side else Side(value)
+
+
+def _order_type(value: str) -> OrderType:
+    """``OrderType(value)``, without the enum's lookup when ``value`` already is one."""
+    return value if type(value) is OrderType else OrderType(value)
+
+
 @attrs.frozen(slots=True)
 class Bar:
     """One OHLCV bar for one symbol; ``ts`` is the bar's close time, in UTC (an aware
@@ -132,9 +142,9 @@ class OrderIntent:
     """
 
     symbol: str = attrs.field(validator=attrs.validators.min_len(1))
-    side: Side = attrs.field(converter=Side)
+    side: Side = attrs.field(converter=_side)
     quantity: Decimal = attrs.field(converter=_decimal)
-    type: OrderType = attrs.field(default=OrderType.MARKET, converter=OrderType)
+    type: OrderType = attrs.field(default=OrderType.MARKET, converter=_order_type)
     limit_price: Decimal | None = attrs.field(default=None, converter=_optional_decimal)
     stop_price: Decimal | None = attrs.field(default=None, converter=_optional_decimal)
     tag: str = ""
@@ -194,7 +204,7 @@ class Fill:
 
     order_id: str
     symbol: str
-    side: Side = attrs.field(converter=Side)
+    side: Side = attrs.field(converter=_side)
     quantity: Decimal = attrs.field(converter=_decimal)
     price: Decimal = attrs.field(converter=_decimal)
     commission: Decimal = attrs.field(converter=_decimal)
@@ -211,6 +221,80 @@ class Fill:
     @property
     def signed_quantity(self) -> Decimal:
         return self.quantity if self.side is Side.BUY else -self.quantity
+
+
+# -- kernel-built values --------------------------------------------------------------
+#
+# Frozen attrs classes validate and convert every field in ``__init__`` (and set each
+# one through ``object.__setattr__``): right at the trust boundary, where a strategy's,
+# a worker's or a broker's values come in (plugins, the ``sim`` broker included, only
+# ever use the validating constructors), about 2-3 µs per object on the order path.
+# The kernel's own code also builds values out of parts it validated already (the
+# fields of an intent ``ctx.order`` has just checked one by one; an order stamped on
+# such an intent); those may be built with the functions below, which set the same
+# slots without running the converters and validators a second time.  The caller
+# owes exactly what the validators would have checked, stated at each call site; the
+# result is an ordinary instance (equal to, and hashing like, the validated one).
+
+_new = object.__new__
+
+
+def _slot_setters(cls: type) -> tuple[Any, ...]:
+    """The slots' own ``__set__`` for each attrs field of ``cls``, in field order."""
+    return tuple(cls.__dict__[field.name].__set__ for field in attrs.fields(cls))
+
+
+_INTENT_SLOTS = _slot_setters(OrderIntent)
+_ORDER_SLOTS = _slot_setters(Order)
+
+
+def _trusted_intent(
+    symbol: str,
+    side: Side,
+    quantity: Decimal,
+    type: OrderType,
+    limit_price: Decimal | None,
+    stop_price: Decimal | None,
+    tag: str,
+) -> OrderIntent:
+    """An :class:`OrderIntent` from fields already in their validated form (a
+    non-empty symbol, a ``Side``, a finite positive ``Decimal`` quantity, an
+    ``OrderType`` with its positive finite ``Decimal`` price, a ``str`` tag):
+    kernel code only, never a strategy's or a worker's raw values."""
+    intent = _new(OrderIntent)
+    s_symbol, s_side, s_quantity, s_type, s_limit, s_stop, s_tag = _INTENT_SLOTS
+    s_symbol(intent, symbol)
+    s_side(intent, side)
+    s_quantity(intent, quantity)
+    s_type(intent, type)
+    s_limit(intent, limit_price)
+    s_stop(intent, stop_price)
+    s_tag(intent, tag)
+    return intent
+
+
+def _trusted_order(
+    client_order_id: str,
+    strategy: str,
+    strategy_sha256: str,
+    signer: str | None,
+    intent: OrderIntent,
+    created: datetime,
+    liquidation: bool = False,
+) -> Order:
+    """An :class:`Order` the kernel stamps on an intent it validated (or built),
+    at an aware ``created`` time it holds (a bar's UTC ``ts``): ``Order``'s only
+    check is that ``created`` is aware."""
+    order = _new(Order)
+    s_cid, s_strategy, s_sha, s_signer, s_intent, s_created, s_liquidation = _ORDER_SLOTS
+    s_cid(order, client_order_id)
+    s_strategy(order, strategy)
+    s_sha(order, strategy_sha256)
+    s_signer(order, signer)
+    s_intent(order, intent)
+    s_created(order, created)
+    s_liquidation(order, liquidation)
+    return order
 
 
 @attrs.frozen(slots=True)

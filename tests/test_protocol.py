@@ -1440,3 +1440,80 @@ def test_nearly_valid_answers_give_an_answer_or_a_violation(message: dict[str, A
     """Answers shaped like the real thing, with arbitrary scalars and nested values in
     every slot, decode or raise ProtocolViolation with one line -- nothing else."""
     _outcome(p.pack(message))
+
+
+_PRICE_INPUTS = st.one_of(
+    st.none(),
+    st.integers(-5, 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.decimals(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["1.5", "0", "-2", "abc", "1e3", "NaN", ""]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.integers(-(10**6), 10**6),
+        st.floats(-1e6, 1e6),
+        st.decimals(allow_nan=False, allow_infinity=False),
+        st.sampled_from(["3", "-0.25", "1E+2"]),
+    ),
+    _PRICE_INPUTS,
+    _PRICE_INPUTS,
+    st.text(max_size=80),
+)
+def test_ctx_order_builds_what_the_validating_intent_builds(
+    quantity: Any, limit: Any, stop: Any, tag: str
+) -> None:
+    """``ctx.order`` validates an intent's fields itself and builds it without running
+    OrderIntent's converters again: for any quantity, limit, stop and tag, it asks for
+    exactly the intent ``OrderIntent(...)`` would build from the same values, and
+    refuses (with the same error) exactly what that constructor refuses."""
+    ctx = StrategyContext("s.py", {})
+    try:
+        ctx.order("AAPL", quantity, limit=limit, stop=stop, tag=tag)
+    except (ValueError, TypeError) as exc:
+        error: Exception | None = exc
+    else:
+        error = None
+    intents, _ = ctx._drain()
+    qty = quantity if isinstance(quantity, Decimal) else Decimal(str(quantity))
+    if qty == 0 and error is None:
+        assert intents == []
+        return
+    if limit is not None and stop is not None:
+        assert isinstance(error, ValueError) and "not both" in str(error)
+        return
+    kind = "limit" if limit is not None else "stop" if stop is not None else "market"
+    try:
+        expected = OrderIntent(
+            "AAPL",
+            "buy" if qty > 0 else "sell",
+            qty.copy_abs(),
+            kind,
+            limit_price=limit,
+            stop_price=stop,
+            tag=tag[:64],
+        )
+    except (ValueError, TypeError) as exc:
+        assert type(error) is type(exc) and str(error) == str(exc)
+        return
+    assert error is None and intents == [expected]
+    assert type(intents[0].side) is Side and type(intents[0].type) is OrderType
+
+
+def test_kernel_built_values_equal_validated_ones() -> None:
+    """The private constructors the kernel uses for values it builds from validated
+    parts give instances equal to (and hashing like) the validating constructors'."""
+    from bastion.models import Order, _trusted_intent, _trusted_order
+
+    ts = datetime(2024, 1, 2, 21, tzinfo=UTC)
+    intent = OrderIntent("AAPL", "sell", "2.5", "stop", stop_price="99.5", tag="t")
+    trusted = _trusted_intent(
+        "AAPL", Side.SELL, Decimal("2.5"), OrderType.STOP, None, Decimal("99.5"), "t"
+    )
+    assert trusted == intent and hash(trusted) == hash(intent)
+    order = Order("r-000001", "s.py", "a" * 64, "K", intent, ts, liquidation=True)
+    built = _trusted_order("r-000001", "s.py", "a" * 64, "K", trusted, ts, True)
+    assert built == order and hash(built) == hash(order)
