@@ -155,11 +155,16 @@ class SimOptions:
         return options
 
 
-@attrs.define
 class _Working:
-    order: Order
-    remaining: Decimal
-    triggered: bool = False  # stop orders become market orders once triggered
+    """An order the simulator is working: what is left of it, and (stop orders) whether
+    it has triggered, after which it fills like a market order."""
+
+    __slots__ = ("order", "remaining", "triggered")
+
+    def __init__(self, order: Order, remaining: Decimal) -> None:
+        self.order = order
+        self.remaining = remaining
+        self.triggered = False
 
 
 class SimBroker:
@@ -190,8 +195,12 @@ class SimBroker:
             reason = self._check_buying_power(order, account)
             if reason:
                 return reason
-        self._working.setdefault(order.symbol, []).append(_Working(order, order.quantity))
-        self._symbols = frozenset(self._working)
+        orders = self._working.get(order.symbol)
+        if orders is None:
+            self._working[order.symbol] = [_Working(order, order.quantity)]
+            self._symbols = frozenset(self._working)
+        else:
+            orders.append(_Working(order, order.quantity))
         return None
 
     def _committed(
@@ -363,41 +372,51 @@ class SimBroker:
         if not orders or bar.volume == 0:  # nothing traded: nothing fills or triggers
             return ()
         fills: list[Fill] = []
-        capacity = (
-            None  # the data does not report volume: no participation limit
-            if bar.volume is None
-            else (Decimal(repr(bar.volume)) * self._participation).to_integral_value(ROUND_FLOOR)
-        )
+        ts = bar.ts
+        # The bar's volume times the participation, computed when an order first
+        # could fill; None: the data does not report volume (no participation limit).
+        capacity: Decimal | None = None
+        limited = bar.volume is not None
         keep: list[_Working] = []
         for working in orders:
-            if working.order.created >= bar.ts:  # asked for on this bar or later: not yet
+            order = working.order
+            if order.created >= ts:  # asked for on this bar or later: not yet
                 keep.append(working)
                 continue
             price = self._fill_price(working, bar)
-            if price is None or (capacity is not None and capacity <= 0):
+            if price is None:
                 keep.append(working)
                 continue
-            quantity = working.remaining if capacity is None else min(working.remaining, capacity)
-            if quantity != working.remaining:
-                quantity = quantity.quantize(Decimal(1), rounding=ROUND_DOWN)
-                if quantity <= 0:
+            remaining = working.remaining
+            quantity = remaining
+            if limited:
+                if capacity is None:
+                    capacity = (Decimal(repr(bar.volume)) * self._participation).to_integral_value(
+                        ROUND_FLOOR
+                    )
+                if capacity <= 0:
                     keep.append(working)
                     continue
-            if capacity is not None:
+                if capacity < remaining:
+                    quantity = capacity.quantize(Decimal(1), rounding=ROUND_DOWN)
+                    if quantity <= 0:
+                        keep.append(working)
+                        continue
                 capacity -= quantity
             fills.append(
                 Fill(
-                    order_id=working.order.client_order_id,
+                    order_id=order.client_order_id,
                     symbol=bar.symbol,
-                    side=working.order.side,
+                    side=order.intent.side,
                     quantity=quantity,
                     price=price,
                     commission=self._commission(quantity, price),
-                    ts=bar.ts,
+                    ts=ts,
                 )
             )
-            working.remaining -= quantity
-            if working.remaining > 0:
+            remaining -= quantity
+            working.remaining = remaining
+            if remaining > 0:
                 keep.append(working)
         if keep:
             self._working[bar.symbol] = keep

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -1605,3 +1606,50 @@ def test_a_zero_commission_rate_is_allowed() -> None:
     for spec in ("commission=bps:0", "commission=per-share:0:0"):
         broker = working(spec + ",slippage=0", order("buy", 10))
         assert fill_one(broker, bar(1, 100.0)).commission == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["buy", "sell"]),
+    st.sampled_from(["market", "limit", "stop"]),
+    st.decimals(Decimal("0.0001"), Decimal(300), places=4),
+    st.integers(1, 5_000),
+    st.sampled_from([0, 1, 25]),
+    st.sampled_from(["none", "per-share:0.005:1", "bps:2"]),
+    st.sampled_from([None, 0.0, 10.0, 1e6]),
+    _tick_bar("X", at(1)),
+)
+def test_fills_of_every_kind_respect_the_bar_volume(
+    side: str,
+    kind: str,
+    price: Decimal,
+    quantity: int,
+    slippage: int,
+    commission: str,
+    volume: float | None,
+    bar_: Bar,
+) -> None:
+    """The participation cap (computed once a bar, when an order first could fill):
+    whatever the order type, slippage and commission model, a bar without volume
+    data fills the whole order once its price is reached, a bar with volume 0 fills
+    nothing, and otherwise at most participation x volume fills, in whole shares;
+    each fill is of the order's side and equals a Fill built field by field."""
+    broker = SimBroker.open(f"commission={commission},slippage={slippage},participation=0.5")
+    limit = str(price) if kind == "limit" else None
+    stop = str(price) if kind == "stop" else None
+    placed = order(side, quantity, type=kind, limit=limit, stop=stop)
+    assert broker.submit(placed, account(10**12, prices={"X": 100})) is None
+    bar_ = attrs.evolve(bar_, volume=volume)
+    fills = broker.on_bar(bar_)
+    total = sum((f.quantity for f in fills), Decimal(0))
+    if volume is None:
+        assert total in (0, quantity)
+    else:
+        assert total <= min(Decimal(quantity), int(volume * 0.5))
+    if volume == 0:
+        assert not fills
+    for fill in fills:
+        assert Fill(**attrs.asdict(fill, recurse=False)) == fill
+        assert fill.order_id == placed.client_order_id and fill.side is placed.side
+        assert fill.quantity == fill.quantity.to_integral_value()
+    assert bool(broker.working_symbols()) == (total < quantity)
