@@ -735,7 +735,9 @@ class SQLiteStore:
         if not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")
         updated = _now()
-        orders = [(*row, updated) for row in self._pending_orders.values()]
+        orders = list(self._pending_orders.values())
+        for row in orders:  # the rows are this batch's own lists: no copies
+            row.append(updated)
         fills = self._pending_fills
         self._pending_orders = {}
         self._pending_fills = []
@@ -758,12 +760,6 @@ class SQLiteStore:
                 self._flush()
             finally:
                 self._batch_ids.clear()
-
-    def _buffered(self) -> None:
-        """Count one write-behind row towards the batch; commit the batch when it is full."""
-        self._batched += 1
-        if self._batched >= BATCH_WRITES:
-            self._flush()
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -920,23 +916,27 @@ class SQLiteStore:
         on return.  A backtest: part of the open batch, audited by the run's
         trades digest.
         """
-        _check_order_status(status)
+        if status not in _ORDER_STATUSES:
+            _check_order_status(status)
         intent = order.intent
+        limit = intent.limit_price
+        stop = intent.stop_price
+        cid = order.client_order_id
         values = [
-            order.client_order_id,
+            cid,
             run_id,
             order.strategy,
             order.strategy_sha256,
             order.signer,
             intent.symbol,
             _TEXT[intent.side],
-            _num(intent.quantity),
+            format(intent.quantity, "f"),  # an Order's numbers are Decimals: as _num
             _TEXT[intent.type],
-            _dec(intent.limit_price),
-            _dec(intent.stop_price),
+            None if limit is None else format(limit, "f"),
+            None if stop is None else format(stop, "f"),
             intent.tag,
             self._order_ts(order.created),
-            int(order.liquidation),
+            1 if order.liquidation else 0,
             status,
             reason,
             "0",
@@ -947,12 +947,14 @@ class SQLiteStore:
                 # run used fails the batch's INSERT (the primary key), which
                 # fails this run: ids embed their run's unique id, so only a
                 # broken caller gets there.
-                cid = order.client_order_id
-                if cid in self._batch_ids:
+                batch_ids = self._batch_ids
+                if cid in batch_ids:
                     raise _duplicate_order(cid)
-                self._batch_ids.add(cid)
+                batch_ids.add(cid)
                 self._pending_orders[cid] = values
-                self._buffered()
+                self._batched += 1
+                if self._batched >= BATCH_WRITES:
+                    self._flush()
                 return
         row = dict(zip(_ORDER_COLUMNS.split(", "), values, strict=True))
         row["updated"] = _now()
@@ -977,12 +979,18 @@ class SQLiteStore:
         filled: Decimal,
     ) -> None:
         """Change an order's status; a final status (filled, rejected, cancelled) is audited."""
-        _check_order_status(status)
+        if status not in _ORDER_STATUSES:
+            _check_order_status(status)
         with self._lock:
             row = self._pending_orders.get(client_order_id)
             if row is not None and row[1] == run_id:
-                row[_ORDER_STATUS_AT : _ORDER_STATUS_AT + 3] = [status, reason, _num(filled)]
-                self._buffered()
+                # Still buffered (not yet inserted): its row takes the new status.
+                row[_ORDER_STATUS_AT] = status
+                row[_ORDER_STATUS_AT + 1] = reason
+                row[_ORDER_STATUS_AT + 2] = _num(filled)
+                self._batched += 1
+                if self._batched >= BATCH_WRITES:
+                    self._flush()
                 return
         with self._write(run_id) as conn:
             updated = conn.execute(
@@ -1018,9 +1026,9 @@ class SQLiteStore:
             order.signer,
             fill.symbol,
             _TEXT[fill.side],
-            _num(fill.quantity),
-            _num(fill.price),
-            _num(fill.commission),
+            format(fill.quantity, "f"),  # a Fill's numbers are Decimals: as _num
+            format(fill.price, "f"),
+            format(fill.commission, "f"),
             self._fill_ts(fill.ts),
             fill.exec_id,
             fill.broker_order_id,
@@ -1031,7 +1039,9 @@ class SQLiteStore:
                 if cid not in self._batch_ids:
                     raise ValueError(f"run {run_id!r} has no order {cid!r}")
                 self._pending_fills.append(values)
-                self._buffered()
+                self._batched += 1
+                if self._batched >= BATCH_WRITES:
+                    self._flush()
                 return
         row = dict(zip(_FILL_COLUMNS.split(", ")[1:], values, strict=True))
         with self._write(run_id):
