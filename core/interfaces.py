@@ -476,7 +476,12 @@ class Store(Protocol):
 
     def list_runs(self) -> list[RunRow]: ...
 
-    def load_run(self, run_id: str) -> RunData: ...
+    def load_run(self, run_id: str, *, details: bool = True) -> RunData:
+        """The run (``run_id`` or a unique prefix of one).  ``details=False`` leaves each
+        strategy's ``executions`` and ``rejections`` empty but keeps their counts and
+        the latest rejection's reason (what a summary shows), so a run of millions of
+        orders is summed up without reading them all."""
+        ...
 
     def close(self) -> None: ...
 

@@ -1167,6 +1167,19 @@ class StoreConformance:
         assert (first.quarantined, second.quarantined) == (None, "loss limit: -5% in one day")
         (listed,) = store.list_runs()
         assert dict(listed.quarantined) == {"scratch.py": "loss limit: -5% in one day"}
+        summary = store.load_run(run_id[:12], details=False)
+        assert [list(s.executions) + list(s.rejections) for s in summary.strategies] == [[], []]
+        assert [attrs.evolve(s, executions=(), rejections=()) for s in summary.strategies] == [
+            attrs.evolve(s, executions=(), rejections=()) for s in data.strategies
+        ], (
+            "load_run(details=False) must count fills and rejections (and keep the latest "
+            "rejection's reason) exactly as load_run() does, without reading them"
+        )
+        assert (summary.row, summary.info, list(summary.benchmark)) == (
+            data.row,
+            data.info,
+            list(data.benchmark),
+        )
         self._assert_verifies(store)
 
     def test_load_run_has_the_row_list_runs_has(self, store: Store) -> None:

@@ -211,7 +211,7 @@ def backtest_command(
     finally:
         prepared.close()
     try:
-        run = store.load_run(result.run_id)
+        run = store.load_run(result.run_id, details=report)  # the summary needs counts only
         report_path = render_report(run, _report_dir(app, result.run_id, out)) if report else None
     finally:
         store.close()

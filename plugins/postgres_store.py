@@ -1079,8 +1079,9 @@ class PostgresStore:
             )
         return matches[0]
 
-    def load_run(self, run_id: str) -> RunData:
-        """Everything stored for one run (``run_id`` may be a unique prefix)."""
+    def load_run(self, run_id: str, *, details: bool = True) -> RunData:
+        """Everything stored for one run (``run_id`` may be a unique prefix); without
+        ``details`` its fills and rejected orders are counted, not read."""
         with self._read() as conn:
             run_id = self._resolve(conn, run_id)
             run = conn.execute(
@@ -1095,7 +1096,7 @@ class PostgresStore:
                 "metrics, quarantined FROM run_strategies WHERE run_id = %s ORDER BY seq",
                 (run_id,),
             ).fetchall()
-            strategies = [self._strategy(conn, run_id, r) for r in strategy_rows]
+            strategies = [self._strategy(conn, run_id, r, details) for r in strategy_rows]
             benchmark: list[EquityPoint] = [
                 (ts.astimezone(UTC), _float(value))
                 for ts, value in conn.execute(
@@ -1119,7 +1120,9 @@ class PostgresStore:
         return RunData(row=row, info=info, strategies=strategies, benchmark=benchmark)
 
     @staticmethod
-    def _strategy(conn: psycopg.Connection[Any], run_id: str, r: Sequence[Any]) -> StrategyRunData:
+    def _strategy(
+        conn: psycopg.Connection[Any], run_id: str, r: Sequence[Any], details: bool = True
+    ) -> StrategyRunData:
         name, sha256, signer, signer_name, wl_version, unsigned, params, metrics, quarantined = r
         key = (run_id, name)
         equity: list[EquityPoint] = [
@@ -1146,23 +1149,42 @@ class PostgresStore:
         counted = conn.execute(
             "SELECT count(*) FROM orders WHERE run_id = %s AND strategy = %s", key
         ).fetchone()
-        executions = [
-            _fill_from_row(row)
-            for row in conn.execute(
-                f"SELECT {_FILL_READ} FROM fills WHERE run_id = %s AND strategy = %s "  # noqa: S608
-                "ORDER BY id",
-                key,
+        if details:
+            executions = [
+                _fill_from_row(row)
+                for row in conn.execute(
+                    f"SELECT {_FILL_READ} FROM fills WHERE run_id = %s AND strategy = %s "  # noqa: S608
+                    "ORDER BY id",
+                    key,
+                )
+            ]
+            rejections = [
+                RejectedOrder(_parse_ts(created), symbol, side, Decimal(quantity), reason)
+                for created, symbol, side, quantity, reason in conn.execute(
+                    "SELECT created, symbol, side, quantity, reason FROM orders "
+                    "WHERE run_id = %s AND strategy = %s AND status = %s "
+                    "ORDER BY created, client_order_id",
+                    (*key, OrderStatus.REJECTED.value),
+                )
+            ]
+            fills, rejected = len(executions), len(rejections)
+            last_rejection = rejections[-1].reason if rejections else None
+        else:  # counted, not read: a run may have millions (the summary needs no more)
+            executions, rejections = [], []
+            fills = _count(
+                conn, "SELECT count(*) FROM fills WHERE run_id = %s AND strategy = %s", key
             )
-        ]
-        rejections = [
-            RejectedOrder(_parse_ts(created), symbol, side, Decimal(quantity), reason)
-            for created, symbol, side, quantity, reason in conn.execute(
-                "SELECT created, symbol, side, quantity, reason FROM orders "
-                "WHERE run_id = %s AND strategy = %s AND status = %s "
-                "ORDER BY created, client_order_id",
+            rejected = _count(
+                conn,
+                "SELECT count(*) FROM orders WHERE run_id = %s AND strategy = %s AND status = %s",
                 (*key, OrderStatus.REJECTED.value),
             )
-        ]
+            latest = conn.execute(
+                "SELECT reason FROM orders WHERE run_id = %s AND strategy = %s AND status = %s "
+                "ORDER BY created DESC, client_order_id DESC LIMIT 1",
+                (*key, OrderStatus.REJECTED.value),
+            ).fetchone()
+            last_rejection = latest[0] if latest else None
         period_returns = {
             str(period): None if value is None else float(value)
             for period, value in conn.execute(
@@ -1186,10 +1208,10 @@ class PostgresStore:
             equity=equity,
             positions=positions,
             orders=int(counted[0]) if counted else 0,
-            fills=len(executions),
+            fills=int(fills),
             quarantined=quarantined,
-            rejected=len(rejections),
-            last_rejection=rejections[-1].reason if rejections else None,
+            rejected=int(rejected),
+            last_rejection=last_rejection,
             executions=executions,
             rejections=rejections,
             period_returns=period_returns,
@@ -1295,6 +1317,11 @@ class PostgresStore:
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.location!r})"
+
+
+def _count(conn: psycopg.Connection[Any], query: Any, params: Sequence[Any]) -> int:
+    row = conn.execute(query, params).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1281,8 +1281,9 @@ class SQLiteStore:
             )
         return matches[0]
 
-    def load_run(self, run_id: str) -> RunData:
-        """Everything stored for one run (``run_id`` may be a unique prefix)."""
+    def load_run(self, run_id: str, *, details: bool = True) -> RunData:
+        """Everything stored for one run (``run_id`` may be a unique prefix); without
+        ``details`` its fills and rejected orders are counted, not read."""
         with self._read() as conn:
             run_id = self._resolve(conn, run_id)
             (kind, environment, status, started, finished, version, config, error, pid) = (
@@ -1297,7 +1298,7 @@ class SQLiteStore:
                 "metrics, quarantined FROM run_strategies WHERE run_id = ? ORDER BY rowid",
                 (run_id,),
             ).fetchall()
-            strategies = [self._strategy(conn, run_id, tuple(r)) for r in strategy_rows]
+            strategies = [self._strategy(conn, run_id, tuple(r), details) for r in strategy_rows]
             benchmark: list[EquityPoint] = [
                 (_parse_ts(ts), float("nan") if value is None else float(value))
                 for ts, value in conn.execute(
@@ -1321,7 +1322,9 @@ class SQLiteStore:
         return RunData(row=row, info=info, strategies=strategies, benchmark=benchmark)
 
     @staticmethod
-    def _strategy(conn: sqlite3.Connection, run_id: str, r: tuple[Any, ...]) -> StrategyRunData:
+    def _strategy(
+        conn: sqlite3.Connection, run_id: str, r: tuple[Any, ...], details: bool = True
+    ) -> StrategyRunData:
         name, sha256, signer, signer_name, wl_version, unsigned, params, metrics, quarantined = r
         key = (run_id, name)
         equity: list[EquityPoint] = [
@@ -1349,23 +1352,41 @@ class SQLiteStore:
         orders = conn.execute(
             "SELECT count(*) FROM orders WHERE run_id = ? AND strategy = ?", key
         ).fetchone()[0]
-        executions = [
-            _fill_from_row(row)
-            for row in conn.execute(
-                f"SELECT {_FILL_READ} FROM fills WHERE run_id = ? AND strategy = ? "  # noqa: S608
-                "ORDER BY id",
-                key,
-            )
-        ]
-        rejections = [
-            RejectedOrder(_parse_ts(created), symbol, side, Decimal(quantity), reason)
-            for created, symbol, side, quantity, reason in conn.execute(
-                "SELECT created, symbol, side, quantity, reason FROM orders "
-                "WHERE run_id = ? AND strategy = ? AND status = ? "
-                "ORDER BY created, client_order_id",
+        if details:
+            executions = [
+                _fill_from_row(row)
+                for row in conn.execute(
+                    f"SELECT {_FILL_READ} FROM fills WHERE run_id = ? AND strategy = ? "  # noqa: S608
+                    "ORDER BY id",
+                    key,
+                )
+            ]
+            rejections = [
+                RejectedOrder(_parse_ts(created), symbol, side, Decimal(quantity), reason)
+                for created, symbol, side, quantity, reason in conn.execute(
+                    "SELECT created, symbol, side, quantity, reason FROM orders "
+                    "WHERE run_id = ? AND strategy = ? AND status = ? "
+                    "ORDER BY created, client_order_id",
+                    (*key, OrderStatus.REJECTED.value),
+                )
+            ]
+            fills, rejected = len(executions), len(rejections)
+            last_rejection = rejections[-1].reason if rejections else None
+        else:  # counted, not read: a run may have millions (the summary needs no more)
+            executions, rejections = [], []
+            fills = conn.execute(
+                "SELECT count(*) FROM fills WHERE run_id = ? AND strategy = ?", key
+            ).fetchone()[0]
+            rejected = conn.execute(
+                "SELECT count(*) FROM orders WHERE run_id = ? AND strategy = ? AND status = ?",
                 (*key, OrderStatus.REJECTED.value),
-            )
-        ]
+            ).fetchone()[0]
+            latest = conn.execute(
+                "SELECT reason FROM orders WHERE run_id = ? AND strategy = ? AND status = ? "
+                "ORDER BY created DESC, client_order_id DESC LIMIT 1",
+                (*key, OrderStatus.REJECTED.value),
+            ).fetchone()
+            last_rejection = latest[0] if latest else None
         period_returns = {
             str(period): None if value is None else float(value)
             for period, value in conn.execute(
@@ -1389,10 +1410,10 @@ class SQLiteStore:
             equity=equity,
             positions=positions,
             orders=int(orders),
-            fills=len(executions),
+            fills=int(fills),
             quarantined=quarantined,
-            rejected=len(rejections),
-            last_rejection=rejections[-1].reason if rejections else None,
+            rejected=int(rejected),
+            last_rejection=last_rejection,
             executions=executions,
             rejections=rejections,
             period_returns=period_returns,

@@ -44,8 +44,8 @@ class Flawed:
     def __getattr__(self, name: str) -> object:
         return getattr(self._store, name)
 
-    def load_run(self, run_id: str) -> object:
-        data = self._store.load_run(run_id)
+    def load_run(self, run_id: str, *, details: bool = True) -> object:
+        data = self._store.load_run(run_id, details=details)
         if self._flaw == "naive times":
             started = data.info.started.replace(tzinfo=None)
             return attrs.evolve(data, info=attrs.evolve(data.info, started=started))
