@@ -462,7 +462,6 @@ class PostgresStore:
         self._batch_run: str | None = None
         self._pending_orders: dict[str, list[Any]] = {}
         self._pending_fills: list[tuple[Any, ...]] = []
-        self._batch_ids: set[str] = set()
 
     # ----------------------------------------------------------------- opening
 
@@ -600,7 +599,7 @@ class PostgresStore:
             raise ValueError(
                 f"{self.location}: {_first_line(exc)} while writing {len(orders)} order(s) and "
                 f"{len(fills)} fill(s) of run {orders[0][1] if orders else '?'}; an order id "
-                "was already stored by another run. Those rows were dropped: mark the run failed"
+                "was already stored (ids are never reused). Those rows were dropped: mark the run failed"
             ) from None
 
     def _buffered(self) -> None:
@@ -693,7 +692,6 @@ class PostgresStore:
             if run_id is not None and run_id != self._batch_run:
                 return
             self._batch_run = None
-            self._batch_ids.clear()
             self._write_pending()
 
     def finish_run(self, run_id: str, status: str, error: str | None) -> None:
@@ -778,9 +776,10 @@ class PostgresStore:
         cid = order.client_order_id
         with self._lock:
             if run_id == self._batch_run:
-                if cid in self._batch_ids:
+                # One already written fails the batch's INSERT (its primary key); no
+                # set of every id of the run is kept (a long run has millions).
+                if cid in self._pending_orders:
                     raise _duplicate(cid)
-                self._batch_ids.add(cid)
                 self._pending_orders[cid] = values
                 self._buffered()
                 return
@@ -852,7 +851,7 @@ class PostgresStore:
         )
         with self._lock:
             if run_id == self._batch_run:
-                if cid not in self._batch_ids:
+                if cid not in self._pending_orders and self._order_run(cid) != run_id:
                     raise ValueError(f"run {run_id!r} has no order {cid!r}")
                 self._pending_fills.append(values)
                 self._buffered()
@@ -873,6 +872,12 @@ class PostgresStore:
                 f"execution {fill.exec_id!r} is already stored (order {cid!r}); "
                 "a broker's execution is booked once"
             ) from None
+
+    def _order_run(self, client_order_id: str) -> str | None:
+        found = self._conn.execute(
+            "SELECT run_id FROM orders WHERE client_order_id = %s", (client_order_id,)
+        ).fetchone()
+        return None if found is None else str(found[0])
 
     # ----------------------------------------------------------------- results
 

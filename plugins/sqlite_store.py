@@ -574,7 +574,6 @@ class SQLiteStore:
         self._batch_run: str | None = None
         self._pending_orders: dict[str, list[Any]] = {}
         self._pending_fills: list[tuple[Any, ...]] = []
-        self._batch_ids: set[str] = set()  # every order id the batched run has recorded
         self._order_ts = _LastTs()
         self._fill_ts = _LastTs()
 
@@ -750,16 +749,13 @@ class SQLiteStore:
             raise ValueError(
                 f"{self.location}: {exc} while writing {len(orders)} order(s) and "
                 f"{len(fills)} fill(s) of run {orders[0][1] if orders else '?'}; an order id "
-                "was already stored by another run. Those rows were dropped: mark the run failed"
+                "was already stored (ids are never reused). Those rows were dropped: mark the run failed"
             ) from None
 
     def _end_batch(self) -> None:
         with self._lock:
             self._batch_run = None
-            try:
-                self._flush()
-            finally:
-                self._batch_ids.clear()
+            self._flush()
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -943,14 +939,13 @@ class SQLiteStore:
         ]
         with self._lock:
             if run_id == self._batch_run:
-                # An id this run already used is refused here; one that another
-                # run used fails the batch's INSERT (the primary key), which
-                # fails this run: ids embed their run's unique id, so only a
-                # broken caller gets there.
-                batch_ids = self._batch_ids
-                if cid in batch_ids:
+                # An id still in the batch is refused here; one already written
+                # (by this run or another) fails the batch's INSERT (the primary
+                # key), which fails this run: ids embed their run's unique id, so
+                # only a broken caller gets there.  No set of every id the run
+                # used is kept: a long run has millions.
+                if cid in self._pending_orders:
                     raise _duplicate_order(cid)
-                batch_ids.add(cid)
                 self._pending_orders[cid] = values
                 self._batched += 1
                 if self._batched >= BATCH_WRITES:
@@ -1036,7 +1031,8 @@ class SQLiteStore:
         cid = order.client_order_id
         with self._lock:
             if run_id == self._batch_run:
-                if cid not in self._batch_ids:
+                # The order is in the batch, or already written (looked up by key).
+                if cid not in self._pending_orders and self._order_run(cid) != run_id:
                     raise ValueError(f"run {run_id!r} has no order {cid!r}")
                 self._pending_fills.append(values)
                 self._batched += 1
