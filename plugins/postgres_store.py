@@ -599,7 +599,8 @@ class PostgresStore:
             raise ValueError(
                 f"{self.location}: {_first_line(exc)} while writing {len(orders)} order(s) and "
                 f"{len(fills)} fill(s) of run {orders[0][1] if orders else '?'}; an order id "
-                "was already stored (ids are never reused). Those rows were dropped: mark the run failed"
+                "was already stored (ids are never reused). Those rows were dropped: "
+                "mark the run failed"
             ) from None
 
     def _buffered(self) -> None:

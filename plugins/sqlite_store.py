@@ -749,7 +749,8 @@ class SQLiteStore:
             raise ValueError(
                 f"{self.location}: {exc} while writing {len(orders)} order(s) and "
                 f"{len(fills)} fill(s) of run {orders[0][1] if orders else '?'}; an order id "
-                "was already stored (ids are never reused). Those rows were dropped: mark the run failed"
+                "was already stored (ids are never reused). Those rows were dropped: "
+                "mark the run failed"
             ) from None
 
     def _end_batch(self) -> None:
