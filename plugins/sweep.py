@@ -34,6 +34,7 @@ from bastion.cli import App, console, err_console, pass_app, storage_option, wor
 from bastion.files import atomic_write_many
 from bastion.interfaces import PluginContext
 from bastion.metrics import compute_metrics
+from bastion.plugins.backtest import IN_PROCESS_NOTE
 from bastion.plugins.sweep_tasks import (
     Axis,
     DaskRunner,
@@ -146,6 +147,12 @@ class Plan:
     metavar="tcp://HOST:PORT",
     help="Run on this Dask distributed scheduler's workers instead of local processes.",
 )
+@click.option(
+    "--in-process",
+    is_flag=True,
+    help="Development only: run the strategy inside each worker process, unsandboxed "
+    "(trusted code; each run then needs one core instead of two).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results on stdout.")
 @click.option(
     "--report/--no-report",
@@ -170,6 +177,7 @@ def sweep_command(
     walk_forward: str | None,
     workers: int | None,
     cluster: str | None,
+    in_process: bool,
     as_json: bool,
     report: bool,
 ) -> None:
@@ -207,7 +215,10 @@ def sweep_command(
         end=parse_date(end, "--to", end=True) if end is not None else None,
         symbols=wanted,
         params=params,
+        in_process=in_process,
     )
+    if in_process:
+        err_console.print(IN_PROCESS_NOTE, markup=False)
     plan = _plan(app, request, axes, goal, spec)
     runner = _runner(plan, workers, cluster)
     try:
@@ -274,6 +285,7 @@ def _plan(
         data_dir=str(app.workspace.ensure_data_dir()),
         allow_unsigned=gate.allow_unsigned,
         disabled=tuple(sorted(app.kernel.disabled)),
+        in_process=request.in_process,
     )
     return Plan(
         sweep_id=sweep_id,

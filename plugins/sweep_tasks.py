@@ -506,6 +506,7 @@ class SweepTask:
     want_equity: bool = False  # return the equity curve (walk-forward test windows)
     stop_event: str | None = None  # a Dask cluster: the name of the sweep's stop Event
     crowded: bool = False  # other runs share this machine's cores: sandbox channels block
+    in_process: bool = False  # run the strategy in the worker's own process (development)
 
     def to_wire(self) -> dict[str, Any]:
         """The task as a dict of text, numbers, bytes and lists (what travels)."""
@@ -704,6 +705,7 @@ def _run(
             end=parse_date(task.end, "--to") if task.end else None,
             symbols=task.symbols,
             params=task.params,
+            in_process=task.in_process,  # refused by prepare_backtest outside development
         )
         context = PluginContext(env, data_dir, secrets=kernel.secrets(env, workspace.home))
         prepared = prepare_backtest(kernel, gate, request, env, context)

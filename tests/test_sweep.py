@@ -198,6 +198,32 @@ def test_sweep_on_local_processes_equals_backtests_one_by_one(cli: CLI, sma_ws: 
     assert report.is_file() and (report.parent / "objective.png").is_file()
 
 
+def test_an_in_process_sweep_equals_the_sandboxed_one_and_is_development_only(
+    cli: CLI, sma_ws: WS
+) -> None:
+    """--in-process runs each combination inside its worker process (trusted code, one
+    core a run instead of two): the same metrics as the sandboxed sweep, the note said
+    on stderr, each stored run in-process; paper refuses it in one line, storing nothing."""
+    inside = cli(
+        "sweep", "sma_cross", "--home", sma_ws.home, "--source", SOURCE, *GRID,
+        "--workers", "2", "--in-process", "--no-report", "--json",
+    )  # fmt: skip
+    assert inside.exit_code == 0, inside.output
+    assert "--in-process: strategy code runs inside the kernel" in inside.stderr
+    sandboxed = _sweep(cli, sma_ws, *GRID, "--workers", "1", "--no-report")
+    results = json.loads(inside.stdout)["results"]
+    assert _by_params(results) == _by_params(sandboxed["results"])
+    stored = _store_runs(sma_ws)
+    before = len(stored)
+    paper = cli(
+        "sweep", "sma_cross", "--home", sma_ws.home, "--env", "paper", "--source", SOURCE,
+        *GRID, "--in-process", "--no-report",
+    )  # fmt: skip
+    assert paper.exit_code == 2
+    assert "--in-process" in paper.stderr and "refuses it" in paper.stderr
+    assert len(_store_runs(sma_ws)) == before
+
+
 # -- a real Dask cluster -------------------------------------------------------------------
 
 
