@@ -77,11 +77,19 @@ class TestIBKRBroker(BrokerConformance):
                 t.order.orderId for t in ib.trades() if t.orderStatus.status == "PendingCancel"
             ]
         )
-        assert self.gateway.wait_for(
-            lambda: all(self.gateway.order(i).is_done for i in cancelling)
-        ), f"the gateway never took the cancels of orders {cancelling}"
+        assert self.gateway.wait_for(lambda: all(self._taken(i) for i in cancelling)), (
+            f"the gateway never took the cancels of orders {cancelling}"
+        )
         self.gateway.set_price(self.symbol, float(price))
         return ()
+
+    def _taken(self, order_id: int) -> bool:
+        """The gateway has the order and has ended it (the order itself may still be on
+        its way: placeOrder and cancelOrder travel on the client's socket in turn)."""
+        try:
+            return bool(self.gateway.order(order_id).is_done)
+        except KeyError:
+            return False
 
     def reject_next_order(self, broker: Broker) -> None:
         self.gateway.reject_next_order(201, "Order rejected - reason:not enough margin")
