@@ -179,7 +179,9 @@ def test_sweep_on_local_processes_equals_backtests_one_by_one(cli: CLI, sma_ws: 
     whose metrics equal 'bastion backtest --param' of the same combination, the table is
     ranked by the objective, the audit log verifies, and the report is written."""
     swept = _sweep(cli, sma_ws, *GRID, "--workers", "2", "--objective", "total_return")
-    assert swept["completed"] == swept["runs"] == 6 and not swept["interrupted"]
+    assert swept["completed"] == swept["runs"] == 6 and not swept["interrupted"], [
+        (r["status"], r["error"]) for r in swept["results"] if r["status"] != "completed"
+    ]
     values = [r["objective"] for r in swept["results"]]
     assert values == sorted(values, reverse=True)
     stored = _store_runs(sma_ws)
