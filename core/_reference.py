@@ -31,6 +31,7 @@ PUBLIC_MODULES: tuple[str, ...] = (
     "bastion.log",
     "bastion.metrics",
     "bastion.runs",
+    "bastion.storage",
     "bastion.trust",
     "bastion.testing",
 )

@@ -66,7 +66,17 @@ from bastion.interfaces import (
     StrategyRecord,
     StrategyRunData,
 )
-from bastion.models import Bar, Fill, Order, OrderIntent, OrderStatus, OrderType, Position, Side
+from bastion.models import Bar, Fill, Order, OrderStatus, Position
+from bastion.storage import (
+    check_order_status,
+    decimal_text,
+    duplicate_order,
+    fill_from_row,
+    optional_decimal_text,
+    parse_ts,
+    pid_alive,
+    stored_order_from_row,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -80,7 +90,6 @@ PASSWORD_SECRET: Final = "postgres_password"  # noqa: S105 - the secret's name
 
 _FINAL: Final = frozenset({OrderStatus.FILLED, OrderStatus.REJECTED, OrderStatus.CANCELLED})
 _FINISHED: Final = frozenset({"completed", "failed", "interrupted"})
-_STATUSES: Final = frozenset(s.value for s in OrderStatus)
 # One advisory lock key for creating or upgrading the schema (any constant will do).
 _SCHEMA_LOCK: Final = 0x62617374696F6E
 
@@ -139,20 +148,8 @@ _ts = audit.format_ts
 _dumps = audit.canonical_json
 
 
-def _parse_ts(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(UTC)
-
-
 def _now() -> str:
     return _ts(datetime.now(UTC))
-
-
-def _num(value: Decimal) -> str:
-    return format(value if type(value) is Decimal else Decimal(value), "f")
-
-
-def _dec(value: Decimal | None) -> str | None:
-    return None if value is None else _num(value)
 
 
 def _aware(ts: datetime) -> datetime:
@@ -190,21 +187,6 @@ _BAR_UPSERT: Final = (
     "close = EXCLUDED.close, volume = EXCLUDED.volume"
 )
 _STATUS_AT: Final = 14  # index of status (then reason, filled) in an order row
-
-
-def _fill_from_row(row: Sequence[Any]) -> Fill:
-    cid, symbol, side, quantity, price, commission, ts, exec_id, broker_order_id = row
-    return Fill(
-        order_id=cid,
-        symbol=symbol,
-        side=Side(side),
-        quantity=Decimal(quantity),
-        price=Decimal(price),
-        commission=Decimal(commission),
-        ts=_parse_ts(ts),
-        exec_id=exec_id,
-        broker_order_id=broker_order_id,
-    )
 
 
 # --------------------------------------------------------------------------- schema
@@ -366,16 +348,6 @@ END $$""",
 
 #: Tables that become TimescaleDB hypertables (on ``ts``) where the extension exists.
 HYPERTABLES: Final = ("bars", "equity", "benchmark")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 class _AuditView:
@@ -753,7 +725,7 @@ class PostgresStore:
         audited on return; a backtest: written behind, covered by the run's digest)."""
         import psycopg
 
-        _check_status(status)
+        check_order_status(status)
         intent = order.intent
         values = [
             order.client_order_id,
@@ -763,10 +735,10 @@ class PostgresStore:
             order.signer,
             intent.symbol,
             intent.side.value,
-            _num(intent.quantity),
+            decimal_text(intent.quantity),
             intent.type.value,
-            _dec(intent.limit_price),
-            _dec(intent.stop_price),
+            optional_decimal_text(intent.limit_price),
+            optional_decimal_text(intent.stop_price),
             intent.tag,
             _ts(order.created),
             int(order.liquidation),
@@ -780,7 +752,7 @@ class PostgresStore:
                 # One already written fails the batch's INSERT (its primary key); no
                 # set of every id of the run is kept (a long run has millions).
                 if cid in self._pending_orders:
-                    raise _duplicate(cid)
+                    raise duplicate_order(cid)
                 self._pending_orders[cid] = values
                 self._buffered()
                 return
@@ -792,7 +764,7 @@ class PostgresStore:
                 payload["liquidation"] = order.liquidation
                 self._append_audit(conn, "order", payload)
         except psycopg.errors.UniqueViolation:
-            raise _duplicate(cid) from None
+            raise duplicate_order(cid) from None
         except psycopg.errors.ForeignKeyViolation:
             raise ValueError(f"no run {run_id!r} in {self.location}") from None
 
@@ -800,18 +772,18 @@ class PostgresStore:
         self, run_id: str, client_order_id: str, status: str, reason: str | None, filled: Decimal
     ) -> None:
         """Change an order's status; a final one is audited (outside a backtest)."""
-        _check_status(status)
+        check_order_status(status)
         with self._lock:
             row = self._pending_orders.get(client_order_id)
             if row is not None and row[1] == run_id:
-                row[_STATUS_AT : _STATUS_AT + 3] = [status, reason, _num(filled)]
+                row[_STATUS_AT : _STATUS_AT + 3] = [status, reason, decimal_text(filled)]
                 return
             batched = run_id == self._batch_run
         with self._write() as conn:
             cursor = conn.execute(
                 "UPDATE orders SET status = %s, reason = %s, filled = %s, updated = %s "
                 "WHERE client_order_id = %s AND run_id = %s",
-                (status, reason, _num(filled), _now(), client_order_id, run_id),
+                (status, reason, decimal_text(filled), _now(), client_order_id, run_id),
             )
             if not cursor.rowcount:
                 raise ValueError(f"run {run_id!r} has no order {client_order_id!r}")
@@ -824,7 +796,7 @@ class PostgresStore:
                         "client_order_id": client_order_id,
                         "status": status,
                         "reason": reason,
-                        "filled": _num(filled),
+                        "filled": decimal_text(filled),
                     },
                 )
 
@@ -843,9 +815,9 @@ class PostgresStore:
             order.signer,
             fill.symbol,
             fill.side.value,
-            _num(fill.quantity),
-            _num(fill.price),
-            _num(fill.commission),
+            decimal_text(fill.quantity),
+            decimal_text(fill.price),
+            decimal_text(fill.commission),
             _ts(fill.ts),
             fill.exec_id,
             fill.broker_order_id,
@@ -924,10 +896,10 @@ class PostgresStore:
                         run_id,
                         strategy,
                         p.symbol,
-                        _num(p.quantity),
-                        _num(p.avg_price),
-                        _num(p.realized),
-                        _dec(p.mark),
+                        decimal_text(p.quantity),
+                        decimal_text(p.avg_price),
+                        decimal_text(p.realized),
+                        optional_decimal_text(p.mark),
                     )
                     for p in positions
                 ],
@@ -972,7 +944,7 @@ class PostgresStore:
             pid is not None
             and host == self._host
             and pid != os.getpid()
-            and not _pid_alive(int(pid))
+            and not pid_alive(int(pid))
         )
 
     def open_orders(self, run_id: str) -> list[StoredOrder]:
@@ -986,21 +958,7 @@ class PostgresStore:
                 "ORDER BY created, client_order_id",
                 (run_id, *finals),
             ).fetchall()
-        stored = []
-        for (cid, strategy, sha, signer, symbol, side, quantity, kind, limit, stop, tag,
-             created, liquidation, status, filled) in rows:  # fmt: skip
-            intent = OrderIntent(
-                symbol=symbol,
-                side=Side(side),
-                quantity=Decimal(quantity),
-                type=OrderType(kind),
-                limit_price=None if limit is None else Decimal(limit),
-                stop_price=None if stop is None else Decimal(stop),
-                tag=tag or "",
-            )
-            order = Order(cid, strategy, sha, signer, intent, _parse_ts(created), bool(liquidation))
-            stored.append(StoredOrder(run_id, order, str(status), Decimal(filled)))
-        return stored
+        return [stored_order_from_row(run_id, row) for row in rows]
 
     def execution_ids(self) -> set[str]:
         with self._read() as conn:
@@ -1018,7 +976,7 @@ class PostgresStore:
                 "JOIN runs r ON r.run_id = f.run_id WHERE r.kind = %s ORDER BY f.ts, f.id",
                 (kind,),
             ).fetchall()
-        return [(str(row[0]), _fill_from_row(row[1:])) for row in rows]
+        return [(str(row[0]), fill_from_row(row[1:])) for row in rows]
 
     # ----------------------------------------------------------------- reading
 
@@ -1054,8 +1012,8 @@ class PostgresStore:
             kind=kind,
             environment=environment,
             status=status,
-            started=_parse_ts(started),
-            finished=_parse_ts(finished) if finished else None,
+            started=parse_ts(started),
+            finished=parse_ts(finished) if finished else None,
             strategies=strategies,
             error=error,
             quarantined=dict(quarantined or {}),
@@ -1119,7 +1077,7 @@ class PostgresStore:
             run_id=run_id,
             kind=kind,
             environment=environment,
-            started=_parse_ts(started),
+            started=parse_ts(started),
             bastion_version=version,
             config=json.loads(config),
         )
@@ -1157,7 +1115,7 @@ class PostgresStore:
         ).fetchone()
         if details:
             executions = [
-                _fill_from_row(row)
+                fill_from_row(row)
                 for row in conn.execute(
                     f"SELECT {_FILL_READ} FROM fills WHERE run_id = %s AND strategy = %s "  # noqa: S608
                     "ORDER BY id",
@@ -1165,7 +1123,7 @@ class PostgresStore:
                 )
             ]
             rejections = [
-                RejectedOrder(_parse_ts(created), symbol, side, Decimal(quantity), reason)
+                RejectedOrder(parse_ts(created), symbol, side, Decimal(quantity), reason)
                 for created, symbol, side, quantity, reason in conn.execute(
                     "SELECT created, symbol, side, quantity, reason FROM orders "
                     "WHERE run_id = %s AND strategy = %s AND status = %s "
@@ -1333,14 +1291,3 @@ def _count(conn: psycopg.Connection[Any], query: Any, params: Sequence[Any]) -> 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def _duplicate(client_order_id: str) -> ValueError:
-    return ValueError(
-        f"client order id {client_order_id!r} is already stored; an order id is never reused"
-    )
-
-
-def _check_status(status: str) -> None:
-    if status not in _STATUSES:
-        raise ValueError(f"order status must be one of {sorted(_STATUSES)}, not {status!r}")

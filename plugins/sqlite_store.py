@@ -75,7 +75,18 @@ from bastion.interfaces import (
     StrategyRecord,
     StrategyRunData,
 )
-from bastion.models import Bar, Fill, Order, OrderIntent, OrderStatus, OrderType, Position, Side
+from bastion.models import Bar, Fill, Order, OrderStatus, OrderType, Position, Side
+from bastion.storage import (
+    ORDER_STATUSES,
+    check_order_status,
+    decimal_text,
+    duplicate_order,
+    fill_from_row,
+    optional_decimal_text,
+    parse_ts,
+    pid_alive,
+    stored_order_from_row,
+)
 
 
 def _import_sqlite_utils() -> Any:
@@ -108,7 +119,6 @@ FINISHED_RUN_STATUSES: Final = frozenset({"completed", "failed", "interrupted"})
 # A run without a run_finished record: running, or (paper/live) stopped with orders
 # still working at the broker until a later run's reconciliation settles them.
 _OPEN_RUN_STATUSES: Final = audit.OPEN_RUN_STATUSES
-_ORDER_STATUSES: Final = frozenset(s.value for s in OrderStatus)
 
 
 @hookimpl
@@ -158,10 +168,6 @@ class _LastTs:
 _dumps = audit.canonical_json
 
 
-def _parse_ts(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(UTC)
-
-
 def _aware(value: datetime) -> datetime:
     """A bound given without a time zone is taken as UTC (as the sources do)."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
@@ -173,11 +179,6 @@ def _bar_key(bar: Bar) -> tuple[datetime, str]:
 
 def _now() -> str:
     return _ts(datetime.now(UTC))
-
-
-def _num(value: Decimal) -> str:
-    """Exact decimal text in plain notation (``0.00000001``, not ``1E-8``); zeros kept."""
-    return format(value if type(value) is Decimal else Decimal(value), "f")
 
 
 def _bar_num(value: float) -> str:
@@ -209,26 +210,6 @@ _TEXT: Final[dict[enum.Enum, str]] = {
 }
 
 
-def _fill_from_row(row: Sequence[Any]) -> Fill:
-    """A stored fill (the columns of :data:`_FILL_READ`) as the exact Fill it was."""
-    cid, symbol, side, quantity, price, commission, ts, exec_id, broker_order_id = row
-    return Fill(
-        order_id=cid,
-        symbol=symbol,
-        side=Side(side),
-        quantity=Decimal(quantity),
-        price=Decimal(price),
-        commission=Decimal(commission),
-        ts=_parse_ts(ts),
-        exec_id=exec_id,
-        broker_order_id=broker_order_id,
-    )
-
-
-def _dec(value: Decimal | None) -> str | None:
-    return None if value is None else _num(value)
-
-
 _ORDER_COLUMNS = (
     "client_order_id, run_id, strategy, strategy_sha256, signer, symbol, side, quantity, type, "
     "limit_price, stop_price, tag, created, liquidation, status, reason, filled"
@@ -240,23 +221,13 @@ _FILL_COLUMNS_V1 = (
 # Schema 2: the broker's execution id (unique: one execution is stored once, across runs)
 # and its order id, so a restart can tell which of the broker's executions are stored.
 _FILL_COLUMNS = f"{_FILL_COLUMNS_V1}, exec_id, broker_order_id"
-# What reading a fill back needs, in the order _fill_from_row takes it.
+# What reading a fill back needs, in the order fill_from_row takes it.
 _FILL_READ = (
     "client_order_id, symbol, side, quantity, price, commission, ts, exec_id, broker_order_id"
 )
 _ORDER_INSERT_SQL = f"INSERT INTO orders ({_ORDER_COLUMNS}, updated) VALUES ({', '.join('?' * 18)})"  # noqa: S608
 _FILL_INSERT_SQL = f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES (NULL, {', '.join('?' * 13)})"  # noqa: S608
 _ORDER_STATUS_AT = 14  # index of status (then reason, filled) in a buffered order row
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists but belongs to someone else
-        return True
-    return True
 
 
 class _AuditView:
@@ -913,8 +884,8 @@ class SQLiteStore:
         on return.  A backtest: part of the open batch, audited by the run's
         trades digest.
         """
-        if status not in _ORDER_STATUSES:
-            _check_order_status(status)
+        if status not in ORDER_STATUSES:
+            check_order_status(status)
         intent = order.intent
         limit = intent.limit_price
         stop = intent.stop_price
@@ -946,7 +917,7 @@ class SQLiteStore:
                 # only a broken caller gets there.  No set of every id the run
                 # used is kept: a long run has millions.
                 if cid in self._pending_orders:
-                    raise _duplicate_order(cid)
+                    raise duplicate_order(cid)
                 self._pending_orders[cid] = values
                 self._batched += 1
                 if self._batched >= BATCH_WRITES:
@@ -959,7 +930,7 @@ class SQLiteStore:
                 _insert(conn, "orders", row)
             except sqlite3.IntegrityError as exc:
                 if "UNIQUE" in str(exc):
-                    raise _duplicate_order(order.client_order_id) from None
+                    raise duplicate_order(order.client_order_id) from None
                 raise ValueError(f"no run {run_id!r} in {self.location}") from None
             payload = {k: v for k, v in row.items() if k not in ("filled", "updated")}
             payload["liquidation"] = order.liquidation
@@ -975,15 +946,15 @@ class SQLiteStore:
         filled: Decimal,
     ) -> None:
         """Change an order's status; a final status (filled, rejected, cancelled) is audited."""
-        if status not in _ORDER_STATUSES:
-            _check_order_status(status)
+        if status not in ORDER_STATUSES:
+            check_order_status(status)
         with self._lock:
             row = self._pending_orders.get(client_order_id)
             if row is not None and row[1] == run_id:
                 # Still buffered (not yet inserted): its row takes the new status.
                 row[_ORDER_STATUS_AT] = status
                 row[_ORDER_STATUS_AT + 1] = reason
-                row[_ORDER_STATUS_AT + 2] = _num(filled)
+                row[_ORDER_STATUS_AT + 2] = decimal_text(filled)
                 self._batched += 1
                 if self._batched >= BATCH_WRITES:
                     self._flush()
@@ -992,7 +963,7 @@ class SQLiteStore:
             updated = conn.execute(
                 "UPDATE orders SET status = ?, reason = ?, filled = ?, updated = ? "
                 "WHERE client_order_id = ? AND run_id = ?",
-                (status, reason, _num(filled), _now(), client_order_id, run_id),
+                (status, reason, decimal_text(filled), _now(), client_order_id, run_id),
             ).rowcount
             if not updated:
                 raise ValueError(f"run {run_id!r} has no order {client_order_id!r}")
@@ -1004,7 +975,7 @@ class SQLiteStore:
                         "client_order_id": client_order_id,
                         "status": status,
                         "reason": reason,
-                        "filled": _num(filled),
+                        "filled": decimal_text(filled),
                     },
                 )
 
@@ -1096,7 +1067,7 @@ class SQLiteStore:
             (str(run_id), str(status))
             for run_id, status, pid in rows
             if status == "stopped"
-            or (pid is not None and pid != os.getpid() and not _pid_alive(int(pid)))
+            or (pid is not None and pid != os.getpid() and not pid_alive(int(pid)))
         ]
 
     def open_orders(self, run_id: str) -> list[StoredOrder]:
@@ -1110,21 +1081,7 @@ class SQLiteStore:
                 "ORDER BY created, client_order_id",
                 (run_id, *finals),
             ).fetchall()
-        stored = []
-        for (cid, strategy, sha, signer, symbol, side, quantity, kind, limit, stop, tag,
-             created, liquidation, status, filled) in rows:  # fmt: skip
-            intent = OrderIntent(
-                symbol=symbol,
-                side=Side(side),
-                quantity=Decimal(quantity),
-                type=OrderType(kind),
-                limit_price=None if limit is None else Decimal(limit),
-                stop_price=None if stop is None else Decimal(stop),
-                tag=tag or "",
-            )
-            order = Order(cid, strategy, sha, signer, intent, _parse_ts(created), bool(liquidation))
-            stored.append(StoredOrder(run_id, order, str(status), Decimal(filled)))
-        return stored
+        return [stored_order_from_row(run_id, row) for row in rows]
 
     def execution_ids(self) -> set[str]:
         with self._read() as conn:
@@ -1142,7 +1099,7 @@ class SQLiteStore:
                 "JOIN runs r ON r.run_id = f.run_id WHERE r.kind = ? ORDER BY f.ts, f.id",
                 (kind,),
             ).fetchall()
-        return [(str(row[0]), _fill_from_row(row[1:])) for row in rows]
+        return [(str(row[0]), fill_from_row(row[1:])) for row in rows]
 
     # ----------------------------------------------------------------- results
 
@@ -1183,10 +1140,10 @@ class SQLiteStore:
                     "run_id": run_id,
                     "strategy": strategy,
                     "symbol": p.symbol,
-                    "quantity": _num(p.quantity),
-                    "avg_price": _num(p.avg_price),
-                    "realized": _num(p.realized),
-                    "mark": _dec(p.mark),
+                    "quantity": decimal_text(p.quantity),
+                    "avg_price": decimal_text(p.avg_price),
+                    "realized": decimal_text(p.realized),
+                    "mark": optional_decimal_text(p.mark),
                 }
                 for p in positions
             )
@@ -1239,7 +1196,7 @@ class SQLiteStore:
             status == "running"
             and pid is not None
             and pid != os.getpid()
-            and not _pid_alive(int(pid))
+            and not pid_alive(int(pid))
         ):
             status = "interrupted"
         return RunRow(
@@ -1247,8 +1204,8 @@ class SQLiteStore:
             kind=kind,
             environment=environment,
             status=status,
-            started=_parse_ts(started),
-            finished=_parse_ts(finished) if finished else None,
+            started=parse_ts(started),
+            finished=parse_ts(finished) if finished else None,
             strategies=strategies,
             error=error,
             quarantined=dict(quarantined or {}),
@@ -1297,7 +1254,7 @@ class SQLiteStore:
             ).fetchall()
             strategies = [self._strategy(conn, run_id, tuple(r), details) for r in strategy_rows]
             benchmark: list[EquityPoint] = [
-                (_parse_ts(ts), float("nan") if value is None else float(value))
+                (parse_ts(ts), float("nan") if value is None else float(value))
                 for ts, value in conn.execute(
                     "SELECT ts, equity FROM benchmark WHERE run_id = ? ORDER BY ts, rowid",
                     (run_id,),
@@ -1312,7 +1269,7 @@ class SQLiteStore:
             run_id=run_id,
             kind=kind,
             environment=environment,
-            started=_parse_ts(started),
+            started=parse_ts(started),
             bastion_version=version,
             config=json.loads(config),
         )
@@ -1325,7 +1282,7 @@ class SQLiteStore:
         name, sha256, signer, signer_name, wl_version, unsigned, params, metrics, quarantined = r
         key = (run_id, name)
         equity: list[EquityPoint] = [
-            (_parse_ts(ts), float("nan") if value is None else float(value))
+            (parse_ts(ts), float("nan") if value is None else float(value))
             for ts, value in conn.execute(
                 "SELECT ts, equity FROM equity WHERE run_id = ? AND strategy = ? "
                 "ORDER BY ts, rowid",
@@ -1351,7 +1308,7 @@ class SQLiteStore:
         ).fetchone()[0]
         if details:
             executions = [
-                _fill_from_row(row)
+                fill_from_row(row)
                 for row in conn.execute(
                     f"SELECT {_FILL_READ} FROM fills WHERE run_id = ? AND strategy = ? "  # noqa: S608
                     "ORDER BY id",
@@ -1359,7 +1316,7 @@ class SQLiteStore:
                 )
             ]
             rejections = [
-                RejectedOrder(_parse_ts(created), symbol, side, Decimal(quantity), reason)
+                RejectedOrder(parse_ts(created), symbol, side, Decimal(quantity), reason)
                 for created, symbol, side, quantity, reason in conn.execute(
                     "SELECT created, symbol, side, quantity, reason FROM orders "
                     "WHERE run_id = ? AND strategy = ? AND status = ? "
@@ -1475,7 +1432,7 @@ class SQLiteStore:
             for ts, open_, high_, low_, close, volume in rows:
                 yield Bar(
                     symbol,
-                    _parse_ts(ts),
+                    parse_ts(ts),
                     float(open_),
                     float(high_),
                     float(low_),
@@ -1494,7 +1451,7 @@ class SQLiteStore:
                 "GROUP BY symbol, interval ORDER BY symbol, interval"
             ).fetchall()
         return [
-            BarSeries(str(symbol), str(interval), _parse_ts(first), _parse_ts(last), int(count))
+            BarSeries(str(symbol), str(interval), parse_ts(first), parse_ts(last), int(count))
             for symbol, interval, first, last, count in rows
         ]
 
@@ -1522,14 +1479,3 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.location!r})"
-
-
-def _duplicate_order(client_order_id: str) -> ValueError:
-    return ValueError(
-        f"client order id {client_order_id!r} is already stored; an order id is never reused"
-    )
-
-
-def _check_order_status(status: str) -> None:
-    if status not in _ORDER_STATUSES:
-        raise ValueError(f"order status must be one of {sorted(_ORDER_STATUSES)}, not {status!r}")
