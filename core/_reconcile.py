@@ -25,6 +25,9 @@ settled before the new run sends a single order.
    ``--accept-positions`` to accept the difference as not Bastion's).  Positions in
    symbols Bastion never traded here are reported, not blocked on.
 
+What the broker holds is read through its four calls as one snapshot
+(:func:`snapshot`: executions are read before and after the rest, and everything is
+read again when a fill landed in between), at the start and while waiting for a cancel.
 Blocks and accepted differences live in ``reconcile.json`` in the environment's data
 directory; every step is in the audit log.
 """
@@ -34,7 +37,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -56,11 +59,12 @@ from .interfaces import (
 )
 from .models import Fill, OrderStatus
 
-__all__ = ["BLOCKS_FILE", "Blocks", "Mismatch", "Reconciliation", "reconcile"]
+__all__ = ["BLOCKS_FILE", "Blocks", "Mismatch", "Reconciliation", "reconcile", "snapshot"]
 
 BLOCKS_FILE = "reconcile.json"
 ZERO = Decimal(0)
 CANCEL_WAIT = 10.0  # seconds to wait for the broker to confirm a cancel
+SNAPSHOT_TRIES = 5  # times to ask the broker again when an execution lands meanwhile
 
 
 @attrs.frozen
@@ -194,6 +198,34 @@ def _status(state: BrokerState | None, cid: str) -> BrokerOrder | None:
     return None if state is None else state.orders.get(cid)
 
 
+def _execution_ids(executions: Sequence[Fill]) -> list[str]:
+    return sorted(f.exec_id or "" for f in executions)
+
+
+def snapshot(broker: ReconcilingBroker, tries: int = SNAPSHOT_TRIES) -> BrokerState:
+    """What ``broker`` holds, consistent across its separate calls: executions first,
+    then the open and completed orders and the positions, then the executions again.
+    When those differ (an execution landed in between, so the orders or positions may
+    already show it or not yet), everything is asked again, up to ``tries`` times;
+    then it is a ConfigError."""
+    for _ in range(tries):
+        before = _execution_ids(broker.executions())
+        open_orders = dict(broker.open_orders())
+        completed = dict(broker.completed_orders())
+        positions = dict(broker.positions())
+        executions = list(broker.executions())
+        if _execution_ids(executions) == before:
+            # An order reported both open and done: the open report, the broker's
+            # current word on it, wins.
+            orders = {**completed, **open_orders}
+            return BrokerState(orders=orders, executions=executions, positions=positions)
+    raise ConfigError(
+        f"the {broker.name} broker's executions changed each of the {tries} times Bastion "
+        "read its orders and positions (fills still arriving); start the run again once "
+        "they have stopped"
+    )
+
+
 def reconcile(
     store: Store,
     broker: Broker,
@@ -212,7 +244,8 @@ def reconcile(
             f"{kind} runs need one that can (--storage sqlite)"
         )
     log = get_logger("trades", run_id=run_id)
-    state = broker.state() if isinstance(broker, ReconcilingBroker) else None
+    reconciling = broker if isinstance(broker, ReconcilingBroker) else None
+    state = snapshot(reconciling) if reconciling is not None else None
     live = state is not None
     known = store.execution_ids()
     blocks = Blocks(data_dir / BLOCKS_FILE)
@@ -255,12 +288,12 @@ def reconcile(
         book_missed()
         seen = _status(state, cid)
         if seen is not None and seen.status == "working" and filled < order.quantity:
-            assert live
-            broker.cancel_order(cid)  # type: ignore[attr-defined]
+            assert reconciling is not None
+            reconciling.cancel_order(cid)
             deadline = time.monotonic() + cancel_wait
             while True:
                 time.sleep(0.2)
-                state = broker.state()  # type: ignore[attr-defined]
+                state = snapshot(reconciling)
                 book_missed()
                 seen = _status(state, cid)
                 if seen is None or seen.status != "working" or filled >= order.quantity:

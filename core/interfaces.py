@@ -278,10 +278,13 @@ class BrokerOrder:
 
 @attrs.frozen
 class BrokerState:
-    """What the broker holds, for reconciliation at start-up: its open and completed
-    orders by client order id, its executions (as fills; ``order_id`` is the client
-    order id the order carried, or a broker id for an order Bastion did not place)
-    and the account's positions (signed quantities by symbol)."""
+    """What the broker holds, as one consistent snapshot: assembled by ``bastion`` (the
+    start-up reconciliation) from a :class:`ReconcilingBroker`'s four calls, taken again
+    when an execution landed while they were being asked.  ``orders`` are the completed
+    and the open orders by client order id (an open one wins when the broker reports
+    both), ``executions`` the executions (as fills; ``order_id`` is the client order id
+    the order carried, or a broker id for an order Bastion did not place) and
+    ``positions`` the account's signed quantities by symbol."""
 
     orders: Mapping[str, BrokerOrder]
     executions: Sequence[Fill]
@@ -290,15 +293,42 @@ class BrokerState:
 
 @runtime_checkable
 class ReconcilingBroker(Broker, Protocol):
-    """A broker that can be reconciled with at start-up (paper and live runs need one)."""
+    """A broker that can be reconciled with at start-up (paper and live runs need one).
 
-    def state(self) -> BrokerState:
-        """Open and completed orders, executions and positions, fresh from the broker."""
+    Each call asks the broker afresh (not a cache a disconnect may have left stale) and
+    raises :class:`~bastion.ConfigError` when it cannot (not connected).  The calls are
+    separate requests, so an execution may land between two of them; the
+    reconciliation reads :meth:`executions` before and after the others and asks again
+    when they differ, so a broker need not make them consistent with each other."""
+
+    def open_orders(self) -> Mapping[str, BrokerOrder]:
+        """The orders working at the broker, by the client order id they were sent with
+        (IBKR: ``orderRef``), each with status ``working`` and how much of it filled.
+        Orders without a client order id (not placed by Bastion) are left out."""
+        ...
+
+    def completed_orders(self) -> Mapping[str, BrokerOrder]:
+        """The orders the broker reports done, by client order id: ``filled`` (with the
+        quantity filled), ``cancelled`` or ``rejected`` (with the broker's reason when it
+        gives one).  As far back as the broker keeps them (IBKR: the current day)."""
+        ...
+
+    def executions(self) -> Sequence[Fill]:
+        """The executions the broker still reports (IBKR: the current day's), as fills:
+        ``order_id`` is the client order id the order carried, or a broker id for an
+        order Bastion did not place; ``exec_id`` is the broker's execution id, always
+        set (an execution is stored once by it)."""
+        ...
+
+    def positions(self) -> Mapping[str, Decimal]:
+        """The account's positions: signed quantities (negative when short) by symbol;
+        a flat symbol may be left out or be zero."""
         ...
 
     def cancel_order(self, client_order_id: str) -> None:
         """Ask the broker to cancel an order by its client order id (one a previous run
-        placed); the outcome shows in the next :meth:`state`."""
+        placed); the outcome shows in later calls (:meth:`completed_orders` holds it
+        ``cancelled``, or ``filled`` if it filled first)."""
         ...
 
 

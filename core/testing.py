@@ -68,6 +68,7 @@ if TYPE_CHECKING:
         Broker,
         OrderUpdate,
         PushingBroker,
+        ReconcilingBroker,
         ReconcilingStore,
         RunInfo,
         Source,
@@ -1748,7 +1749,8 @@ class BrokerConformance:
     A :class:`~bastion.interfaces.PushingBroker` is also held to ``poll`` (fills with the
     broker's execution id, rejections as :class:`~bastion.interfaces.OrderUpdate`),
     ``listen`` and ``close``; a :class:`~bastion.interfaces.ReconcilingBroker` to
-    ``state`` and ``cancel_order``.  Tests of a protocol the broker does not implement
+    ``open_orders``, ``completed_orders``, ``executions``, ``positions`` and
+    ``cancel_order``.  Tests of a protocol the broker does not implement
     are skipped, saying so.
     """
 
@@ -2161,33 +2163,83 @@ class BrokerConformance:
 
     # -- reconciling brokers ------------------------------------------------------------
 
-    def test_state_reports_orders_executions_and_positions(self, broker: Broker) -> None:
-        """``state()`` holds each order by client order id (``filled`` with its quantity,
-        ``working``), the executions with the ids the fills carried, and the position;
-        ``cancel_order`` cancels a working order by its client order id."""
-        from .interfaces import BrokerState, ReconcilingBroker
+    def _reconciling(self, broker: Broker) -> ReconcilingBroker:
+        from .interfaces import ReconcilingBroker
 
         if not isinstance(broker, ReconcilingBroker):
             _skip(f"{type(broker).__name__} is not a ReconcilingBroker")
-        filled = self._order("st-1", quantity="7")
+        return broker
+
+    def _filled_and_working(self, broker: Broker) -> tuple[list[Fill], Order, Order]:
+        """A market sell of 7 that filled (its fills) and a buy limit of 3 left working."""
+        filled = self._order("st-1", "sell", quantity="7")
         working = self._order("st-2", "buy", "limit", quantity="3", limit=self.price - 10)
         self._submit(broker, filled)
         fills = self._fills(self._news(broker, self.price, fills_of=filled), filled)
         self._check_fills(broker, fills, filled)
         self._submit(broker, working)
-        state = broker.state()
-        assert isinstance(state, BrokerState)
-        done, open_ = state.orders.get("st-1"), state.orders.get("st-2")
-        assert done is not None and (done.status, done.filled) == ("filled", Decimal(7)), done
-        assert open_ is not None and (open_.status, open_.filled) == ("working", Decimal(0)), open_
-        executions = [f for f in state.executions if f.order_id == "st-1"]
-        assert {f.exec_id for f in executions} == {f.exec_id for f in fills}
-        assert sum((f.quantity for f in executions), Decimal(0)) == Decimal(7)
-        assert dict(state.positions) == {self.symbol: Decimal(7)}
-        broker.cancel_order("st-2")
+        return fills, filled, working
+
+    def test_open_orders_hold_the_working_orders(self, broker: Broker) -> None:
+        """``open_orders()`` holds a working order by its client order id (``working``,
+        nothing filled) and not an order that has filled."""
+        reconciling = self._reconciling(broker)
+        self._filled_and_working(broker)
+        orders = reconciling.open_orders()
+        seen = orders.get("st-2")
+        assert seen is not None, f"the working order st-2 is not in open_orders(): {orders}"
+        assert seen.client_order_id == "st-2", seen
+        assert (seen.status, seen.filled) == ("working", Decimal(0)), seen
+        assert "st-1" not in orders, f"the filled order st-1 is in open_orders(): {orders}"
+
+    def test_completed_orders_hold_a_filled_order_with_its_quantity(self, broker: Broker) -> None:
+        """``completed_orders()`` holds a filled order by its client order id (``filled``,
+        with the quantity it filled) and not an order that is still working."""
+        reconciling = self._reconciling(broker)
+        self._filled_and_working(broker)
+        orders = reconciling.completed_orders()
+        done = orders.get("st-1")
+        assert done is not None, f"the filled order st-1 is not in completed_orders(): {orders}"
+        assert done.client_order_id == "st-1", done
+        assert (done.status, done.filled) == ("filled", Decimal(7)), done
+        assert "st-2" not in orders, f"the working order st-2 is in completed_orders(): {orders}"
+
+    def test_executions_carry_the_ids_the_fills_carried(self, broker: Broker) -> None:
+        """``executions()`` reports a filled order's executions under its client order
+        id, with the execution ids (always set), side, symbol and quantities its fills
+        carried; a working order that has not filled has none."""
+        reconciling = self._reconciling(broker)
+        fills, filled, _ = self._filled_and_working(broker)
+        executions = list(reconciling.executions())
+        assert all(isinstance(f, Fill) and f.exec_id for f in executions), executions
+        mine = [f for f in executions if f.order_id == "st-1"]
+        assert {f.exec_id for f in mine} == {f.exec_id for f in fills}, (mine, fills)
+        assert sum((f.quantity for f in mine), Decimal(0)) == Decimal(7), mine
+        assert {(f.symbol, f.side) for f in mine} == {(filled.symbol, filled.side)}, mine
+        assert [f for f in executions if f.order_id == "st-2"] == [], executions
+
+    def test_positions_are_signed(self, broker: Broker) -> None:
+        """``positions()`` holds the account's position by symbol, signed: after a sell
+        of 7 from a flat account, -7 (a working order changes nothing)."""
+        reconciling = self._reconciling(broker)
+        self._filled_and_working(broker)
+        held = reconciling.positions()
+        assert all(type(q) is Decimal for q in held.values()), f"not Decimals: {held}"
+        assert {s: q for s, q in held.items() if q} == {self.symbol: Decimal(-7)}, held
+
+    def test_cancel_order_moves_it_to_the_completed_orders(self, broker: Broker) -> None:
+        """``cancel_order`` cancels a working order by its client order id: it leaves
+        ``open_orders()`` and shows in ``completed_orders()`` as ``cancelled``."""
+        reconciling = self._reconciling(broker)
+        self._filled_and_working(broker)
+        reconciling.cancel_order("st-2")
 
         def cancelled() -> bool:
-            seen = broker.state().orders.get("st-2")
+            seen = reconciling.completed_orders().get("st-2")
             return seen is not None and seen.status == "cancelled"
 
-        assert self._eventually(cancelled), f"st-2 after cancel_order: {broker.state().orders}"
+        assert self._eventually(cancelled), (
+            f"st-2 after cancel_order: completed {reconciling.completed_orders()}, "
+            f"open {reconciling.open_orders()}"
+        )
+        assert "st-2" not in reconciling.open_orders()

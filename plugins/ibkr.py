@@ -40,7 +40,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -48,7 +48,6 @@ from typing import Any, TypeVar
 from bastion import ConfigError, hookimpl
 from bastion.interfaces import (
     BrokerOrder,
-    BrokerState,
     Offer,
     OrderUpdate,
     PluginContext,
@@ -359,7 +358,7 @@ class IBKRBroker:
         self._reasons: dict[str, str] = {}
         self._pending_fills: dict[str, tuple[Any, float]] = {}  # execId -> (fill, when)
         self._contracts: dict[str, Any] = {}
-        self._reconciled: set[str] = set()  # execution ids reported through state()
+        self._reconciled: set[str] = set()  # execution ids reported by executions()
         self._listener: Callable[[], None] | None = None
         ib = session.ib
         session.run(lambda: self._wire(ib))
@@ -467,47 +466,92 @@ class IBKRBroker:
 
     # -- reconciliation (bastion.interfaces.ReconcilingBroker) ---------------------------
 
-    def state(self) -> BrokerState:
-        """Open orders (every client's), completed orders, the executions IBKR still
-        reports (the current day's) and the account's positions, fresh from the gateway,
-        not from ib_async's cache (which a disconnect leaves stale)."""
+    def _ask(self, request: Coroutine[Any, Any, T]) -> T:
+        """Run one reconciliation request on the session's loop, fresh from the gateway
+        (never ib_async's cache, which a disconnect leaves stale)."""
         if not self.session.connected.is_set():
+            request.close()
             raise ConfigError(
                 "not connected to IBKR; cannot reconcile the stored orders with the broker"
             )
-        return self.session.call(self._state(), timeout=120)
+        return self.session.call(request, timeout=120)
 
-    async def _state(self) -> BrokerState:
+    def _ours(self, trade: Any) -> str:
+        """The client order id (``orderRef``) of an order of this account, else ``""``."""
+        ref: str = trade.order.orderRef or ""
+        account = trade.order.account
+        return ref if not account or account == self.session.account else ""
+
+    def open_orders(self) -> Mapping[str, BrokerOrder]:
+        """The working orders of this account (every client's, not only this
+        connection's) that carry an ``orderRef``."""
+
+        async def ask() -> dict[str, BrokerOrder]:
+            orders = {}
+            for trade in await self.session.ib.reqAllOpenOrdersAsync():
+                ref = self._ours(trade)
+                seen = _broker_order(ref, trade, completed=False) if ref else None
+                if seen is not None and seen.status == "working":
+                    orders[ref] = seen
+            return orders
+
+        return self._ask(ask())
+
+    def completed_orders(self) -> Mapping[str, BrokerOrder]:
+        """The account's completed orders placed through the API, and any the open-order
+        list already reports done (filled, cancelled, Inactive), which wins."""
+
+        async def ask() -> dict[str, BrokerOrder]:
+            ib = self.session.ib
+            orders = {}
+            for trade in await ib.reqCompletedOrdersAsync(apiOnly=True):
+                if ref := self._ours(trade):
+                    orders[ref] = _broker_order(ref, trade, completed=True)
+            for trade in await ib.reqAllOpenOrdersAsync():
+                ref = self._ours(trade)
+                seen = _broker_order(ref, trade, completed=False) if ref else None
+                if seen is not None and seen.status != "working":
+                    orders[ref] = seen
+            return orders
+
+        return self._ask(ask())
+
+    def executions(self) -> Sequence[Fill]:
+        """The account's executions IBKR still reports (the current day's), with the
+        commission where its report has come.  Their ids are remembered, so :meth:`poll`
+        does not report an earlier run's execution again (the reconciliation settles it)."""
         import ib_async
 
-        ib = self.session.ib
-        account = self.session.account
-        orders: dict[str, BrokerOrder] = {}
-        for trade in await ib.reqCompletedOrdersAsync(apiOnly=True):
-            ref = trade.order.orderRef
-            if ref and (not trade.order.account or trade.order.account == account):
-                orders[ref] = _broker_order(ref, trade, completed=True)
-        for trade in await ib.reqAllOpenOrdersAsync():
-            ref = trade.order.orderRef
-            if ref and (not trade.order.account or trade.order.account == account):
-                orders[ref] = _broker_order(ref, trade, completed=False)
-        fills = await ib.reqExecutionsAsync(ib_async.ExecutionFilter(acctCode=account))
-        known = ib.wrapper.fills  # where commission reports land
-        executions = []
-        for fill in fills:
-            execution = fill.execution
-            report = getattr(known.get(execution.execId, fill), "commissionReport", None)
-            commission = float(getattr(report, "commission", 0.0) or 0.0)
-            self._reconciled.add(execution.execId)
-            executions.append(self._as_fill(fill, execution.orderRef or "", commission))
-        positions: dict[str, Decimal] = {}
-        for position in await ib.reqPositionsAsync():
-            if position.account == account and position.position:
-                symbol = position.contract.symbol
-                positions[symbol] = positions.get(symbol, Decimal(0)) + _shares_signed(
-                    position.position
-                )
-        return BrokerState(orders=orders, executions=executions, positions=positions)
+        async def ask() -> list[Fill]:
+            ib = self.session.ib
+            account_filter = ib_async.ExecutionFilter(acctCode=self.session.account)
+            fills = await ib.reqExecutionsAsync(account_filter)
+            known = ib.wrapper.fills  # where commission reports land
+            executions = []
+            for fill in fills:
+                execution = fill.execution
+                report = getattr(known.get(execution.execId, fill), "commissionReport", None)
+                commission = float(getattr(report, "commission", 0.0) or 0.0)
+                self._reconciled.add(execution.execId)
+                executions.append(self._as_fill(fill, execution.orderRef or "", commission))
+            return executions
+
+        return self._ask(ask())
+
+    def positions(self) -> Mapping[str, Decimal]:
+        """The account's non-zero positions, summed by symbol."""
+
+        async def ask() -> dict[str, Decimal]:
+            positions: dict[str, Decimal] = {}
+            for position in await self.session.ib.reqPositionsAsync():
+                if position.account == self.session.account and position.position:
+                    symbol = position.contract.symbol
+                    positions[symbol] = positions.get(symbol, Decimal(0)) + _shares_signed(
+                        position.position
+                    )
+            return positions
+
+        return self._ask(ask())
 
     def cancel_order(self, client_order_id: str) -> None:
         """Cancel an order an earlier run placed, found among the open orders by its

@@ -19,8 +19,8 @@ import pytest
 
 from bastion import ConfigError
 from bastion._backtest import _run_lock
-from bastion._reconcile import BLOCKS_FILE, Blocks, reconcile
-from bastion.interfaces import RunInfo, StrategyRecord
+from bastion._reconcile import BLOCKS_FILE, Blocks, reconcile, snapshot
+from bastion.interfaces import BrokerOrder, RunInfo, StrategyRecord
 from bastion.models import AccountSnapshot, Fill, Order, OrderIntent
 from bastion.plugins import ibkr
 from bastion.plugins.sim import SimBroker
@@ -281,6 +281,78 @@ def test_a_broker_that_keeps_nothing_across_runs_closes_the_open_orders(
     [(cid, status, reason)] = found.orders
     assert (cid, status) == ("run-a-000001", "cancelled")
     assert reason == "the sim broker keeps no orders across runs"
+
+
+class Landing:
+    """The four reconciliation calls of a broker on which one execution of ``c-1`` (a buy
+    of 10) lands ``at`` the n-th call (counting every call), or a new one at every call
+    with ``endless``.  Only what :func:`snapshot` asks for."""
+
+    name = "landing"
+
+    def __init__(self, at: int, endless: bool = False) -> None:
+        self.at, self.endless = at, endless
+        self.calls: list[str] = []
+        self.fills: list[Fill] = []
+
+    def _call(self, what: str) -> None:
+        self.calls.append(what)
+        if len(self.calls) == self.at or (self.endless and what == "executions"):
+            n = len(self.fills) + 1
+            self.fills.append(
+                Fill("c-1", "AAPL", "buy", 10, 100, 0, datetime.now(UTC), exec_id=f"e-{n}")
+            )
+
+    def executions(self) -> list[Fill]:
+        self._call("executions")
+        return list(self.fills)
+
+    def open_orders(self) -> dict[str, BrokerOrder]:
+        self._call("open_orders")
+        return {} if self.fills else {"c-1": BrokerOrder("c-1", "working", ZERO)}
+
+    def completed_orders(self) -> dict[str, BrokerOrder]:
+        self._call("completed_orders")
+        return {"c-1": BrokerOrder("c-1", "filled", Decimal(10))} if self.fills else {}
+
+    def positions(self) -> dict[str, Decimal]:
+        self._call("positions")
+        return {"AAPL": Decimal(10 * len(self.fills))}
+
+
+def test_a_snapshot_reads_executions_around_the_rest() -> None:
+    """A snapshot asks for the executions first, then the open and completed orders and
+    the positions, then the executions again; when they agree that is the snapshot."""
+    broker = Landing(at=0)
+    state = snapshot(broker)  # type: ignore[arg-type]
+    assert broker.calls == [
+        "executions", "open_orders", "completed_orders", "positions", "executions"
+    ]  # fmt: skip
+    assert dict(state.orders) == {"c-1": BrokerOrder("c-1", "working", ZERO)}
+    assert (list(state.executions), dict(state.positions)) == ([], {"AAPL": ZERO})
+
+
+@pytest.mark.parametrize("at", [2, 3, 4, 5])
+def test_a_fill_landing_mid_snapshot_makes_it_taken_again(at: int) -> None:
+    """An execution that lands while the orders and positions are read (some already
+    show it, some not) makes the snapshot be taken again: the one returned holds the
+    execution, the order filled and the position, never half of them."""
+    broker = Landing(at=at)
+    state = snapshot(broker)  # type: ignore[arg-type]
+    assert broker.calls.count("executions") == 4
+    assert [f.exec_id for f in state.executions] == ["e-1"]
+    assert dict(state.orders) == {"c-1": BrokerOrder("c-1", "filled", Decimal(10))}
+    assert dict(state.positions) == {"AAPL": Decimal(10)}
+
+
+def test_executions_that_never_settle_are_one_line_after_five_tries() -> None:
+    """When an execution lands during every one of five snapshots, reconciliation
+    refuses with one line naming the broker rather than settle on a torn view."""
+    broker = Landing(at=0, endless=True)
+    with pytest.raises(ConfigError, match=r"^the landing broker's executions changed") as err:
+        snapshot(broker)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)
+    assert broker.calls.count("executions") == 10
 
 
 def test_an_unreadable_blocks_file_is_one_line_naming_it(tmp_path: Path) -> None:
