@@ -23,7 +23,7 @@ import attrs
 from ._errors import ConfigError
 from ._secrets import Secrets
 from ._settings import EnvironmentSettings
-from .models import AccountSnapshot, Bar, Fill, Order, Position
+from .models import AccountSnapshot, Bar, Fill, MarginPolicy, Order, Position
 
 if TYPE_CHECKING:
     from .audit import AuditView
@@ -203,14 +203,18 @@ class Broker(Protocol):
     """Executes orders.  Its :class:`Offer`'s factory gets the text after ``name:`` in
     ``--broker name:spec`` (broker options) and validates it.
 
-    The kernel calls :meth:`submit` for each order that passed the limits and
-    risk checks, :meth:`on_bar` for every bar (the simulator fills working
-    orders there; a live broker reports fills received since the last call),
-    and :meth:`cancel_all` when the run ends.
+    The engine's core decides and its driver calls: :meth:`submit` for each
+    order that passed the limits and risk checks (after the order is stored),
+    :meth:`on_bar` for every bar of a symbol with orders the broker accepted and
+    still works (the simulator fills them there), the cancels when a strategy is
+    quarantined, margin-called or halted, and :meth:`cancel_all` when the run
+    ends.  A broker that pushes its news (a live one) is a :class:`PushingBroker`.
     """
 
     name: str
-    maintenance_margin: float | None  # equity/gross below this triggers margin_call
+    #: The margin policy the kernel enforces for this broker's accounts (the
+    #: simulator's), or ``None`` where the broker liquidates by itself (IBKR).
+    margin: MarginPolicy | None
 
     def submit(self, order: Order, account: AccountSnapshot) -> str | None:
         """Accept the order (return ``None``) or reject it (return a one-line reason)."""
@@ -221,12 +225,8 @@ class Broker(Protocol):
         ...
 
     def working_symbols(self) -> frozenset[str]:
-        """Symbols with working orders (the engine skips :meth:`on_bar` for the rest)."""
-        ...
-
-    def margin_call(self, strategy: str, account: AccountSnapshot, ts: datetime) -> Sequence[Order]:
-        """The account fell below maintenance margin: return liquidation orders
-        (``liquidation=True``) for the kernel to record and submit; never rejected."""
+        """Symbols with working orders, as the broker knows them (reported when a paper
+        or live run ends with orders left working)."""
         ...
 
     def cancel_all(self, reason: str) -> Sequence[Order]:

@@ -21,6 +21,7 @@ __all__ = [
     "AccountSnapshot",
     "Bar",
     "Fill",
+    "MarginPolicy",
     "Order",
     "OrderIntent",
     "OrderStatus",
@@ -329,3 +330,44 @@ class AccountSnapshot:
     prices: Mapping[str, Decimal]
     long_value: Decimal
     short_value: Decimal
+
+
+def _maintenance(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0 < value < 1):
+        raise ValueError(f"maintenance must be a fraction in (0, 1), got {value!r}")
+
+
+@attrs.frozen(slots=True)
+class MarginPolicy:
+    """When a strategy's account is margin-called, and how it is liquidated.
+
+    A broker that wants the kernel to enforce maintenance margin offers one as
+    its ``margin`` attribute (the simulator does); a live broker that liquidates
+    by itself offers ``None``.  The engine checks :meth:`breached` at the close
+    of every bar whose price moved and after every fill; on a breach it cancels
+    the strategy's working orders and records and submits :meth:`liquidation`'s
+    orders as liquidations (never refused for buying power), resizing them if
+    another fill changes what is held before they fill.
+    """
+
+    #: equity below this fraction of gross exposure (long + short market value)
+    maintenance: float = attrs.field(validator=_maintenance)
+
+    def breached(self, equity: float, gross: float) -> bool:
+        """Whether ``equity`` is below maintenance for ``gross`` exposure (a flat
+        account, however poor, is never margin-called: there is nothing to sell)."""
+        return gross > 0 and equity < self.maintenance * gross
+
+    def liquidation(self, account: AccountSnapshot) -> tuple[OrderIntent, ...]:
+        """Market orders that close every non-zero position of ``account``, by symbol,
+        tagged ``margin-call``."""
+        return tuple(
+            OrderIntent(
+                symbol=symbol,
+                side=Side.SELL if quantity > 0 else Side.BUY,
+                quantity=abs(quantity),
+                tag="margin-call",
+            )
+            for symbol, quantity in sorted(account.positions.items())
+            if quantity
+        )

@@ -1743,9 +1743,9 @@ class BrokerConformance:
     aware time, and together the fills make up the order's quantity; ``cancel`` returns
     a working order and stops it, and ``None`` for an order that is not working (filled,
     cancelled or never seen); ``cancel_all`` and ``cancel_strategy`` (which spares other
-    strategies and margin-call liquidations) return what they cancelled; ``margin_call``
-    returns liquidations of the strategy that close every position when the broker
-    applies a maintenance margin; a bar no later than an order's creation never fills it.
+    strategies and margin-call liquidations) return what they cancelled; a broker with a
+    margin policy (``margin``) accepts the liquidations it calls for even from an account
+    under water; a bar no later than an order's creation never fills it.
     A :class:`~bastion.interfaces.PushingBroker` is also held to ``poll`` (fills with the
     broker's execution id, rejections as :class:`~bastion.interfaces.OrderUpdate`),
     ``listen`` and ``close``; a :class:`~bastion.interfaces.ReconcilingBroker` to
@@ -1946,15 +1946,17 @@ class BrokerConformance:
     # -- the protocol -------------------------------------------------------------------
 
     def test_is_a_broker(self, broker: Broker) -> None:
-        """The object has what the ``Broker`` protocol names: a name, a maintenance margin
-        (``None`` or a fraction) and, to start with, nothing working."""
+        """The object has what the ``Broker`` protocol names: a name, a margin policy
+        (``None`` or a :class:`~bastion.models.MarginPolicy`) and, to start with, nothing
+        working."""
         from .interfaces import Broker
+        from .models import MarginPolicy
 
         assert isinstance(broker, Broker), f"{broker!r} lacks a method of bastion.interfaces.Broker"
         assert isinstance(broker.name, str) and broker.name.strip(), "name must be a non-empty str"
-        margin = broker.maintenance_margin
-        assert margin is None or (isinstance(margin, float) and 0 < margin < 1), (
-            f"maintenance_margin must be None or a fraction in (0, 1), not {margin!r}"
+        margin = broker.margin
+        assert margin is None or isinstance(margin, MarginPolicy), (
+            f"margin must be None or a bastion.models.MarginPolicy, not {margin!r}"
         )
         working = broker.working_symbols()
         assert isinstance(working, frozenset) and not working, f"working at start: {working!r}"
@@ -2070,22 +2072,30 @@ class BrokerConformance:
         assert broker.cancel("cs-3") == theirs
         assert broker.cancel("cs-2") == liquidation
 
-    def test_margin_call_returns_liquidations(self, broker: Broker) -> None:
-        """``margin_call`` returns orders of that strategy marked ``liquidation``; a broker
-        that applies a maintenance margin closes every position with them."""
-        positions = {self.symbol: Decimal(10), "ZZZ": Decimal(-5)}
-        orders = list(broker.margin_call("a.py", self._account(positions), self._clock()))
+    def test_margin_call_liquidations_are_accepted(self, broker: Broker) -> None:
+        """A broker with a margin policy accepts the liquidation orders the policy calls
+        for (``liquidation=True``) from an account under water, where an ordinary order
+        of that size could be refused; they close every position and work until they
+        fill or are cancelled."""
+        if broker.margin is None:
+            _skip(f"{type(broker).__name__} has no margin policy (it liquidates by itself)")
+        assert broker.margin is not None
+        positions = {self.symbol: Decimal(10)}
+        account = self._account(positions, cash=-self._last() * 9)  # equity: one share's worth
+        intents = broker.margin.liquidation(account)
+        assert [(i.symbol, i.side, i.quantity) for i in intents] == [
+            (self.symbol, "sell", Decimal(10))
+        ], f"the policy's liquidation of {positions}: {intents}"
+        orders = [
+            attrs.evolve(self._order(f"mc-{n}", liquidation=True), intent=intent)
+            for n, intent in enumerate(intents)
+        ]
         for order in orders:
-            assert isinstance(order, Order) and order.liquidation, f"not a liquidation: {order!r}"
-            assert order.strategy == "a.py", f"liquidation of another strategy: {order!r}"
-        ids = [o.client_order_id for o in orders]
-        assert len(set(ids)) == len(ids), f"client order ids repeat: {ids}"
-        if broker.maintenance_margin is None:
-            return  # the broker liquidates by itself (or not at all)
-        left = dict(positions)
-        for order in orders:
-            left[order.symbol] = left.get(order.symbol, Decimal(0)) + order.signed_quantity
-        assert all(q == 0 for q in left.values()), f"positions left after the call: {left}"
+            reason = broker.submit(order, account)
+            assert reason is None, f"liquidation {order.client_order_id} refused: {reason}"
+        assert self.symbol in broker.working_symbols()
+        cancelled = broker.cancel_all("end of test")
+        assert sorted(o.client_order_id for o in cancelled) == ["mc-0"]
 
     def test_a_refusal_is_one_line_and_nothing_works(self, broker: Broker) -> None:
         """An order far beyond the account is refused with a one-line reason — and is then

@@ -341,7 +341,7 @@ class IBKRBroker:
     back through :meth:`poll`."""
 
     name = "ibkr"
-    maintenance_margin = None  # IBKR liquidates by itself; Bastion's simulator policy is off
+    margin = None  # IBKR liquidates by itself: no margin policy of the kernel
 
     def __init__(self, session: Session, cancel_on_stop: bool = True) -> None:
         self.session = session
@@ -637,9 +637,6 @@ class IBKRBroker:
 
     def working_symbols(self) -> frozenset[str]:
         return frozenset(order.symbol for order in list(self._working.values()))
-
-    def margin_call(self, strategy: str, account: AccountSnapshot, ts: datetime) -> Sequence[Order]:
-        return ()
 
     def cancel(self, client_order_id: str) -> Order | None:
         order = self._working.pop(client_order_id, None)

@@ -13,9 +13,10 @@
 * Leverage: long exposure up to ``long_leverage`` x equity (default 1.5),
   short exposure up to ``short_leverage`` x equity (default 2); an order that
   would exceed it is rejected with the numbers.
-* Maintenance margin (default 25%): when equity falls below that fraction of
-  gross exposure the kernel calls :meth:`SimBroker.margin_call`, which
-  liquidates every position at market on the next bar and says so.
+* Maintenance margin (default 25%): the simulator's :class:`~bastion.models.MarginPolicy`
+  (``SimBroker.margin``).  When equity falls below that fraction of gross
+  exposure the kernel cancels the strategy's working orders and liquidates
+  every position at market on the next bar, and says so.
 
 Every rejection has a reason; nothing is silently dropped.  Options come after
 ``sim:`` as ``key=value`` pairs, e.g.
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal, InvalidOperation
 
 import attrs
@@ -37,8 +37,8 @@ from bastion.models import (
     AccountSnapshot,
     Bar,
     Fill,
+    MarginPolicy,
     Order,
-    OrderIntent,
     OrderType,
     Side,
 )
@@ -174,7 +174,9 @@ class SimBroker:
 
     def __init__(self, options: SimOptions) -> None:
         self.options = options
-        self.maintenance_margin: float | None = options.maintenance or None
+        self.margin: MarginPolicy | None = (
+            MarginPolicy(options.maintenance) if options.maintenance else None
+        )
         self._commission = parse_commission(options.commission)
         self._slip = Decimal(repr(options.slippage_bps)) / 10_000
         self._participation = Decimal(repr(options.participation))
@@ -339,31 +341,6 @@ class SimBroker:
                 del self._working[symbol]
         self._symbols = frozenset(self._working)
         return cancelled
-
-    def margin_call(self, strategy: str, account: AccountSnapshot, ts: datetime) -> Sequence[Order]:
-        """Liquidate every position of ``strategy`` at market (the kernel records and submits)."""
-        orders = []
-        for n, (symbol, quantity) in enumerate(sorted(account.positions.items())):
-            if not quantity:
-                continue
-            intent = OrderIntent(
-                symbol=symbol,
-                side=Side.SELL if quantity > 0 else Side.BUY,
-                quantity=abs(quantity),
-                tag="margin-call",
-            )
-            orders.append(
-                Order(
-                    client_order_id=f"margin-{strategy}-{ts:%Y%m%dT%H%M%S}-{n}",
-                    strategy=strategy,
-                    strategy_sha256="",
-                    signer=None,
-                    intent=intent,
-                    created=ts,
-                    liquidation=True,
-                )
-            )
-        return orders
 
     # -- fills -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from click.testing import Result
 
 from bastion import Gate, Kernel, Workspace
 from bastion._backtest import BacktestRequest, parse_date, prepare_backtest
+from bastion._core import Commands, EngineCore
 from bastion._engine import Engine
 
 from .conftest import CLI, REPO, WS, one_error_line
@@ -500,13 +501,13 @@ def test_run_failing_half_way_keeps_its_orders(
 ) -> None:
     """A run that fails after trading is marked failed, its orders stay stored, the audit log
     still verifies, and its report can still be rendered from the store."""
-    original = Engine._finish
+    original = EngineCore.stop
 
-    def finish_then_fail(self: Engine) -> None:
-        original(self)
+    def stop_then_fail(self: EngineCore) -> Commands:
+        yield from original(self)
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(Engine, "_finish", finish_then_fail)
+    monkeypatch.setattr(EngineCore, "stop", stop_then_fail)
     with pytest.raises(RuntimeError, match="disk on fire"):
         backtest(cli, examples, "sma_cross", "--json", "--no-report", *SHORT)
     monkeypatch.undo()

@@ -128,16 +128,18 @@ class EngineMachine(RuleBasedStateMachine):
         ts = T0 + timedelta(days=self.day)
         # Bars of one timestamp come in symbol order: a second bar of the same symbol,
         # or one out of order, waits for the next day.
-        if ts == self.engine._current and symbol <= getattr(self, "_last_symbol", ""):
+        if ts == self.engine.core._current and symbol <= getattr(self, "_last_symbol", ""):
             self.day += 1
             ts = T0 + timedelta(days=self.day)
         self._last_symbol = symbol
         high, low = max(open_, close) * 1.01, min(open_, close) * 0.99
         self.engine.on_bars((Bar(symbol, ts, open_, round(high, 2), round(low, 2), close, 1e9),))
         self.bars_seen[symbol] += 1
-        for slot in self.engine._slots:
+        for slot in self.engine.core._slots:
             for cid in slot.liquidations:
-                self.liquidations.setdefault(cid, self.bars_seen[self.engine._orders[cid].symbol])
+                self.liquidations.setdefault(
+                    cid, self.bars_seen[self.engine.core._orders[cid].symbol]
+                )
 
     @rule(
         symbol=st.sampled_from(SYMBOLS),
@@ -152,8 +154,8 @@ class EngineMachine(RuleBasedStateMachine):
     def float_mirrors_follow_the_ledger(self) -> None:
         if not hasattr(self, "engine"):
             return
-        marks = self.engine._last
-        for slot in self.engine._slots:
+        marks = self.engine.core._last
+        for slot in self.engine.core._slots:
             if any(s not in marks for s in slot.portfolio.quantities_f):
                 continue
             exact = float(slot.portfolio.equity(marks))
@@ -166,10 +168,10 @@ class EngineMachine(RuleBasedStateMachine):
         if not hasattr(self, "engine"):
             return
         engine = self.engine
-        units = engine._bench_units
-        direct = float(CASH) - engine._bench_slice * len(units)
-        direct += sum(held * engine._last[s] for s, held in units.items())
-        assert abs(engine._bench_value - direct) <= 1e-9 * abs(direct)
+        units = engine.core._bench_units
+        direct = float(CASH) - engine.core._bench_slice * len(units)
+        direct += sum(held * engine.core._last[s] for s, held in units.items())
+        assert abs(engine.core._bench_value - direct) <= 1e-9 * abs(direct)
 
     @invariant()
     def nothing_fills_on_its_own_bar(self) -> None:
@@ -182,9 +184,9 @@ class EngineMachine(RuleBasedStateMachine):
     def margin_calls_end(self) -> None:
         if not hasattr(self, "engine"):
             return
-        working = {cid for slot in self.engine._slots for cid in slot.liquidations}
+        working = {cid for slot in self.engine.core._slots for cid in slot.liquidations}
         for cid in working:
-            symbol = self.engine._orders[cid].symbol
+            symbol = self.engine.core._orders[cid].symbol
             since = self.bars_seen[symbol] - self.liquidations.get(cid, self.bars_seen[symbol])
             assert since <= 1, f"liquidation {cid} still working after {since} bars"
 
@@ -202,7 +204,7 @@ class EngineMachine(RuleBasedStateMachine):
                     Fraction(fill.price),
                     Fraction(fill.commission),
                 )
-            [slot] = self.engine._slots
+            [slot] = self.engine.core._slots
             assert slot.quarantined is None, slot.quarantined
             assert Fraction(slot.portfolio.cash) == ref.cash
             held = {s: Fraction(slot.portfolio.quantity(s)) for s in SYMBOLS}

@@ -16,7 +16,16 @@ from hypothesis import strategies as st
 
 from bastion import ConfigError
 from bastion.interfaces import Broker, PluginContext
-from bastion.models import AccountSnapshot, Bar, Fill, Order, OrderIntent, OrderType, Side
+from bastion.models import (
+    AccountSnapshot,
+    Bar,
+    Fill,
+    MarginPolicy,
+    Order,
+    OrderIntent,
+    OrderType,
+    Side,
+)
 from bastion.plugins.sim import SimBroker, SimOptions, parse_commission, register_brokers
 
 T0 = datetime(2024, 1, 2, 21, tzinfo=UTC)
@@ -148,7 +157,7 @@ def test_options_defaults() -> None:
     broker = SimBroker.open()
     assert broker.options == options
     assert broker.name == "sim"
-    assert broker.maintenance_margin == 0.25
+    assert broker.margin == MarginPolicy(0.25)
 
 
 def test_options_every_key() -> None:
@@ -165,7 +174,7 @@ def test_options_every_key() -> None:
         short_leverage=3.0,
         maintenance=0.3,
     )
-    assert SimBroker.open("maintenance=0.4").maintenance_margin == 0.4
+    assert SimBroker.open("maintenance=0.4").margin == MarginPolicy(0.4)
 
 
 def test_options_tolerate_spaces_and_empty_parts() -> None:
@@ -214,7 +223,7 @@ def test_leverage_beyond_the_maintenance_level_is_refused(spec: str, fragment: s
 
 def test_maintenance_zero_disables_margin_calls() -> None:
     """``maintenance=0`` reports no maintenance margin (the kernel then never margin-calls)."""
-    assert SimBroker.open("maintenance=0").maintenance_margin is None
+    assert SimBroker.open("maintenance=0").margin is None
 
 
 @pytest.mark.parametrize(
@@ -994,35 +1003,50 @@ def test_liquidation_orders_are_never_rejected() -> None:
 # --------------------------------------------------------------------------- margin call
 
 
+def liquidations(broker: SimBroker, snapshot: AccountSnapshot, ts: datetime) -> list[Order]:
+    """The orders the engine makes of the simulator's margin policy's liquidation."""
+    assert broker.margin is not None
+    return [
+        Order(
+            client_order_id=f"margin-{n}",
+            strategy="s.py",
+            strategy_sha256="",
+            signer=None,
+            intent=intent,
+            created=ts,
+            liquidation=True,
+        )
+        for n, intent in enumerate(broker.margin.liquidation(snapshot))
+    ]
+
+
 def test_margin_call_liquidates_every_non_zero_position() -> None:
-    """``margin_call`` returns one market liquidation order per non-zero position, on the
-    opposite side for the full quantity, owned by the strategy and created at ``ts``."""
+    """The simulator's margin policy liquidates with one market order per non-zero
+    position, by symbol, on the opposite side for the full quantity, tagged margin-call."""
     snapshot = account(
         -1_000,
         positions={"B": 100, "A": -50, "Z": 0, "C": "2.5"},
         prices={"A": 10, "B": 10, "C": 10, "Z": 10},
     )
-    ts = at(3)
-    orders = SimBroker.open().margin_call("s.py", snapshot, ts)
-    assert [(o.symbol, o.side, o.quantity) for o in orders] == [
+    policy = SimBroker.open().margin
+    assert policy is not None
+    intents = policy.liquidation(snapshot)
+    assert [(i.symbol, i.side, i.quantity) for i in intents] == [
         ("A", Side.BUY, Decimal(50)),
         ("B", Side.SELL, Decimal(100)),
         ("C", Side.SELL, Decimal("2.5")),
     ]
-    for o in orders:
-        assert o.liquidation is True
-        assert o.strategy == "s.py"
-        assert o.created == ts
-        assert o.intent.type is OrderType.MARKET
-        assert o.intent.tag == "margin-call"
-    assert len({o.client_order_id for o in orders}) == len(orders)
+    for i in intents:
+        assert i.type is OrderType.MARKET
+        assert i.tag == "margin-call"
 
 
 def test_margin_call_without_positions_returns_nothing() -> None:
     """No positions (or only zero ones) means no liquidation orders."""
-    broker = SimBroker.open()
-    assert list(broker.margin_call("s.py", account(), at(1))) == []
-    assert list(broker.margin_call("s.py", account(positions={"X": 0}), at(1))) == []
+    policy = SimBroker.open().margin
+    assert policy is not None
+    assert policy.liquidation(account()) == ()
+    assert policy.liquidation(account(positions={"X": 0})) == ()
 
 
 def test_margin_call_orders_are_accepted_and_fill_at_market_on_the_next_bar() -> None:
@@ -1030,8 +1054,7 @@ def test_margin_call_orders_are_accepted_and_fill_at_market_on_the_next_bar() ->
     next later bar's open (not on the bar of the margin call)."""
     broker = SimBroker.open("commission=none,slippage=10")
     snapshot = account(-500, positions={"X": 100, "Y": -40}, prices={"X": 100, "Y": 50})
-    orders = broker.margin_call("s.py", snapshot, at(0))
-    for o in orders:
+    for o in liquidations(broker, snapshot, at(0)):
         assert broker.submit(o, snapshot) is None
     assert broker.working_symbols() == {"X", "Y"}
     assert not broker.on_bar(bar(0, 100.0, symbol="X"))
@@ -1530,12 +1553,11 @@ def test_a_margin_call_closes_fractional_longs_and_shorts_and_skips_flat_symbols
     """Liquidation orders sell what is long and buy back what is short, half shares
     included, and a symbol held at zero (listed first) does not stop the rest."""
     snap = account(100, positions={"A": 0, "B": "0.5", "C": "-0.5"}, prices={})
-    orders = SimBroker.open(FREE).margin_call("s.py", snap, T0)
+    orders = liquidations(SimBroker.open(FREE), snap, T0)
     assert [(o.symbol, o.side, o.quantity) for o in orders] == [
         ("B", Side.SELL, Decimal("0.5")),
         ("C", Side.BUY, Decimal("0.5")),
     ]
-    assert all(o.liquidation for o in orders)
 
 
 def test_a_bar_with_room_for_one_share_fills_one() -> None:
