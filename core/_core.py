@@ -20,6 +20,9 @@ checked).  Commands that need no answer get ``None``.  The core never calls a
 broker, a store, a logger, a plugin, a strategy or the clock; that is what
 makes the backtest loop and the live asyncio driver run the same decisions,
 and what lets tests drive it with hand-written events and read the commands.
+(One thing it does behind no command: its equity curves, 8 bytes a timestamp,
+spill to a temporary file every 65,536 points so memory stays flat however long
+the run — the core's own state moved to disk, not an effect anyone observes.)
 
 The bar path is kept straight and cheap: marking to market uses float mirrors
 of the Decimal ledger (re-synchronised exactly at every fill).  Everything that
@@ -945,8 +948,18 @@ class EngineCore:
                 },
             )
             return
+        cid = order.client_order_id
+        if cid in self._cancelled:
+            # Already ended (a cancel crossed the broker's own, or it repeated itself):
+            # stored and taken off the working quantity once.
+            yield Log(
+                "trades",
+                "info",
+                "order_update_ignored",
+                {"order_id": cid, "status": update.status, "reason": update.reason},
+            )
+            return
         if update.status == "rejected":
-            cid = order.client_order_id
             filled = self._filled.get(cid, ZERO)
             self._cancelled[cid] = update.reason
             self._done(cid)
@@ -956,7 +969,9 @@ class EngineCore:
             yield Working(
                 slot.name, order.symbol, -remaining if order.signed_quantity > 0 else remaining
             )
-            if not order.liquidation:
+            if order.liquidation:
+                self._liquidated(slot, cid)  # the margin call ends; the account is watched
+            else:
                 yield from self._rejected(slot, order, update.reason, 0)
         else:
             yield from self._cancel([order], update.reason)

@@ -521,18 +521,7 @@ def test_a_margin_call_cancels_then_records_and_submits_a_liquidation() -> None:
     "status",
     [
         "cancelled",
-        pytest.param(
-            "rejected",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "EngineCore._order_update's 'rejected' branch never calls _liquidated() "
-                    "for a liquidation order (the 'cancelled' branch does, through _cancel): "
-                    "the slot keeps margin_call=True and the order in slot.liquidations, so "
-                    "the strategy is never margin-called again however far it falls"
-                ),
-            ),
-        ),
+        "rejected",
     ],
 )
 def test_a_liquidation_the_broker_drops_leaves_the_account_watched(status: str) -> None:
@@ -667,6 +656,19 @@ def test_a_broker_rejecting_a_working_order_tells_the_strategy() -> None:
     # News about an order the run does not know is logged, nothing else.
     (unknown,) = driver.handle(OrderUpdate("nope-1", "cancelled", "gone"))
     assert (type(unknown), unknown.event) == (Log, "unknown_order_update")
+
+
+def test_a_repeated_order_update_is_stored_and_counted_once() -> None:
+    """A second update for an order that already ended (the broker repeats itself, or
+    its own cancel crosses ours) is logged and ignored: the order is not stored again
+    and its quantity is not taken off the strategy's working quantity twice."""
+    driver = Driver(new_core("a"), {Ask: in_turn((Reply(intents=(buy(10),)),))})
+    driver.start()
+    driver.handle(bar("AAA", 0, 100.0))
+    first = driver.handle(OrderUpdate(cid(1), "rejected", "IBKR 201: margin"))
+    assert kinds(first)[:2] == ["UpdateOrder", "Working"]
+    (again,) = driver.handle(OrderUpdate(cid(1), "cancelled", "IBKR: Cancelled"))
+    assert (type(again), again.event) == (Log, "order_update_ignored")
 
 
 # ----------------------------------------------------------------------------- the halt
