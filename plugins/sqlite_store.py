@@ -49,6 +49,7 @@ import os
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -110,6 +111,7 @@ else:
 __all__ = ["BAR_BATCH", "DB_NAME", "SCHEMA_VERSION", "SQLiteStore"]
 
 DB_NAME: Final = "bastion.db"
+OPEN_WAIT: Final = 10.0  # seconds a process waits for a database another one holds locked
 SCHEMA_VERSION: Final = 4
 
 FINAL_ORDER_STATUSES: Final = frozenset(
@@ -561,13 +563,27 @@ class SQLiteStore:
             with suppress(FileExistsError):
                 os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         try:
-            conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
+            conn = sqlite3.connect(path, timeout=OPEN_WAIT, check_same_thread=False)
         except sqlite3.Error as exc:
             raise BastionError(f"cannot open {path}: {exc}") from None
         try:
             db = sqlite_utils.Database(conn, execute_plugins=False)
             store = cls(path, db)
-            store._prepare()
+            # SQLite answers "database is locked" without waiting out the busy timeout
+            # in a few cases (another process switching the file to WAL or recovering
+            # its WAL index): several processes opening one database at once (a sweep's
+            # workers) try again for as long as the timeout, not fail at once.
+            deadline = time.monotonic() + OPEN_WAIT
+            delay = 0.02
+            while True:
+                try:
+                    store._prepare()
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
         except BastionError:
             conn.close()
             raise

@@ -214,6 +214,9 @@ def test_an_in_process_sweep_equals_the_sandboxed_one_and_is_development_only(
     assert "--in-process: strategy code runs inside the kernel" in inside.stderr
     sandboxed = _sweep(cli, sma_ws, *GRID, "--workers", "1", "--no-report")
     results = json.loads(inside.stdout)["results"]
+    assert all(r["status"] == "completed" for r in results), [
+        (r["status"], r["error"]) for r in results if r["status"] != "completed"
+    ]
     assert _by_params(results) == _by_params(sandboxed["results"])
     stored = _store_runs(sma_ws)
     before = len(stored)
