@@ -513,8 +513,14 @@ class EngineCore:
         self.bars = 0  # bars handled
         self._running: list[_Slot] = list(self._slots)
         self._asking: tuple[str, ...] = tuple(slot.name for slot in self._slots)
+        #: Commands that need no answer (store, log, audit, tell a strategy), in the order
+        #: they were issued, waiting to be carried out before the next command that needs
+        #: one (or when the event is done): see :meth:`handle`.
+        self.outbox: list[Command] = []
+        self._emit = self.outbox.append
         #: The core's coroutine (see :meth:`_events`): ``machine.send(event)`` returns the
-        #: event's first command, ``machine.send(result)`` the next, ``None`` when done.
+        #: event's first command that needs an answer, ``machine.send(answer)`` the next,
+        #: ``None`` when the event is done; :attr:`outbox` holds the rest meanwhile.
         self.machine = self._events()
         next(self.machine)
 
@@ -538,8 +544,11 @@ class EngineCore:
 
     def start(self) -> Commands:
         """Start every strategy (``on_start``: no orders yet, nothing has a price)."""
+        return self._commands(self._start())
+
+    def _start(self) -> Commands:
         for slot in self._slots:
-            yield Start(slot.name, slot.params, slot.portfolio.snapshot(self._last))
+            self._emit(Start(slot.name, slot.params, slot.portfolio.snapshot(self._last)))
         for slot in self._slots:
             yield from self._gather(slot, None)
 
@@ -550,36 +559,72 @@ class EngineCore:
         through; a driver must carry all of them out before handing over the next
         event."""
         send = self.machine.send
+        outbox = self.outbox
         command = send(event)
-        while command is not None:
+        while True:
+            if outbox:
+                pending = outbox[:]
+                outbox.clear()
+                yield from pending
+            if command is None:
+                return
             command = send((yield command))
+
+    def _commands(self, work: Generator[Command, Any, Any] | Any) -> Commands:
+        """The commands of ``work`` (a generator yielding the commands that need an
+        answer, or what a method that needed none returned) with the outbox's
+        in between, in the order they were issued; returns ``work``'s value."""
+        outbox = self.outbox
+        value = work
+        if isinstance(work, Generator):
+            send = work.send
+            try:
+                command = send(None)
+                while True:
+                    if outbox:
+                        pending = outbox[:]
+                        outbox.clear()
+                        yield from pending
+                    command = send((yield command))
+            except StopIteration as done:
+                value = done.value
+        if outbox:
+            pending = outbox[:]
+            outbox.clear()
+            yield from pending
+        return value
+
+    def _log(self, stream: str, level: str, event: str, /, **fields: Any) -> None:
+        """Issue a :class:`Log` command (a record in the ``stream`` log)."""
+        self._emit(Log(stream, level, event, fields))
 
     def stop(self) -> Commands:
         """The run ends: the last timestamp is closed, working orders are cancelled and
         each running strategy's ``on_stop`` is called (orders it asks for are ignored)."""
+        return self._commands(self._stop())
+
+    def _stop(self) -> Commands:
         if self._current is not None:
             self._close_timestamp(self._current)
             if self._daily_loss:
                 yield from self._check_daily_loss(self._current)
-        yield from self._cancel((yield CancelAll("end of run")), "end of run")
+        self._cancel((yield CancelAll("end of run")), "end of run")
         stopping = [slot for slot in self._slots if slot.quarantined is None]
         if stopping:
-            yield PostStop(tuple(slot.name for slot in stopping))
+            self._emit(PostStop(tuple(slot.name for slot in stopping)))
         for slot in stopping:
             reply = yield Gather(slot.name)
             if reply is None:
                 continue
             if reply.intents and reply.failure is None:
                 for intent in reply.intents:
-                    yield Log(
+                    self._log(
                         "trades",
                         "warning",
                         "order_ignored",
-                        {
-                            "strategy": slot.name,
-                            "symbol": intent.symbol,
-                            "reason": "orders asked for in on_stop are not executed",
-                        },
+                        strategy=slot.name,
+                        symbol=intent.symbol,
+                        reason="orders asked for in on_stop are not executed",
                     )
                 reply = attrs.evolve(reply, intents=())
             yield from self._answer(slot, reply, None, 0)
@@ -587,13 +632,18 @@ class EngineCore:
     def results(self) -> Commands:
         """Store the benchmark and each strategy's metrics, equity and positions; returns
         the :class:`StrategyResult` of each (the temporary columns are released)."""
+        return self._commands(self._results())
+
+    def _results(self) -> tuple[StrategyResult, ...]:
         try:
-            yield RecordBenchmark(
-                column_downsample(self._times, self._bench, self.config.stored_equity_points)
+            self._emit(
+                RecordBenchmark(
+                    column_downsample(self._times, self._bench, self.config.stored_equity_points)
+                )
             )
             results = []
             for slot in self._slots:
-                results.append((yield from self._result(slot)))
+                results.append(self._result(slot))
             return tuple(results)
         finally:
             for column in (self._times, self._bench, *(slot.values for slot in self._slots)):
@@ -727,22 +777,23 @@ class EngineCore:
             self._operator_halt = (
                 f"trading is halted by the operator: {why} ('bastion resume' lifts it)"
             )
-            yield Log(
-                "trades",
-                "error",
-                "trading_halted",
-                {"ts": ts.isoformat(), "by": "operator", "reason": why},
+            self._log(
+                "trades", "error", "trading_halted", ts=ts.isoformat(), by="operator", reason=why
             )
-            yield Audit(
-                "trading_halted",
-                {"run_id": self.config.run_id, "ts": ts.isoformat(), "reason": why},
+            self._emit(
+                Audit(
+                    "trading_halted",
+                    {"run_id": self.config.run_id, "ts": ts.isoformat(), "reason": why},
+                )
             )
             for slot in self._slots:
-                yield from self._cancel((yield CancelStrategy(slot.name)), "trading halted")
+                self._cancel((yield CancelStrategy(slot.name)), "trading halted")
         elif why is None and self._operator_halt is not None:
             self._operator_halt = None
-            yield Log("trades", "info", "trading_resumed", {"ts": ts.isoformat()})
-            yield Audit("trading_resumed", {"run_id": self.config.run_id, "ts": ts.isoformat()})
+            self._log("trades", "info", "trading_resumed", ts=ts.isoformat())
+            self._emit(
+                Audit("trading_resumed", {"run_id": self.config.run_id, "ts": ts.isoformat()})
+            )
 
     def _check_daily_loss(self, ts: datetime) -> Commands:
         """The account (every strategy) lost more than the day's limit: halt for the day."""
@@ -767,17 +818,22 @@ class EngineCore:
             f"more than the {self.config.environment} limit of {limit:,.2f}"
         )
         self._halted = (day, why)
-        yield Log(
+        self._log(
             "trades",
             "error",
             "trading_halted",
-            {"ts": ts.isoformat(), "loss": round(loss, 2), "limit": str(limit)},
+            ts=ts.isoformat(),
+            loss=round(loss, 2),
+            limit=str(limit),
         )
-        yield Audit(
-            "trading_halted", {"run_id": self.config.run_id, "ts": ts.isoformat(), "reason": why}
+        self._emit(
+            Audit(
+                "trading_halted",
+                {"run_id": self.config.run_id, "ts": ts.isoformat(), "reason": why},
+            )
         )
         for slot in self._slots:
-            yield from self._cancel((yield CancelStrategy(slot.name)), "trading halted")
+            self._cancel((yield CancelStrategy(slot.name)), "trading halted")
 
     # -- strategies' answers -------------------------------------------------------------
 
@@ -793,7 +849,7 @@ class EngineCore:
         if depth == 0:
             slot.rejections = 0  # a new event: a new budget of rejections
         for level, event, fields in reply.logs:
-            yield Log("strategy", level, event, {"strategy": slot.name, **log_fields(fields)})
+            self._log("strategy", level, event, strategy=slot.name, **log_fields(fields))
         failure = reply.failure
         if failure is not None:
             policy = self.config.exceptions.get(slot.name)
@@ -804,18 +860,16 @@ class EngineCore:
                 and slot.skips < policy.max_skips
             ):
                 slot.skips += 1
-                yield Log(
+                self._log(
                     "strategy",
                     "error",
                     "strategy_event_skipped",
-                    {
-                        "strategy": slot.name,
-                        "hook": failure.hook,
-                        "reason": failure.reason,
-                        "traceback": failure.traceback,
-                        "skipped": slot.skips,
-                        "max_skips": policy.max_skips,
-                    },
+                    strategy=slot.name,
+                    hook=failure.hook,
+                    reason=failure.reason,
+                    traceback=failure.traceback,
+                    skipped=slot.skips,
+                    max_skips=policy.max_skips,
                 )
                 return
             yield from self._quarantine(slot, failure)
@@ -839,27 +893,23 @@ class EngineCore:
         for index, intent in enumerate(intents):
             if slot.quarantined is not None:
                 for dropped in intents[index:]:
-                    yield Log(
+                    self._log(
                         "trades",
                         "warning",
                         "order_ignored",
-                        {
-                            "strategy": slot.name,
-                            "symbol": dropped.symbol,
-                            "reason": "the strategy was quarantined while this event was handled",
-                        },
+                        strategy=slot.name,
+                        symbol=dropped.symbol,
+                        reason="the strategy was quarantined while this event was handled",
                     )
                 return
             if self.config.trade_from is not None and ts < self.config.trade_from:
-                yield Log(
+                self._log(
                     "trades",
                     "info",
                     "order_ignored",
-                    {
-                        "strategy": slot.name,
-                        "symbol": intent.symbol,
-                        "reason": "a warm-up bar: orders start with the first live bar",
-                    },
+                    strategy=slot.name,
+                    symbol=intent.symbol,
+                    reason="a warm-up bar: orders start with the first live bar",
                 )
                 continue
             unheld = unholdable(intent)
@@ -874,46 +924,51 @@ class EngineCore:
                     intent, slot.info, ts, None if last is None else Decimal(repr(last))
                 )
             if reason is None and self.config.signal_only:
-                yield from self._signal(slot, intent, ts)
+                self._signal(slot, intent, ts)
                 continue
             order = self._new_order(slot, intent, ts)
             if reason is not None:
-                yield RecordOrder(order, OrderStatus.REJECTED, reason)
+                self._emit(RecordOrder(order, OrderStatus.REJECTED, reason))
                 self._forget(order)
                 yield from self._rejected(slot, order, reason, depth)
                 continue
-            yield RecordOrder(order, OrderStatus.PENDING, None)
+            self._emit(RecordOrder(order, OrderStatus.PENDING, None))
             if self._per_minute:  # only read by that limit: kept only for it
                 self._recent.append(ts)
             if self._lifecycle:
-                yield self._submitted(order)
+                self._emit(self._submitted(order))
             if self._order_events:
-                yield Notify("order_event", {"order": order, "status": "submitted", "reason": None})
+                self._emit(
+                    Notify("order_event", {"order": order, "status": "submitted", "reason": None})
+                )
             # Marks for every symbol the broker may value: held, ordered, or with
             # orders working (the strategy's net working quantity may be 0).
             account = slot.portfolio.snapshot(self._last, also=(intent.symbol, *self._working))
             reason = yield Submit(order, account)
             if reason is not None:
                 self._forget(order)
-                yield UpdateOrder(order.client_order_id, OrderStatus.REJECTED, reason, ZERO)
+                self._emit(UpdateOrder(order.client_order_id, OrderStatus.REJECTED, reason, ZERO))
                 yield from self._rejected(slot, order, reason, depth)
             else:
                 self._accepted(order)
-                yield UpdateOrder(order.client_order_id, OrderStatus.ACCEPTED, None, ZERO)
-                yield Working(slot.name, order.symbol, order.signed_quantity)
+                self._emit(UpdateOrder(order.client_order_id, OrderStatus.ACCEPTED, None, ZERO))
+                self._emit(Working(slot.name, order.symbol, order.signed_quantity))
                 if self._lifecycle:
-                    yield Log(
+                    self._log(
                         "trades",
                         "info",
                         "order_accepted",
-                        {"order_id": order.client_order_id, "strategy": order.strategy},
+                        order_id=order.client_order_id,
+                        strategy=order.strategy,
                     )
                 if self._order_events:
-                    yield Notify(
-                        "order_event", {"order": order, "status": "accepted", "reason": None}
+                    self._emit(
+                        Notify(
+                            "order_event", {"order": order, "status": "accepted", "reason": None}
+                        )
                     )
 
-    def _signal(self, slot: _Slot, intent: OrderIntent, ts: datetime) -> Commands:
+    def _signal(self, slot: _Slot, intent: OrderIntent, ts: datetime) -> None:
         """Signal-only: an intent that passed every check is recorded, never sent."""
         payload = {
             "run_id": self.config.run_id,
@@ -929,52 +984,54 @@ class EngineCore:
             "stop_price": None if intent.stop_price is None else str(intent.stop_price),
             "tag": intent.tag,
         }
-        yield Audit("signal", payload)
-        yield Log("trades", "info", "signal", {k: v for k, v in payload.items() if k != "run_id"})
+        self._emit(Audit("signal", payload))
+        self._log("trades", "info", "signal", **{k: v for k, v in payload.items() if k != "run_id"})
         slot.signals += 1
 
     def _order_update(self, update: OrderUpdate) -> Commands:
         """A live broker rejected or cancelled one of the orders by itself."""
         order = self._orders.get(update.client_order_id)
         if order is None:
-            yield Log(
+            self._log(
                 "trades",
                 "warning",
                 "unknown_order_update",
-                {
-                    "order_id": update.client_order_id,
-                    "status": update.status,
-                    "reason": update.reason,
-                },
+                order_id=update.client_order_id,
+                status=update.status,
+                reason=update.reason,
             )
             return
         cid = order.client_order_id
         if cid in self._cancelled:
             # Already ended (a cancel crossed the broker's own, or it repeated itself):
             # stored and taken off the working quantity once.
-            yield Log(
+            self._log(
                 "trades",
                 "info",
                 "order_update_ignored",
-                {"order_id": cid, "status": update.status, "reason": update.reason},
+                order_id=cid,
+                status=update.status,
+                reason=update.reason,
             )
             return
         if update.status == "rejected":
             filled = self._filled.get(cid, ZERO)
             self._cancelled[cid] = update.reason
             self._done(cid)
-            yield UpdateOrder(cid, OrderStatus.REJECTED, update.reason, filled)
+            self._emit(UpdateOrder(cid, OrderStatus.REJECTED, update.reason, filled))
             slot = self._by_name[order.strategy]
             remaining = order.quantity - filled
-            yield Working(
-                slot.name, order.symbol, -remaining if order.signed_quantity > 0 else remaining
+            self._emit(
+                Working(
+                    slot.name, order.symbol, -remaining if order.signed_quantity > 0 else remaining
+                )
             )
             if order.liquidation:
                 self._liquidated(slot, cid)  # the margin call ends; the account is watched
             else:
                 yield from self._rejected(slot, order, update.reason, 0)
         else:
-            yield from self._cancel([order], update.reason)
+            self._cancel([order], update.reason)
 
     def _submitted(self, order: Order) -> Log:
         """The trades stream's first record of an order: what was asked, under its id."""
@@ -1097,7 +1154,9 @@ class EngineCore:
 
     def _rejected(self, slot: _Slot, order: Order, reason: str, depth: int) -> Commands:
         if self._order_events:
-            yield Notify("order_event", {"order": order, "status": "rejected", "reason": reason})
+            self._emit(
+                Notify("order_event", {"order": order, "status": "rejected", "reason": reason})
+            )
         yield from self._reject_intent(
             slot, order.intent, reason, order.created, depth, order.client_order_id
         )
@@ -1111,16 +1170,14 @@ class EngineCore:
         depth: int,
         order_id: str | None = None,
     ) -> Commands:
-        yield Log(
+        self._log(
             "trades",
             "info",
             "order_rejected",
-            {
-                "strategy": slot.name,
-                "symbol": intent.symbol,
-                "reason": reason,
-                "order_id": order_id,
-            },
+            strategy=slot.name,
+            symbol=intent.symbol,
+            reason=reason,
+            order_id=order_id,
         )
         slot.rejections += 1
         if depth >= MAX_REENTRY or slot.rejections > MAX_REJECTIONS_PER_EVENT:
@@ -1136,7 +1193,7 @@ class EngineCore:
             return
         if slot.quarantined is not None:
             return
-        yield PostReject(slot.name, intent, reason)
+        self._emit(PostReject(slot.name, intent, reason))
         yield from self._gather(slot, ts, depth + 1)
 
     # -- fills and the ledger ----------------------------------------------------------------
@@ -1148,7 +1205,7 @@ class EngineCore:
             self._executions.add(fill.exec_id)
         order = self._orders.get(fill.order_id)
         if order is None:
-            yield from self._unknown_fill(fill)
+            self._unknown_fill(fill)
             return
         slot = self._by_name[order.strategy]
         portfolio = slot.portfolio
@@ -1159,7 +1216,7 @@ class EngineCore:
         # already taken off the strategy's working quantity.
         cancelled = self._cancelled.get(cid)
         if cancelled is None:
-            yield Working(slot.name, fill.symbol, -fill.signed_quantity)
+            self._emit(Working(slot.name, fill.symbol, -fill.signed_quantity))
         slot.fills += 1
         self._resync(slot)
         filled = self._filled[cid] + fill.quantity
@@ -1173,30 +1230,28 @@ class EngineCore:
             status, reason = OrderStatus.CANCELLED, cancelled
         else:
             status, reason = OrderStatus.PARTIAL, None
-        yield RecordFill(fill, order)
-        yield UpdateOrder(cid, status, reason, filled)
+        self._emit(RecordFill(fill, order))
+        self._emit(UpdateOrder(cid, status, reason, filled))
         if self._lifecycle:
-            yield Log(
+            self._log(
                 "trades",
                 "info",
                 "order_filled",
-                {
-                    "order_id": cid,
-                    "strategy": order.strategy,
-                    "symbol": fill.symbol,
-                    "side": fill.side.value,
-                    "quantity": str(fill.quantity),
-                    "price": str(fill.price),
-                    "commission": str(fill.commission),
-                    "ts": fill.ts.isoformat(),
-                    "status": status.value,
-                    "filled": str(filled),
-                },
+                order_id=cid,
+                strategy=order.strategy,
+                symbol=fill.symbol,
+                side=fill.side.value,
+                quantity=str(fill.quantity),
+                price=str(fill.price),
+                commission=str(fill.commission),
+                ts=fill.ts.isoformat(),
+                status=status.value,
+                filled=str(filled),
             )
         if self._fill_events:
-            yield Notify("fill_event", {"fill": fill, "strategy": slot.info})
+            self._emit(Notify("fill_event", {"fill": fill, "strategy": slot.info}))
         if status is OrderStatus.FILLED and self._order_events:
-            yield Notify("order_event", {"order": order, "status": "filled", "reason": None})
+            self._emit(Notify("order_event", {"order": order, "status": "filled", "reason": None}))
         if order.liquidation and status is OrderStatus.FILLED:
             self._liquidated(slot, cid)
         if slot.margin_call and not order.liquidation:
@@ -1212,10 +1267,10 @@ class EngineCore:
         ):
             yield from self._margin_call(slot, fill.ts)  # a fill can leave it under water too
         if slot.quarantined is None:
-            yield PostFill(slot.name, fill, slot.portfolio.snapshot(self._last))
+            self._emit(PostFill(slot.name, fill, slot.portfolio.snapshot(self._last)))
             yield from self._gather(slot, fill.ts)
 
-    def _unknown_fill(self, fill: Fill) -> Commands:
+    def _unknown_fill(self, fill: Fill) -> None:
         """A fill for an order this run did not place (a manual trade, an order from
         before a restart): recorded and reported, booked to no strategy."""
         payload = {
@@ -1229,10 +1284,13 @@ class EngineCore:
             "price": str(fill.price),
             "ts": fill.ts.isoformat(),
         }
-        yield Log(
-            "trades", "warning", "unknown_fill", {k: v for k, v in payload.items() if k != "run_id"}
+        self._log(
+            "trades",
+            "warning",
+            "unknown_fill",
+            **{k: v for k, v in payload.items() if k != "run_id"},
         )
-        yield Audit("unknown_fill", payload)
+        self._emit(Audit("unknown_fill", payload))
         self.unknown_fills.append(fill)
 
     def _resync(self, slot: _Slot) -> None:
@@ -1272,29 +1330,29 @@ class EngineCore:
         slot.margin_call = True
         snapshot = slot.portfolio.snapshot(self._last)
         ratio = float(snapshot.equity) / slot.gross_f if slot.gross_f else 0.0
-        yield Log(
+        self._log(
             "trades",
             "warning",
             "margin_call",
-            {
-                "strategy": slot.name,
-                "ts": ts.isoformat(),
-                "equity": str(snapshot.equity),
-                "gross": round(slot.gross_f, 2),
-                "ratio": round(ratio, 4),
-            },
+            strategy=slot.name,
+            ts=ts.isoformat(),
+            equity=str(snapshot.equity),
+            gross=round(slot.gross_f, 2),
+            ratio=round(ratio, 4),
         )
-        yield Audit(
-            "margin_call",
-            {
-                "run_id": self.config.run_id,
-                "strategy": slot.name,
-                "ts": ts.isoformat(),
-                "equity": str(snapshot.equity),
-                "gross_exposure": f"{slot.gross_f:.2f}",
-            },
+        self._emit(
+            Audit(
+                "margin_call",
+                {
+                    "run_id": self.config.run_id,
+                    "strategy": slot.name,
+                    "ts": ts.isoformat(),
+                    "equity": str(snapshot.equity),
+                    "gross_exposure": f"{slot.gross_f:.2f}",
+                },
+            )
         )
-        yield from self._cancel((yield CancelStrategy(slot.name)), "margin call")
+        self._cancel((yield CancelStrategy(slot.name)), "margin call")
         for intent in self.margin.liquidation(snapshot):
             yield from self._submit_liquidation(slot, intent, snapshot, ts)
         if not slot.liquidations:
@@ -1318,9 +1376,7 @@ class EngineCore:
                 for cid in sorted(c for c in slot.liquidations if self._orders[c].symbol == symbol):
                     replaced = yield CancelOrder(cid)
                     if replaced is not None:
-                        yield from self._cancel(
-                            [replaced], "margin call: replaced after another fill"
-                        )
+                        self._cancel([replaced], "margin call: replaced after another fill")
                 slot.margin_call = True
                 if held:
                     intent = OrderIntent(
@@ -1340,16 +1396,16 @@ class EngineCore:
         self, slot: _Slot, intent: OrderIntent, snapshot: AccountSnapshot, ts: datetime
     ) -> Commands:
         order = self._new_order(slot, intent, ts, liquidation=True)
-        yield RecordOrder(order, OrderStatus.PENDING, "margin call")
+        self._emit(RecordOrder(order, OrderStatus.PENDING, "margin call"))
         if self._lifecycle:
-            yield self._submitted(order)
+            self._emit(self._submitted(order))
         reason = yield Submit(order, snapshot)
         status = OrderStatus.REJECTED if reason else OrderStatus.ACCEPTED
         if status is OrderStatus.ACCEPTED:
             self._accepted(order)
-            yield Working(slot.name, order.symbol, order.signed_quantity)
+            self._emit(Working(slot.name, order.symbol, order.signed_quantity))
             slot.liquidations.add(order.client_order_id)
-        yield UpdateOrder(order.client_order_id, status, reason or "margin call", ZERO)
+        self._emit(UpdateOrder(order.client_order_id, status, reason or "margin call", ZERO))
 
     def _liquidated(self, slot: _Slot, cid: str) -> None:
         """A liquidation order is done: the margin call ends with the last of them, and
@@ -1358,31 +1414,37 @@ class EngineCore:
         if not slot.liquidations:
             slot.margin_call = False
 
-    def _cancel(self, orders: Iterable[Order], reason: str) -> Commands:
+    def _cancel(self, orders: Iterable[Order], reason: str) -> None:
         for order in orders:
             cid = order.client_order_id
             self._cancelled[cid] = reason
             self._done(cid)
             if self._lifecycle:
-                yield Log(
+                self._log(
                     "trades",
                     "info",
                     "order_cancelled",
-                    {"order_id": cid, "strategy": order.strategy, "reason": reason},
+                    order_id=cid,
+                    strategy=order.strategy,
+                    reason=reason,
                 )
             filled = self._filled.get(cid, ZERO)
-            yield UpdateOrder(cid, OrderStatus.CANCELLED, reason, filled)
+            self._emit(UpdateOrder(cid, OrderStatus.CANCELLED, reason, filled))
             slot = self._by_name.get(order.strategy)
             if slot is not None and order.liquidation:
                 self._liquidated(slot, cid)
             if slot is not None:
                 remaining = order.quantity - filled
-                yield Working(
-                    slot.name, order.symbol, -remaining if order.signed_quantity > 0 else remaining
+                self._emit(
+                    Working(
+                        slot.name,
+                        order.symbol,
+                        -remaining if order.signed_quantity > 0 else remaining,
+                    )
                 )
             if self._order_events:
-                yield Notify(
-                    "order_event", {"order": order, "status": "cancelled", "reason": reason}
+                self._emit(
+                    Notify("order_event", {"order": order, "status": "cancelled", "reason": reason})
                 )
 
     # -- quarantine and the end ---------------------------------------------------------------
@@ -1393,39 +1455,40 @@ class EngineCore:
         slot.quarantined = failure.text()
         self._running = [s for s in self._slots if s.quarantined is None]
         self._asking = tuple(s.name for s in self._running)
-        yield Dismiss(slot.name)  # a worker is killed: it gets no more events
-        yield Log(
+        self._emit(Dismiss(slot.name))  # a worker is killed: it gets no more events
+        self._log(
             "system",
             "error",
             "strategy_quarantined",
-            {
-                "strategy": slot.name,
-                "kind": failure.kind,
-                "hook": failure.hook,
-                "reason": failure.reason,
-            },
+            strategy=slot.name,
+            kind=failure.kind,
+            hook=failure.hook,
+            reason=failure.reason,
         )
         if failure.traceback:
-            yield Log(
+            self._log(
                 "strategy",
                 "error",
                 "strategy_traceback",
-                {"strategy": slot.name, "traceback": failure.traceback},
+                strategy=slot.name,
+                traceback=failure.traceback,
             )
-        yield Audit(
-            "strategy_quarantined",
-            {
-                "run_id": self.config.run_id,
-                "strategy": slot.name,
-                "sha256": slot.info.sha256,
-                "kind": failure.kind,
-                "hook": failure.hook,
-                "reason": failure.reason,
-            },
+        self._emit(
+            Audit(
+                "strategy_quarantined",
+                {
+                    "run_id": self.config.run_id,
+                    "strategy": slot.name,
+                    "sha256": slot.info.sha256,
+                    "kind": failure.kind,
+                    "hook": failure.hook,
+                    "reason": failure.reason,
+                },
+            )
         )
-        yield from self._cancel((yield CancelStrategy(slot.name)), "strategy quarantined")
+        self._cancel((yield CancelStrategy(slot.name)), "strategy quarantined")
 
-    def _result(self, slot: _Slot) -> Generator[Command, Any, StrategyResult]:
+    def _result(self, slot: _Slot) -> StrategyResult:
         portfolio = slot.portfolio
         metrics = column_metrics(
             self._times,
@@ -1438,23 +1501,29 @@ class EngineCore:
         )
         metrics.update(column_benchmark_comparison(slot.values, self._bench, slot.start_equity))
         name = slot.name
-        yield RecordPeriodReturns(
-            name, column_period_returns(self._times, slot.values, slot.start_equity)
+        self._emit(
+            RecordPeriodReturns(
+                name, column_period_returns(self._times, slot.values, slot.start_equity)
+            )
         )
-        yield RecordEquity(
-            name, column_downsample(self._times, slot.values, self.config.stored_equity_points)
+        self._emit(
+            RecordEquity(
+                name, column_downsample(self._times, slot.values, self.config.stored_equity_points)
+            )
         )
         marks = self._last
-        yield RecordPositions(
-            name,
-            [
-                attrs.evolve(p, mark=Decimal(repr(marks[p.symbol])))
-                if p.quantity and p.symbol in marks
-                else p
-                for p in slot.portfolio.positions()
-            ],
+        self._emit(
+            RecordPositions(
+                name,
+                [
+                    attrs.evolve(p, mark=Decimal(repr(marks[p.symbol])))
+                    if p.quantity and p.symbol in marks
+                    else p
+                    for p in slot.portfolio.positions()
+                ],
+            )
         )
-        yield RecordResult(name, metrics, slot.quarantined)
+        self._emit(RecordResult(name, metrics, slot.quarantined))
         equity = slot.portfolio.equity(self._last) if self._last else slot.portfolio.cash
         return StrategyResult(
             name=name,

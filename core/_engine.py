@@ -237,14 +237,21 @@ class Engine:
 
     def on_bars(self, bars: Iterable[Bar]) -> None:
         """Hand each of ``bars`` to the core in turn (the backtest loop): what
-        :meth:`handle` does, talking to the core's coroutine directly."""
+        :meth:`handle` does, talking to the core's coroutine and outbox directly."""
         send = self.core.machine.send
+        outbox = self.core.outbox
         do = self._do
         progress = self.progress
         core = self.core
         for bar in bars:
             command = send(bar)
-            while command is not None:
+            while True:
+                if outbox:
+                    for pending in outbox:
+                        do[type(pending)](pending)
+                    outbox.clear()
+                if command is None:
+                    break
                 command = send(do[type(command)](command))
             if progress is not None and not core.bars & 0x3FFF:
                 progress(core.bars)

@@ -12,10 +12,11 @@ sources of events instead, each on its own clock:
   broker's delayed news are asked for even when no bar comes.
 
 This driver runs on asyncio in the calling thread and hands every event, one at a
-time, to :meth:`~bastion._engine.Engine.handle`, which runs the same code a backtest
-does: broker news first, then bars, then the tick.  The engine itself does no
-waiting.  The run ends when the source ends (the operator's stop event ends it) or
-fails with the source's error.
+time, to :meth:`~bastion._engine.Engine.handle`: the engine's core
+(:class:`bastion._core.EngineCore`, the state machine a backtest runs too) decides
+what the event calls for, and the engine carries its commands out.  Broker news
+first, then bars, then the tick.  Neither waits.  The run ends when the source
+ends (the operator's stop event ends it) or fails with the source's error.
 """
 
 from __future__ import annotations
