@@ -24,6 +24,15 @@ and what lets tests drive it with hand-written events and read the commands.
 spill to a temporary file every 65,536 points so memory stays flat however long
 the run — the core's own state moved to disk, not an effect anyone observes.)
 
+Inside, one coroutine (:attr:`EngineCore.machine`) handles every event, so the
+bar path keeps its state in locals; it suspends only at commands that need an
+answer, and the others wait in :attr:`EngineCore.outbox` until then (a driver
+that talks to the coroutine directly, as the backtest loop does, empties the
+outbox in order before carrying out each command that needs an answer, and
+when the event is done; :meth:`~EngineCore.handle` does that for its caller).
+The order is the order of issue either way: an order is stored before it is
+submitted, a fill is stored before the strategy hears of it.
+
 The bar path is kept straight and cheap: marking to market uses float mirrors
 of the Decimal ledger (re-synchronised exactly at every fill).  Everything that
 touches money (orders, fills, the ledger) is Decimal.
