@@ -196,8 +196,8 @@ class Start(NamedTuple):
 
 class Ask(NamedTuple):
     """Hand ``bar`` to every one of ``strategies`` first, then gather their answers
-    in that order (-> one ``Reply | None`` per strategy, or ``None`` when none of
-    them asked for anything)."""
+    in that order (-> one ``Reply | None`` per strategy, or ``None`` when no host
+    returned a reply at all)."""
 
     strategies: tuple[str, ...]
     bar: Bar
@@ -487,7 +487,9 @@ class EngineCore:
         self._fill_events = fill_events
         self._slots = [_Slot(info, params, mode, config.cash) for info, params, mode in strategies]
         self._by_name = {slot.name: slot for slot in self._slots}
-        self._orders: dict[str, Order] = {}  # placed and not done (plus refused liquidations)
+        self._orders: dict[
+            str, Order
+        ] = {}  # placed, not filled (cancelled ones stay: a fill may follow)
         self._filled: dict[str, Decimal] = {}
         self._cancelled: dict[str, str] = {}  # client order id -> why it was cancelled
         self._live: dict[str, str] = {}  # orders the broker accepted and works: id -> symbol
@@ -527,6 +529,7 @@ class EngineCore:
         #: one (or when the event is done): see :meth:`handle`.
         self.outbox: list[Command] = []
         self._emit = self.outbox.append
+        self.broken: str | None = None  # why the core stopped taking events (see abandon)
         #: The core's coroutine (see :meth:`_events`): ``machine.send(event)`` returns the
         #: event's first command that needs an answer, ``machine.send(answer)`` the next,
         #: ``None`` when the event is done; :attr:`outbox` holds the rest meanwhile.
@@ -564,9 +567,17 @@ class EngineCore:
     def handle(self, event: Event) -> Commands:
         """One event: a bar, a fill or order update the broker pushed, or a timer tick.
 
-        The commands come from the core's one coroutine (:meth:`machine`), passed
+        The commands come from the core's one coroutine (:attr:`machine`), passed
         through; a driver must carry all of them out before handing over the next
-        event."""
+        event, and call :meth:`abandon` when it cannot (a command failed)."""
+        if not isinstance(event, (Bar, Fill, OrderUpdate, Tick)):
+            raise TypeError(
+                f"the engine core handles Bar, Fill, OrderUpdate and Tick, not {event!r}"
+            )
+        if self.broken is not None:
+            raise RuntimeError(
+                f"the engine core takes no more events: an earlier one failed ({self.broken})"
+            )
         send = self.machine.send
         outbox = self.outbox
         command = send(event)
@@ -574,10 +585,21 @@ class EngineCore:
             if outbox:
                 pending = outbox[:]
                 outbox.clear()
-                yield from pending
+                # Not ``yield from``: the driver may send back a value for these.
+                for done in pending:  # noqa: UP028
+                    yield done
             if command is None:
                 return
             command = send((yield command))
+
+    def abandon(self, error: BaseException) -> None:
+        """The event being handled could not be finished (carrying out a command failed,
+        or the core itself did): the core's coroutine is closed, and :meth:`handle`
+        refuses further events, naming ``error``."""
+        if self.broken is None:
+            self.broken = f"{type(error).__name__}: {error}"
+            self.outbox.clear()
+            self.machine.close()
 
     def _commands(self, work: Generator[Command, Any, Any] | Any) -> Commands:
         """The commands of ``work`` (a generator yielding the commands that need an
@@ -593,14 +615,16 @@ class EngineCore:
                     if outbox:
                         pending = outbox[:]
                         outbox.clear()
-                        yield from pending
+                        for issued in pending:
+                            yield issued
                     command = send((yield command))
             except StopIteration as done:
                 value = done.value
         if outbox:
             pending = outbox[:]
             outbox.clear()
-            yield from pending
+            for issued in pending:
+                yield issued
         return value
 
     def _log(self, stream: str, level: str, event: str, /, **fields: Any) -> None:
@@ -640,10 +664,9 @@ class EngineCore:
 
     def results(self) -> Commands:
         """Store the benchmark and each strategy's metrics, equity and positions; returns
-        the :class:`StrategyResult` of each (the temporary columns are released)."""
-        return self._commands(self._results())
-
-    def _results(self) -> tuple[StrategyResult, ...]:
+        the :class:`StrategyResult` of each (the temporary columns are released).  Each
+        strategy's records come out as soon as they are computed."""
+        outbox = self.outbox
         try:
             self._emit(
                 RecordBenchmark(
@@ -653,6 +676,10 @@ class EngineCore:
             results = []
             for slot in self._slots:
                 results.append(self._result(slot))
+                pending = outbox[:]
+                outbox.clear()
+                for issued in pending:  # noqa: UP028 (the driver may send back a value)
+                    yield issued
             return tuple(results)
         finally:
             for column in (self._times, self._bench, *(slot.values for slot in self._slots)):
@@ -733,11 +760,11 @@ class EngineCore:
                             if reply is not None:
                                 yield from self._answer(slot, reply, ts, 0)
                 self.bars += 1
-            elif type(event) is Tick:
+            elif isinstance(event, Tick):
                 # Time passes without a bar (live): the operator's halt is looked at.
                 if halt_watch:
                     yield from self._check_halt(event.ts)
-            elif type(event) is Fill:
+            elif isinstance(event, Fill):
                 # A fill the broker pushed (live), booked when it arrives.
                 now = self._current
                 if now is None or event.ts > now:
@@ -746,9 +773,9 @@ class EngineCore:
                 yield from self._book(event)
                 if self._resize:
                     yield from self._resize_liquidations(now)
-            elif type(event) is OrderUpdate:
+            elif isinstance(event, OrderUpdate):
                 yield from self._order_update(event)
-            else:
+            else:  # handle() checks; a driver talking to the machine directly must too
                 raise TypeError(
                     f"the engine core handles Bar, Fill, OrderUpdate and Tick, not {event!r}"
                 )
@@ -1102,10 +1129,6 @@ class EngineCore:
             else:
                 del self._working[symbol]
 
-    def working_symbols(self) -> frozenset[str]:
-        """Symbols with orders the broker is working (as far as its answers tell)."""
-        return frozenset(self._working)
-
     def _limits(self, slot: _Slot, intent: OrderIntent, ts: datetime) -> str | None:
         """The run's and the environment's own limits (before any risk plugin)."""
         if intent.symbol not in self.config.symbols:
@@ -1232,7 +1255,8 @@ class EngineCore:
         self._filled[cid] = filled
         if filled >= order.quantity:
             status, reason = OrderStatus.FILLED, None
-            # Done: only working orders are kept (memory flat in the run's length).
+            # Filled: forgotten (memory flat in the run's length; the few cancelled
+            # orders stay, a fill the broker had already made may still arrive).
             del self._orders[cid], self._filled[cid]
             self._done(cid)
         elif cancelled is not None:
@@ -1386,17 +1410,19 @@ class EngineCore:
                     replaced = yield CancelOrder(cid)
                     if replaced is not None:
                         self._cancel([replaced], "margin call: replaced after another fill")
+                    else:
+                        # The broker no longer works it (a fill of it may still come, and
+                        # is booked): it is not counted as working any more.
+                        self._done(cid)
+                        slot.liquidations.discard(cid)
+                        self._log("trades", "warning", "liquidation_not_working", order_id=cid)
                 slot.margin_call = True
                 if held:
-                    intent = OrderIntent(
-                        symbol=symbol,
-                        side=Side.SELL if held > 0 else Side.BUY,
-                        quantity=abs(held),
-                        tag="margin-call",
-                    )
-                    yield from self._submit_liquidation(
-                        slot, intent, slot.portfolio.snapshot(self._last), ts
-                    )
+                    snapshot = slot.portfolio.snapshot(self._last)
+                    assert self.margin is not None
+                    for intent in self.margin.liquidation(snapshot):
+                        if intent.symbol == symbol:
+                            yield from self._submit_liquidation(slot, intent, snapshot, ts)
             if not slot.liquidations:
                 slot.margin_call = False
         self._resize.clear()
@@ -1414,6 +1440,8 @@ class EngineCore:
             self._accepted(order)
             self._emit(Working(slot.name, order.symbol, order.signed_quantity))
             slot.liquidations.add(order.client_order_id)
+        else:
+            self._forget(order)  # no broker holds it
         self._emit(UpdateOrder(order.client_order_id, status, reason or "margin call", ZERO))
 
     def _liquidated(self, slot: _Slot, cid: str) -> None:

@@ -7,10 +7,11 @@ is the core's (``bastion._core``: a state machine that does no I/O); the
 :class:`Engine` here only carries out the commands the core returns, one at a time
 and in order, sending each result back (see :meth:`Engine.execute`).  That is the
 one place where the engine touches the world, and it is the same for every driver:
-:meth:`Engine.run` is the backtest driver (bars from an iterator; the simulator's
-fills come out of the ``Match`` command), ``bastion._live.drive`` the paper and
-live one (bars, the broker's pushed news and timer ticks, on asyncio), and both
-hand events to :meth:`Engine.handle`.
+:meth:`Engine.run` is the backtest driver (bars from an iterator, handed to the
+core's coroutine by :meth:`Engine.on_bars`; the simulator's fills come out of the
+``Match`` command), ``bastion._live.drive`` the paper and live one (bars, the
+broker's pushed news and timer ticks, on asyncio, each through
+:meth:`Engine.handle`).
 
 Strategy code is never called from here: each strategy sits behind a
 :class:`~bastion._host.StrategyHost` (a sandboxed worker, or the in-process
@@ -193,6 +194,9 @@ class Engine:
                 command = send(do[type(command)](command))
         except StopIteration as done:
             return done.value
+        except BaseException as exc:  # the event cannot be finished: nor can the run
+            self.core.abandon(exc)
+            raise
 
     def _ask(self, command: Ask) -> Sequence[Reply | None] | None:
         names = command.strategies
@@ -243,18 +247,23 @@ class Engine:
         do = self._do
         progress = self.progress
         core = self.core
-        for bar in bars:
-            command = send(bar)
-            while True:
-                if outbox:
-                    for pending in outbox:
-                        do[type(pending)](pending)
-                    outbox.clear()
-                if command is None:
-                    break
-                command = send(do[type(command)](command))
-            if progress is not None and not core.bars & 0x3FFF:
-                progress(core.bars)
+        try:
+            for bar in bars:
+                command = send(bar)
+                while True:
+                    if outbox:
+                        pending = outbox[:]
+                        outbox.clear()
+                        for issued in pending:
+                            do[type(issued)](issued)
+                    if command is None:
+                        break
+                    command = send(do[type(command)](command))
+                if progress is not None and not core.bars & 0x3FFF:
+                    progress(core.bars)
+        except BaseException as exc:  # the event cannot be finished: nor can the run
+            core.abandon(exc)
+            raise
 
     def handle(self, event: Event) -> None:
         """One event: a bar, a fill or order update the broker pushed, or a timer tick."""

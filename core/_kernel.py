@@ -348,8 +348,21 @@ class Kernel:
         return offer.create(rest, context)
 
     def open_broker(self, spec: str, context: PluginContext) -> Broker:
-        """The broker ``--broker NAME[:SPEC]`` names, made by its offer's factory."""
-        return self._open("broker", spec, context)  # type: ignore[no-any-return]
+        """The broker ``--broker NAME[:SPEC]`` names, made by its offer's factory.  One
+        without a ``margin`` attribute (a plugin written for ``margin_call()``) is a
+        one-line :class:`ConfigError`, not a run without margin calls."""
+        broker = self._open("broker", spec, context)
+        if not hasattr(broker, "margin"):
+            close = getattr(broker, "close", None)
+            if callable(close):
+                close()
+            name = spec.partition(":")[0]
+            raise ConfigError(
+                f"broker {name!r} has no 'margin' attribute: its plugin must set it to None "
+                "(no margin calls) or a bastion.models.MarginPolicy (maintenance_margin and "
+                "margin_call() are no longer used; see docs/extend/brokers.md)"
+            )
+        return broker  # type: ignore[no-any-return]
 
     def open_source(self, spec: str, context: PluginContext) -> Source:
         """The source ``--source NAME[:SPEC]`` names, made by its offer's factory."""

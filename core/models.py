@@ -343,11 +343,12 @@ class MarginPolicy:
 
     A broker that wants the kernel to enforce maintenance margin offers one as
     its ``margin`` attribute (the simulator does); a live broker that liquidates
-    by itself offers ``None``.  The engine checks :meth:`breached` at the close
-    of every bar whose price moved and after every fill; on a breach it cancels
-    the strategy's working orders and records and submits :meth:`liquidation`'s
-    orders as liquidations (never refused for buying power), resizing them if
-    another fill changes what is held before they fill.
+    by itself offers ``None``.  The engine asks what :meth:`breached` answers
+    (inlined on its bar path, with float mirrors of the ledger) at the close of
+    every bar whose price moved and after every fill; on a breach it cancels the
+    strategy's working orders and records and submits :meth:`liquidation`'s
+    orders as liquidations (never refused for buying power), replacing them by
+    the liquidation of what is then held if another fill changes it first.
     """
 
     #: equity below this fraction of gross exposure (long + short market value)

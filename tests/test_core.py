@@ -517,6 +517,22 @@ def test_a_margin_call_cancels_then_records_and_submits_a_liquidation() -> None:
     assert commands[8] == UpdateOrder(cid(3), OrderStatus.ACCEPTED, "margin call", ZERO)
 
 
+def test_a_liquidation_the_broker_refuses_is_not_counted_as_working() -> None:
+    """A liquidation the broker refuses at submission is stored REJECTED and forgotten:
+    the symbol's next bar is not matched for it, and news about it later is an
+    unknown order's (logged), not a second change of the working quantity."""
+    driver = Driver(new_core("a", margin=MarginPolicy(0.25)))
+    driver.script[Submit] = lambda c: "refused" if c.order.liquidation else None
+    commands = _margin_called(driver)
+    assert of(commands, UpdateOrder)[-1] == UpdateOrder(
+        cid(3), OrderStatus.REJECTED, "refused", ZERO
+    )
+    assert Working("a", "AAA", Decimal(-300)) not in commands
+    assert "Match" not in kinds(driver.handle(bar("AAA", 3, 79.0)))
+    (news,) = driver.handle(OrderUpdate(cid(3), "rejected", "refused again"))
+    assert (type(news), news.event) == (Log, "unknown_order_update")
+
+
 @pytest.mark.parametrize(
     "status",
     [
@@ -833,11 +849,32 @@ def test_the_same_events_and_answers_give_the_same_commands() -> None:
 
 
 def test_handle_refuses_what_is_not_an_event() -> None:
-    """The core handles Bar, Fill, OrderUpdate and Tick, and nothing else."""
+    """The core handles Bar, Fill, OrderUpdate and Tick, and nothing else; refusing
+    something else leaves it able to take the next event."""
     driver = Driver(new_core("a"))
     driver.start()
     with pytest.raises(TypeError, match="handles Bar, Fill, OrderUpdate and Tick"):
         driver.handle("a bar")
+    assert kinds(driver.handle(bar("AAA", 0, 100.0))) == ["Ask"]
+
+
+def test_an_event_that_cannot_be_finished_stops_the_core_for_good() -> None:
+    """When carrying out a command fails, the driver abandons the core: its coroutine
+    is closed (not left waiting for an answer the next event would be taken for),
+    pending commands are dropped, and any later event is refused naming the error."""
+    core = new_core("a")
+    driver = Driver(core, {Ask: in_turn((Reply(intents=(buy(10),)),))})
+    driver.start()
+    commands = core.handle(bar("AAA", 0, 100.0))
+    assert type(next(commands)) is Ask
+    assert type(commands.send((Reply(intents=(buy(10),)),))) is RecordOrder
+    assert type(next(commands)) is Submit  # ... and the broker's answer never comes
+    core.abandon(ConnectionError("broker gone"))
+    assert core.outbox == []
+    with pytest.raises(
+        RuntimeError, match=r"an earlier one failed \(ConnectionError: broker gone\)"
+    ):
+        driver.handle(bar("AAA", 1, 100.0))
 
 
 #: What bastion._core may import: pure stdlib modules, attrs, and the bastion
@@ -882,8 +919,9 @@ IO_MODULES = frozenset(
 
 
 def test_the_core_imports_nothing_that_does_io() -> None:
-    """bastion._core's imports (anywhere in the module, at any depth) are only pure
-    stdlib modules, attrs and the bastion modules of values and arithmetic: no os,
+    """bastion._core's own import statements (wherever they sit in the module) are
+    only pure stdlib modules, attrs and the bastion modules of values and arithmetic
+    (of which ``_metrics`` spills equity columns to a temporary file): no os,
     time, socket, pathlib, logging, structlog, sqlite3, subprocess or threading;
     and it calls no builtin that does I/O (open, print, input)."""
     source = Path(bastion._core.__file__).read_text(encoding="utf-8")

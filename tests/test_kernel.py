@@ -56,9 +56,15 @@ def test_third_party_entry_point_is_discovered(site: Path) -> None:
         """
         from bastion import hookimpl
 
+        class Acme:
+            margin = None
+
+            def __init__(self, spec):
+                self.spec = spec
+
         @hookimpl
         def register_brokers():
-            return {"acme": lambda spec, context: f"acme-broker:{spec}"}
+            return {"acme": lambda spec, context: Acme(spec)}
 
         @hookimpl
         def check_order(intent):
@@ -72,7 +78,7 @@ def test_third_party_entry_point_is_discovered(site: Path) -> None:
     assert rows["bastion-acme"].version == "1.2.3"
     assert rows["bastion-acme"].hooks == ("check_order", "register_brokers")
     context = PluginContext("development", REPO)
-    assert kernel.open_broker("acme:x=1", context) == "acme-broker:x=1"  # type: ignore[comparison-overlap]
+    assert kernel.open_broker("acme:x=1", context).spec == "x=1"  # type: ignore[attr-defined]
     now = datetime.now(UTC)
     assert kernel.check_order("bad", None, "development", now) == "acme says no"  # type: ignore[arg-type]
     assert kernel.check_order("ok", None, "development", now) is None  # type: ignore[arg-type]
@@ -253,19 +259,61 @@ def test_offer_limited_to_environments(site: Path) -> None:
 
         @hookimpl
         def register_brokers():
-            return [Offer("prime", lambda spec, context: ("prime", spec, context.environment),
+            return [Offer("prime", lambda spec, context: Prime(spec, context.environment),
                           description="a prime broker", environments={"paper", "live"})]
+
+        class Prime:
+            margin = None
+
+            def __init__(self, spec, environment):
+                self.made = ("prime", spec, environment)
     """,
     )
     kernel = Kernel()
     offer = kernel.brokers()["prime"]
     assert offer.description == "a prime broker" and offer.environments == {"paper", "live"}
     made = kernel.open_broker("prime:fast", PluginContext("paper", REPO))
-    assert made == ("prime", "fast", "paper")  # type: ignore[comparison-overlap]
+    assert made.made == ("prime", "fast", "paper")  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="'prime' is not offered in the development environment"):
         kernel.open_broker("prime", PluginContext("development", REPO))
     with pytest.raises(ConfigError, match="unknown broker 'nope'; available: ibkr, prime, sim"):
         kernel.open_broker("nope", PluginContext("paper", REPO))
+
+
+def test_a_broker_without_a_margin_policy_attribute_is_refused(site: Path) -> None:
+    """A broker written for the old protocol (``maintenance_margin``/``margin_call()``,
+    no ``margin``) is refused at open in one line naming it and what to set, and closed,
+    rather than running without margin calls."""
+    _install_dist(
+        site,
+        "bastion-oldbroker",
+        "oldbroker_plugin",
+        """
+        from bastion import hookimpl
+        from bastion.interfaces import Offer
+
+        CLOSED = []
+
+        class Old:
+            maintenance_margin = 0.25
+
+            def margin_call(self, strategy, account, ts):
+                return []
+
+            def close(self):
+                CLOSED.append(True)
+
+        @hookimpl
+        def register_brokers():
+            return [Offer("old", lambda spec, context: Old(), description="old protocol")]
+    """,
+    )
+    with pytest.raises(ConfigError, match="broker 'old' has no 'margin' attribute") as err:
+        Kernel().open_broker("old", PluginContext("development", REPO))
+    assert "\n" not in str(err.value)
+    import oldbroker_plugin  # type: ignore[import-not-found]
+
+    assert oldbroker_plugin.CLOSED == [True]
 
 
 def test_disabled_by_config(site: Path) -> None:
