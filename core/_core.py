@@ -73,6 +73,7 @@ from .models import (
     OrderStatus,
     Position,
     Side,
+    _trusted_order,
 )
 
 ZERO = Decimal(0)
@@ -1096,14 +1097,16 @@ class EngineCore:
     ) -> Order:
         self._seq += 1
         slot.orders += 1
-        order = Order(
-            client_order_id=f"{self.config.run_id}-{self._seq:06d}",
-            strategy=slot.name,
-            strategy_sha256=slot.info.sha256,
-            signer=slot.info.signer,
-            intent=intent,
-            created=ts,
-            liquidation=liquidation,
+        # Stamped on an intent the core validated, at an aware time it holds (a bar's,
+        # a fill's or an order's): nothing for Order's validators to find.
+        order = _trusted_order(
+            f"{self.config.run_id}-{self._seq:06d}",
+            slot.name,
+            slot.info.sha256,
+            slot.info.signer,
+            intent,
+            ts,
+            liquidation,
         )
         self._orders[order.client_order_id] = order
         self._filled[order.client_order_id] = ZERO
