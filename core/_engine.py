@@ -251,11 +251,10 @@ class Engine:
             for bar in bars:
                 command = send(bar)
                 while True:
-                    if outbox:
-                        pending = outbox[:]
-                        outbox.clear()
-                        for issued in pending:
+                    if outbox:  # (on a failure, abandon() below empties it)
+                        for issued in outbox:
                             do[type(issued)](issued)
+                        outbox.clear()
                     if command is None:
                         break
                     command = send(do[type(command)](command))
