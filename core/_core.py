@@ -602,25 +602,23 @@ class EngineCore:
             self.outbox.clear()
             self.machine.close()
 
-    def _commands(self, work: Generator[Command, Any, Any] | Any) -> Commands:
-        """The commands of ``work`` (a generator yielding the commands that need an
-        answer, or what a method that needed none returned) with the outbox's
-        in between, in the order they were issued; returns ``work``'s value."""
+    def _commands(self, work: Commands) -> Commands:
+        """The commands ``work`` yields (those that need an answer) with the outbox's in
+        between, in the order they were issued; returns ``work``'s value."""
         outbox = self.outbox
-        value = work
-        if isinstance(work, Generator):
-            send = work.send
-            try:
-                command = send(None)
-                while True:
-                    if outbox:
-                        pending = outbox[:]
-                        outbox.clear()
-                        for issued in pending:
-                            yield issued
-                    command = send((yield command))
-            except StopIteration as done:
-                value = done.value
+        send = work.send
+        value = None
+        try:
+            command = send(None)
+            while True:
+                if outbox:
+                    pending = outbox[:]
+                    outbox.clear()
+                    for issued in pending:
+                        yield issued
+                command = send((yield command))
+        except StopIteration as done:
+            value = done.value
         if outbox:
             pending = outbox[:]
             outbox.clear()
