@@ -630,6 +630,10 @@ class EngineCore:
         """Issue a :class:`Log` command (a record in the ``stream`` log)."""
         self._emit(Log(stream, level, event, fields))
 
+    def _audit(self, event: str, /, **payload: Any) -> None:
+        """Issue an :class:`Audit` command: ``event`` with this run's id and ``payload``."""
+        self._emit(Audit(event, {"run_id": self.config.run_id, **payload}))
+
     def stop(self) -> Commands:
         """The run ends: the last timestamp is closed, working orders are cancelled and
         each running strategy's ``on_stop`` is called (orders it asks for are ignored)."""
@@ -812,23 +816,11 @@ class EngineCore:
             self._operator_halt = (
                 f"trading is halted by the operator: {why} ('bastion resume' lifts it)"
             )
-            self._log(
-                "trades", "error", "trading_halted", ts=ts.isoformat(), by="operator", reason=why
-            )
-            self._emit(
-                Audit(
-                    "trading_halted",
-                    {"run_id": self.config.run_id, "ts": ts.isoformat(), "reason": why},
-                )
-            )
-            for slot in self._slots:
-                self._cancel((yield CancelStrategy(slot.name)), "trading halted")
+            yield from self._halt_trading(ts, why, by="operator", reason=why)
         elif why is None and self._operator_halt is not None:
             self._operator_halt = None
             self._log("trades", "info", "trading_resumed", ts=ts.isoformat())
-            self._emit(
-                Audit("trading_resumed", {"run_id": self.config.run_id, "ts": ts.isoformat()})
-            )
+            self._audit("trading_resumed", ts=ts.isoformat())
 
     def _check_daily_loss(self, ts: datetime) -> Commands:
         """The account (every strategy) lost more than the day's limit: halt for the day."""
@@ -853,20 +845,13 @@ class EngineCore:
             f"more than the {self.config.environment} limit of {limit:,.2f}"
         )
         self._halted = (day, why)
-        self._log(
-            "trades",
-            "error",
-            "trading_halted",
-            ts=ts.isoformat(),
-            loss=round(loss, 2),
-            limit=str(limit),
-        )
-        self._emit(
-            Audit(
-                "trading_halted",
-                {"run_id": self.config.run_id, "ts": ts.isoformat(), "reason": why},
-            )
-        )
+        yield from self._halt_trading(ts, why, loss=round(loss, 2), limit=str(limit))
+
+    def _halt_trading(self, ts: datetime, why: str, /, **logged: Any) -> Commands:
+        """Trading halts (the operator, the daily loss limit): logged with ``logged``,
+        audited with ``why``, and every strategy's working orders cancelled."""
+        self._log("trades", "error", "trading_halted", ts=ts.isoformat(), **logged)
+        self._audit("trading_halted", ts=ts.isoformat(), reason=why)
         for slot in self._slots:
             self._cancel((yield CancelStrategy(slot.name)), "trading halted")
 
@@ -1006,7 +991,6 @@ class EngineCore:
     def _signal(self, slot: _Slot, intent: OrderIntent, ts: datetime) -> None:
         """Signal-only: an intent that passed every check is recorded, never sent."""
         payload = {
-            "run_id": self.config.run_id,
             "strategy": slot.name,
             "sha256": slot.info.sha256,
             "signer": slot.info.signer,
@@ -1019,8 +1003,8 @@ class EngineCore:
             "stop_price": None if intent.stop_price is None else str(intent.stop_price),
             "tag": intent.tag,
         }
-        self._emit(Audit("signal", payload))
-        self._log("trades", "info", "signal", **{k: v for k, v in payload.items() if k != "run_id"})
+        self._audit("signal", **payload)
+        self._log("trades", "info", "signal", **payload)
         slot.signals += 1
 
     def _order_update(self, update: OrderUpdate) -> Commands:
@@ -1292,12 +1276,11 @@ class EngineCore:
             # Filled while being liquidated: once the bar's fills are booked, the
             # liquidation is resized to close what is held then.
             self._resize.append(slot)
-        maintenance = self._maintenance
+        margin = self.margin
         if (
-            maintenance is not None
+            margin is not None
             and not slot.margin_call
-            and slot.gross_f > 0  # flat (however poor): nothing to liquidate, nothing to cancel
-            and slot.equity_f < maintenance * slot.gross_f
+            and margin.breached(slot.equity_f, slot.gross_f)
         ):
             yield from self._margin_call(slot, fill.ts)  # a fill can leave it under water too
         if slot.quarantined is None:
@@ -1308,7 +1291,6 @@ class EngineCore:
         """A fill for an order this run did not place (a manual trade, an order from
         before a restart): recorded and reported, booked to no strategy."""
         payload = {
-            "run_id": self.config.run_id,
             "order_id": fill.order_id,
             "broker_order_id": fill.broker_order_id,
             "exec_id": fill.exec_id,
@@ -1318,13 +1300,8 @@ class EngineCore:
             "price": str(fill.price),
             "ts": fill.ts.isoformat(),
         }
-        self._log(
-            "trades",
-            "warning",
-            "unknown_fill",
-            **{k: v for k, v in payload.items() if k != "run_id"},
-        )
-        self._emit(Audit("unknown_fill", payload))
+        self._log("trades", "warning", "unknown_fill", **payload)
+        self._audit("unknown_fill", **payload)
         self.unknown_fills.append(fill)
 
     def _resync(self, slot: _Slot) -> None:
@@ -1374,17 +1351,12 @@ class EngineCore:
             gross=round(slot.gross_f, 2),
             ratio=round(ratio, 4),
         )
-        self._emit(
-            Audit(
-                "margin_call",
-                {
-                    "run_id": self.config.run_id,
-                    "strategy": slot.name,
-                    "ts": ts.isoformat(),
-                    "equity": str(snapshot.equity),
-                    "gross_exposure": f"{slot.gross_f:.2f}",
-                },
-            )
+        self._audit(
+            "margin_call",
+            strategy=slot.name,
+            ts=ts.isoformat(),
+            equity=str(snapshot.equity),
+            gross_exposure=f"{slot.gross_f:.2f}",
         )
         self._cancel((yield CancelStrategy(slot.name)), "margin call")
         for intent in self.margin.liquidation(snapshot):
@@ -1511,18 +1483,13 @@ class EngineCore:
                 strategy=slot.name,
                 traceback=failure.traceback,
             )
-        self._emit(
-            Audit(
-                "strategy_quarantined",
-                {
-                    "run_id": self.config.run_id,
-                    "strategy": slot.name,
-                    "sha256": slot.info.sha256,
-                    "kind": failure.kind,
-                    "hook": failure.hook,
-                    "reason": failure.reason,
-                },
-            )
+        self._audit(
+            "strategy_quarantined",
+            strategy=slot.name,
+            sha256=slot.info.sha256,
+            kind=failure.kind,
+            hook=failure.hook,
+            reason=failure.reason,
         )
         self._cancel((yield CancelStrategy(slot.name)), "strategy quarantined")
 
