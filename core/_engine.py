@@ -121,7 +121,7 @@ class Engine:
         self.core = EngineCore(
             config,
             [(s.info, params, s.host.mode) for s, params in strategies],
-            margin=getattr(broker, "margin", None),
+            margin=broker.margin,
             risk=kernel.has_risk_checks(),
             order_events=self._order_event is not None,
             fill_events=self._fill_event is not None,
@@ -137,7 +137,6 @@ class Engine:
         self._gathers: list[Callable[[], Reply | None]] = []
         run_id = config.run_id
         hosts = self._hosts
-        store_ = store
         # What each command does, by its type; the value returned goes back to the core.
         self._do: dict[type, Callable[[Any], Any]] = {
             Ask: self._ask,
@@ -153,25 +152,25 @@ class Engine:
             CancelOrder: lambda c: broker.cancel(c.client_order_id),
             CancelStrategy: lambda c: broker.cancel_strategy(c.strategy),
             CancelAll: lambda c: broker.cancel_all(c.reason),
-            RecordOrder: lambda c: store_.record_order(run_id, c.order, c.status, c.reason),
-            UpdateOrder: lambda c: store_.update_order(
+            RecordOrder: lambda c: store.record_order(run_id, c.order, c.status, c.reason),
+            UpdateOrder: lambda c: store.update_order(
                 run_id, c.client_order_id, c.status, c.reason, c.filled
             ),
-            RecordFill: lambda c: store_.record_fill(run_id, c.fill, c.order),
-            Audit: lambda c: store_.audit(c.event, c.payload),
+            RecordFill: lambda c: store.record_fill(run_id, c.fill, c.order),
+            Audit: lambda c: store.audit(c.event, c.payload),
             CheckRisk: lambda c: kernel.check_order(
                 c.intent, c.strategy, config.environment, c.ts, c.last_price
             ),
             Notify: self._notify,
             Log: self._log,
             ReadHalt: self._read_halt,
-            RecordBenchmark: lambda c: store_.record_benchmark(run_id, c.points),
-            RecordEquity: lambda c: store_.record_equity(run_id, c.strategy, c.points),
-            RecordPeriodReturns: lambda c: store_.record_period_returns(
+            RecordBenchmark: lambda c: store.record_benchmark(run_id, c.points),
+            RecordEquity: lambda c: store.record_equity(run_id, c.strategy, c.points),
+            RecordPeriodReturns: lambda c: store.record_period_returns(
                 run_id, c.strategy, c.returns
             ),
-            RecordPositions: lambda c: store_.record_positions(run_id, c.strategy, c.positions),
-            RecordResult: lambda c: store_.record_result(
+            RecordPositions: lambda c: store.record_positions(run_id, c.strategy, c.positions),
+            RecordResult: lambda c: store.record_result(
                 run_id, c.strategy, c.metrics, c.quarantined
             ),
         }
